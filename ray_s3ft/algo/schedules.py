@@ -1,0 +1,273 @@
+"""Step-wise choice between an SFT step and a GRPO step: SASR and its baselines (METHODS.md §5).
+
+SASR (arXiv 2505.13026) runs W pure SFT warm-up steps, then draws each step's mode from a
+probability driven by the SFT gradient norm and the policy's KL drift. The paper's exact formula
+was not recoverable; the gate in ``SASRSchedule`` is ours (METHODS.md §5), and the baselines
+``sft``, ``grpo``, ``sft_then_grpo`` and ``fixed_ratio`` share this interface so one controller
+runs them all by config. Steps are 0-indexed; step < warmup_steps is warm-up.
+
+Every kind tracks the same signals (so baseline logs are comparable with SASR's):
+  G_t    EMA of the SFT grad norm (before clipping), from SFT steps and probes; starts at the
+         first observation and is re-anchored to G_warm at the end of warm-up.
+  G_warm the SFT grad norm observed at step W-1 (absent when W = 0).
+  KL_t   the most recent observed KL; 0.0 until the first observation (METHODS.md §5).
+Non-finite observations (an fp16 overflow step) are skipped and counted, not folded into G_t.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
+MODES = ("sft", "grpo")
+
+
+@dataclass(frozen=True)
+class Decision:
+    mode: str  # "sft" | "grpo"
+    p_sft: float  # probability of SFT the draw used (1.0 / 0.0 for deterministic steps)
+    probe: bool = False  # run a gradient-only SFT probe (no optimizer step) at this GRPO step
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+
+def _draw(seed: int, step: int, p_sft: float) -> str:
+    """Bernoulli(p_sft) from a generator keyed by (seed, step) alone, never by history, so a
+    resumed run draws the same u at every step; sft iff u < p_sft (p=1 -> always, p=0 -> never).
+    """
+    u = np.random.default_rng([seed, step]).random()
+    return "sft" if u < p_sft else "grpo"
+
+
+class Schedule:
+    """Base: signal tracking, checkpointing and logging; subclasses implement ``_decide``.
+
+    ``decide`` does not change the signals, so calling it twice for a step is harmless; the
+    controller reports what happened with ``observe`` (every step) and ``observe_probe``.
+    """
+
+    kind = ""
+
+    def __init__(self, *, seed: int, warmup_steps: int = 0, ema_decay: float = 0.9) -> None:
+        _check(isinstance(seed, int) and seed >= 0, "seed", "an int >= 0", seed)
+        _check(warmup_steps >= 0, "warmup_steps", ">= 0", warmup_steps)
+        _check(0.0 <= ema_decay < 1.0, "ema_decay", "in [0, 1)", ema_decay)
+        self.seed, self.warmup_steps, self.ema_decay = seed, warmup_steps, ema_decay
+        self.grad_norm_ema: float | None = None  # G_t; None = not observed yet
+        self.grad_norm_warm: float | None = None  # G_warm; None = not observed yet
+        self.kl = 0.0  # KL_t
+        self.grpo_steps = 0  # GRPO steps observed, for the probe cadence
+        self.last_p_sft: float | None = None  # p_sft of the latest decide(), for stats()
+        self.nonfinite_obs = 0
+
+    def decide(self, step: int) -> Decision:
+        _check(step >= 0, "step", ">= 0", step)
+        decision = self._decide(step)
+        self.last_p_sft = decision.p_sft
+        return decision
+
+    def _decide(self, step: int) -> Decision:
+        raise NotImplementedError
+
+    def observe(
+        self, step: int, mode: str, *, sft_grad_norm: float | None = None, kl: float | None = None
+    ) -> None:
+        """Learner stats after ``step`` ran in ``mode``: SFT grad norm on SFT steps, KL on GRPO."""
+        _check(mode in MODES, "mode", f"one of {MODES}", mode)
+        if mode == "grpo":
+            self.grpo_steps += 1
+        if sft_grad_norm is not None and self._finite(sft_grad_norm, "sft_grad_norm"):
+            self._update_grad_norm(sft_grad_norm)
+            if step == self.warmup_steps - 1:
+                # End of warm-up: G_warm is this norm, and G_t restarts from it so the gate's
+                # ratio G_t / G_warm starts at exactly 1 (first p_sft = 1 / (1 + gamma) at
+                # KL = 0) instead of inheriting the lagging EMA of early, larger warm-up norms.
+                self.grad_norm_warm = self.grad_norm_ema = float(sft_grad_norm)
+        if kl is not None and self._finite(kl, "kl"):
+            # k3 >= 0 per token; clamp the rare -1e-9 that float rounding of exp(d) - d - 1 makes.
+            self.kl = max(float(kl), 0.0)
+
+    def observe_probe(self, step: int, sft_grad_norm: float) -> None:
+        """SFT grad norm from a gradient-only probe at a GRPO step: keeps G_t from freezing."""
+        if self._finite(sft_grad_norm, "sft_grad_norm"):
+            self._update_grad_norm(sft_grad_norm)
+
+    def _finite(self, value: float, name: str) -> bool:
+        if not math.isfinite(value):
+            self.nonfinite_obs += 1
+            return False
+        _check(value >= 0.0, name, ">= 0", value)
+        return True
+
+    def _update_grad_norm(self, g: float) -> None:
+        ema = self.grad_norm_ema
+        self.grad_norm_ema = (
+            float(g) if ema is None else self.ema_decay * ema + (1 - self.ema_decay) * g
+        )
+
+    _STATE = ("grad_norm_ema", "grad_norm_warm", "kl", "grpo_steps", "last_p_sft", "nonfinite_obs")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Mutable state only, JSON-plain (None, not NaN, for unobserved); config stays config."""
+        return {"kind": self.kind, **{k: getattr(self, k) for k in self._STATE}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(f"state is for schedule kind {state.get('kind')!r}, not {self.kind!r}")
+        for key in self._STATE:
+            setattr(self, key, state[key])
+
+    def stats(self) -> dict[str, float]:
+        """For logging: NaN marks a value not observed yet (G_t, G_warm, p_sft before decide());
+        kl is 0.0 until observed because that is the value the gate uses."""
+        nan = float("nan")
+        return {
+            "p_sft": nan if self.last_p_sft is None else self.last_p_sft,
+            "grad_norm_ema": nan if self.grad_norm_ema is None else self.grad_norm_ema,
+            "grad_norm_warm": nan if self.grad_norm_warm is None else self.grad_norm_warm,
+            "kl": self.kl,
+            "nonfinite_obs": float(self.nonfinite_obs),
+        }
+
+
+class ConstantSchedule(Schedule):
+    """The pure baselines ``sft`` (p = 1) and ``grpo`` (p = 0): the same mode every step."""
+
+    def __init__(self, mode: str, **kw: Any) -> None:
+        _check(mode in MODES, "mode", f"one of {MODES}", mode)
+        super().__init__(**kw)
+        self.kind = mode
+
+    def _decide(self, step: int) -> Decision:
+        return Decision(self.kind, 1.0 if self.kind == "sft" else 0.0)
+
+
+class SFTThenGRPOSchedule(Schedule):
+    """The static two-stage baseline: SFT for step < W, GRPO from step W on."""
+
+    kind = "sft_then_grpo"
+
+    def _decide(self, step: int) -> Decision:
+        return Decision("sft", 1.0) if step < self.warmup_steps else Decision("grpo", 0.0)
+
+
+class FixedRatioSchedule(Schedule):
+    """Static interleaving: after the (optional) warm-up, SFT with probability p every step."""
+
+    kind = "fixed_ratio"
+
+    def __init__(self, *, p_sft: float, **kw: Any) -> None:
+        super().__init__(**kw)
+        _check(0.0 <= p_sft <= 1.0, "p_sft", "in [0, 1]", p_sft)
+        self.p_sft = p_sft
+
+    def _decide(self, step: int) -> Decision:
+        if step < self.warmup_steps:
+            return Decision("sft", 1.0)
+        return Decision(_draw(self.seed, step, self.p_sft), self.p_sft)
+
+
+class SASRSchedule(Schedule):
+    """Our SASR gate (METHODS.md §5), after W >= 1 warm-up SFT steps:
+
+    p_sft = clip( G_t / (G_t + gamma * G_warm) * (1 + lam * KL_t / kl_target), p_min, p_max )
+
+    A grad norm above its end-of-warm-up level (outputs far from the demonstrations) or a policy
+    drifting past kl_target pushes towards SFT; as both settle, GRPO takes over. p_min keeps some
+    SFT (and fresh G_t) forever; p_max keeps some RL. If G_t = G_warm = 0 the SFT loss is flat,
+    so the ratio is taken as 0 (p_min) instead of 0/0.
+    """
+
+    kind = "sasr"
+
+    def __init__(
+        self,
+        *,
+        gamma: float,
+        lam: float,
+        kl_target: float,
+        p_min: float,
+        p_max: float,
+        probe_every: int,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        _check(self.warmup_steps >= 1, "warmup_steps", ">= 1 for sasr", self.warmup_steps)
+        _check(gamma > 0.0, "gamma", "> 0", gamma)
+        _check(lam >= 0.0, "lam", ">= 0", lam)
+        _check(kl_target > 0.0, "kl_target", "> 0", kl_target)
+        _check(0.0 <= p_min <= p_max, "p_min", f"in [0, p_max={p_max}]", p_min)
+        _check(p_max <= 1.0, "p_max", "<= 1", p_max)
+        _check(probe_every >= 1, "probe_every", ">= 1", probe_every)
+        self.gamma, self.lam, self.kl_target = gamma, lam, kl_target
+        self.p_min, self.p_max, self.probe_every = p_min, p_max, probe_every
+
+    def gate(self) -> float:
+        """p_sft from the current signals (see the class docstring)."""
+        g_t, g_warm = self.grad_norm_ema, self.grad_norm_warm
+        if g_warm is None or g_t is None:
+            raise RuntimeError(
+                f"sasr: no SFT grad norm observed at the last warm-up step "
+                f"(step {self.warmup_steps - 1}); call observe(step, 'sft', sft_grad_norm=...)"
+            )
+        denom = g_t + self.gamma * g_warm
+        ratio = g_t / denom if denom > 0.0 else 0.0
+        p = ratio * (1.0 + self.lam * self.kl / self.kl_target)
+        return min(max(p, self.p_min), self.p_max)
+
+    def _decide(self, step: int) -> Decision:
+        if step < self.warmup_steps:
+            return Decision("sft", 1.0)
+        p = self.gate()
+        mode = _draw(self.seed, step, p)
+        # This would be GRPO step number grpo_steps + 1; probe on every probe_every-th one.
+        probe = mode == "grpo" and (self.grpo_steps + 1) % self.probe_every == 0
+        return Decision(mode, p, probe)
+
+
+def make_schedule(
+    kind: str,
+    *,
+    seed: int,
+    warmup_steps: int = 0,
+    p_sft: float = 0.5,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+    kl_target: float = 0.05,
+    p_min: float = 0.05,
+    p_max: float = 0.95,
+    ema_decay: float = 0.9,
+    probe_every: int = 4,
+) -> Schedule:
+    """Build a schedule by name; parameters a kind does not use are ignored (one config serves
+    all kinds). ``sft`` and ``grpo`` ignore warmup_steps: they are the pure baselines."""
+    base: dict[str, Any] = {"seed": seed, "warmup_steps": warmup_steps, "ema_decay": ema_decay}
+    if kind in ("sft", "grpo"):
+        return ConstantSchedule(kind, **{**base, "warmup_steps": 0})
+    if kind == "sft_then_grpo":
+        _check(warmup_steps >= 1, "warmup_steps", ">= 1 for sft_then_grpo", warmup_steps)
+        return SFTThenGRPOSchedule(**base)
+    if kind == "fixed_ratio":
+        return FixedRatioSchedule(p_sft=p_sft, **base)
+    if kind == "sasr":
+        return SASRSchedule(
+            gamma=gamma,
+            lam=lam,
+            kl_target=kl_target,
+            p_min=p_min,
+            p_max=p_max,
+            probe_every=probe_every,
+            **base,
+        )
+    raise ValueError(f"unknown schedule kind {kind!r}; allowed: {', '.join(SCHEDULE_KINDS)}")
+
+
+def _check(ok: bool, name: str, requirement: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {requirement}, got {value!r}")

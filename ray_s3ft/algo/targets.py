@@ -1,0 +1,76 @@
+"""Which response an SFT step trains on: gold, SSR's self-or-gold, or S3FT's three rungs.
+
+SSR (arXiv 2409.04787): train on the base model's own answer when the judge accepts it, else on
+the gold answer; staying close to the model's own distribution is what preserves general
+ability. S3FT (arXiv 2502.08130) adds a middle rung: the base model's paraphrase of the gold,
+if the judge accepts it. METHODS.md §2-3. The fractions of each source are one of the three
+numbers the S3FT paper reports, hence ``source_fractions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+TARGET_MODES = ("gold", "ssr", "s3ft")
+
+
+class TargetSource(str, Enum):
+    SELF = "self"
+    PARAPHRASE = "paraphrase"
+    GOLD = "gold"
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    source: TargetSource
+
+
+def _accepted(verdict: bool | None, response: str | None, name: str) -> bool:
+    """A verdict counts only when it is True; an undecided judge (None) is a rejection.
+
+    A True verdict on a missing or blank response means the judge was fed something other than
+    what we would train on: raise rather than train on an empty target.
+    """
+    if verdict is None or not verdict:
+        return False
+    if response is None or not response.strip():
+        raise ValueError(f"{name}_ok is True but {name} response is empty or None")
+    return True
+
+
+def select_target(
+    mode: str,
+    *,
+    gold: str,
+    self_response: str | None = None,
+    self_ok: bool | None = None,
+    paraphrase: str | None = None,
+    paraphrase_ok: bool | None = None,
+) -> Target:
+    """The training target for one (x, y_gold) pair under ``mode`` in TARGET_MODES.
+
+    gold: always y_gold (plain SFT). ssr: y_self if accepted, else y_gold. s3ft: y_self if
+    accepted, else y_para if accepted, else y_gold. Only the rungs consulted are validated
+    (gold mode reads no verdict), so one judged record serves all three modes.
+    """
+    if mode not in TARGET_MODES:
+        raise ValueError(f"unknown target mode {mode!r}; allowed: {', '.join(TARGET_MODES)}")
+    if mode in ("ssr", "s3ft") and _accepted(self_ok, self_response, "self"):
+        assert self_response is not None  # checked by _accepted; narrows the type
+        return Target(text=self_response, source=TargetSource.SELF)
+    if mode == "s3ft" and _accepted(paraphrase_ok, paraphrase, "paraphrase"):
+        assert paraphrase is not None
+        return Target(text=paraphrase, source=TargetSource.PARAPHRASE)
+    return Target(text=gold, source=TargetSource.GOLD)
+
+
+def source_fractions(targets: Iterable[Target]) -> dict[str, float]:
+    """Share of targets per source, keys "self", "paraphrase", "gold"; all 0.0 when empty."""
+    counts = dict.fromkeys((s.value for s in TargetSource), 0)
+    for target in targets:
+        counts[TargetSource(target.source).value] += 1
+    total = sum(counts.values())
+    return {k: (v / total if total else 0.0) for k, v in counts.items()}

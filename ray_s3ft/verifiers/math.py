@@ -1,0 +1,137 @@
+"""Math answers: pull the final answer out of a response and check it against the gold one.
+
+Responses state their answer in one of three ways: "The answer is N" (the prompt format of the
+S3FT paper, arXiv 2502.08130), "#### N" (GSM8K gold solutions) and ``\\boxed{N}`` (MATH).
+Equivalence (14 == 14.0, 7/2 == 3.5, \\frac{1}{2} == 0.5) is left to math-verify.
+
+math-verify guards ``parse`` and ``verify`` with ``signal.alarm`` timeouts, which raise outside
+the main thread; both are called with their timeouts disabled so this runs in Ray actors and
+thread pools. Without them a pathological answer could take unbounded time (``9^{9^{9^{9}}}``
+makes sympy evaluate a tower of powers), so answers are screened first: plain numbers (the
+common case) are compared exactly with ``fractions.Fraction`` without sympy, and answers with
+nested powers, exponents of 4+ digits or over ``MAX_ANSWER_CHARS`` characters are refused (None).
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+MAX_ANSWER_CHARS = 512
+# A power whose exponent holds another power (9^{9^9}, 2**3**4) or has 4+ digits (10^{1000}).
+_COSTLY_POWER = re.compile(r"(\^|\*\*)\s*[({]?[^+\-=,;]*?(\^|\*\*)|(\^|\*\*)\s*[({]?\s*-?\d{4,}")
+# The rest of the line is read in a lookahead so that a later "answer is" on it still matches.
+_ANSWER_IS = re.compile(r"answer\s+is\s*:?[ \t]*(?=([^\n]*))", re.IGNORECASE)
+_HASHES = re.compile(r"^[ \t]*####[ \t]*([^\n]*)", re.MULTILINE)
+_BOXED = re.compile(r"\\boxed\s*\{")
+# A plain number: 1,234.5 (thousands separators), -3, 2.5, 7/2.
+_NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"
+_NUMBER_ONLY = re.compile(_NUMBER)
+_NUMBER_THEN_WORDS = re.compile(rf"({_NUMBER})\s+[A-Za-z]")
+_SENTENCE_END = re.compile(r"\.(?=\s|$)")
+_CURRENCY = re.compile(r"^(-?)\\?\$\s*(?=\d)")
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer stated in ``text``, or None when it states none. Never raises.
+
+    Of several stated answers the last one in the text wins: models often correct themselves.
+    """
+    if not isinstance(text, str):
+        return None
+    found: list[tuple[int, str | None]] = []
+    for m in _ANSWER_IS.finditer(text):
+        found.append((m.start(), _clean(m.group(1))))
+    for m in _HASHES.finditer(text):
+        found.append((m.start(), _clean(m.group(1))))
+    for m in _BOXED.finditer(text):
+        content = _balanced(text, m.end())
+        found.append((m.start(), _clean(content) if content is not None else None))
+    if not found:
+        return None
+    return max(found, key=lambda item: item[0])[1]
+
+
+def verify_math(response: str, gold: str) -> bool | None:
+    """True / False when the response's answer is / is not equivalent to the gold answer.
+
+    None when either side has no parseable answer, or math-verify fails: the caller counts
+    unparseable responses separately instead of scoring them as wrong.
+    """
+    predicted = extract_answer(response)
+    if predicted is None or not isinstance(gold, str):
+        return None
+    reference = extract_answer(gold)
+    if reference is None:
+        reference = _clean(gold.strip())
+    if reference is None:
+        return None
+    exact = _as_fraction(predicted), _as_fraction(reference)
+    if None not in exact:
+        return exact[0] == exact[1]
+    if _COSTLY_POWER.search(predicted) or _COSTLY_POWER.search(reference):
+        return None
+    try:
+        from math_verify import verify
+
+        gold_parsed = _parse(reference)
+        pred_parsed = _parse(predicted)
+        if not gold_parsed or not pred_parsed:
+            return None
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None, raise_on_error=True))
+    except Exception:
+        return None
+
+
+def _as_fraction(answer: str) -> Fraction | None:
+    """A plain number (-3, 2.5, 7/2) as an exact fraction; None for anything else."""
+    if not _NUMBER_ONLY.fullmatch(answer):
+        return None
+    try:
+        return Fraction(answer.replace(" ", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _parse(answer: str) -> list:
+    """math-verify's parse of one bare answer: as LaTeX first, then as a plain expression."""
+    from math_verify import parse
+
+    if len(answer) > MAX_ANSWER_CHARS:
+        return []
+    # no_fallback: an unparseable answer gives [] rather than its raw string, so that
+    # "???" reads as unparseable (None) instead of a wrong answer.
+    options = dict(fallback_mode="no_fallback", parsing_timeout=None, raise_on_error=True)
+    return parse(f"${answer}$", **options) or parse(answer, **options)
+
+
+def _balanced(text: str, start: int) -> str | None:
+    """The text from ``start`` to the brace closing the one just before it, else None."""
+    depth = 1
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+    return None
+
+
+def _clean(raw: str) -> str | None:
+    """A stated answer without its surroundings: math delimiters, currency, full stop, units."""
+    text = raw.strip()
+    if text.startswith("$"):
+        text = text[1:].split("$", 1)[0]
+    elif text.startswith(("\\(", "\\[")):
+        text = re.split(r"\\[)\]]", text[2:], maxsplit=1)[0]
+    else:
+        text = _SENTENCE_END.split(text, maxsplit=1)[0]
+    text = text.strip().strip("*").strip().rstrip(".,;:!").strip()
+    text = _CURRENCY.sub(r"\1", text)
+    if _NUMBER_ONLY.fullmatch(text) or (m := _NUMBER_THEN_WORDS.match(text)):
+        number = text if _NUMBER_ONLY.fullmatch(text) else m.group(1)
+        return number.replace(",", "").replace(" ", "")
+    if not text or not any(ch.isalnum() for ch in text):
+        return None
+    return text

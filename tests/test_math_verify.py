@@ -1,0 +1,116 @@
+"""Math answers: extraction from responses and equivalence through math-verify."""
+
+from __future__ import annotations
+
+import threading
+
+import math_verify
+import pytest
+
+from ray_s3ft.verifiers.math import extract_answer, verify_math
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is 14.", "14"),
+        ("So the answer is 14", "14"),
+        ("The answer is: 42", "42"),
+        ("Natalia sold 48 + 24 = 72 clips.\n#### 1,234", "1234"),
+        ("The answer is $1,234.50.", "1234.50"),
+        ("The answer is -3.", "-3"),
+        ("The answer is -$5", "-5"),
+        ("The answer is 2.5", "2.5"),
+        ("The answer is 3/4. That is all.", "3/4"),
+        ("The answer is 14 apples.", "14"),
+        ("The answer is **42**.", "42"),
+        ("The answer is $\\frac{3}{4}$.", "\\frac{3}{4}"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("so $x = \\boxed{\\sqrt{a^{2}+b^{2}}}$", "\\sqrt{a^{2}+b^{2}}"),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_the_last_stated_answer_wins():
+    assert extract_answer("The answer is 5. Wait, recheck: \\boxed{6}") == "6"
+    assert extract_answer("\\boxed{6} is wrong; the answer is 7.") == "7"
+    assert extract_answer("The answer is 1. No: the answer is 2.") == "2"
+
+
+@pytest.mark.parametrize(
+    "text", ["no answer here", "The answer is ???", "The answer is", "\\boxed{12", "", None, 14]
+)
+def test_no_answer_is_none(text):
+    assert extract_answer(text) is None
+
+
+@pytest.mark.parametrize(
+    "response, gold, expected",
+    [
+        ("\\boxed{\\frac{1}{2}}", "0.5", True),
+        ("The answer is 14.0", "14", True),
+        ("The answer is 7/2.", "3.5", True),
+        ("The answer is 1,234", "Work.\n#### 1234", True),
+        ("The answer is -3", "#### -3", True),
+        ("The answer is 3", "-3", False),
+        ("The answer is 15.", "She has 5 + 9 = 14 left.\n#### 14", False),
+        ("The answer is 1,4", "14", False),  # not a thousands separator: not 14
+        ("The answer is $\\frac{6}{8}$", "\\boxed{\\frac{3}{4}}", True),
+    ],
+)
+def test_verify_math(response, gold, expected):
+    assert verify_math(response, gold) is expected
+
+
+@pytest.mark.parametrize("response", ["no answer here", "The answer is ???", ""])
+def test_unparseable_response_is_none_not_false(response):
+    assert verify_math(response, "14") is None
+
+
+def test_unparseable_gold_is_none():
+    assert verify_math("The answer is 14", "???") is None
+
+
+def test_math_verify_failure_is_none(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("sympy blew up")
+
+    monkeypatch.setattr(math_verify, "verify", broken)
+    assert verify_math("The answer is x + 1", "x + 1") is None  # expressions go to math-verify
+
+
+def test_safe_outside_the_main_thread():
+    results: list[object] = []
+
+    def work() -> None:
+        try:
+            # math-verify's default signal-based timeout cannot work here: the guard matters.
+            with pytest.raises(ValueError, match="thread"):
+                math_verify.parse("$1$")
+            results.append(verify_math("\\boxed{\\frac{1}{2}}", "0.5"))
+            results.append(verify_math("The answer is 3", "#### 4"))
+        except BaseException as e:  # surfaced below: a failing thread must fail the test
+            results.append(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=60)
+    assert results == [True, False]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("answer", ["9^{9^{9^{9}}}", "2**3**4**5", "10^{100000}", "(9^(9^9))"])
+def test_power_towers_are_refused_quickly(answer):
+    assert verify_math(f"The answer is ${answer}$.", "14") is None
+
+
+@pytest.mark.parametrize(
+    "response,gold,expected",
+    [("The answer is 7/2.", "3.5", True), ("The answer is -3.", "#### -3", True),
+     ("The answer is 0.1.", "1/10", True), ("The answer is 2.", "#### 3", False),
+     ("The answer is x^2 + y^2.", "y^2 + x^2", True)],
+)  # fmt: skip
+def test_plain_numbers_compare_exactly_and_expressions_still_verify(response, gold, expected):
+    assert verify_math(response, gold) is expected

@@ -1,0 +1,184 @@
+"""The step-wise SFT/GRPO schedules, SASR gate included (ray_s3ft/algo/schedules.py)."""
+
+import json
+import math
+
+import pytest
+
+from ray_s3ft.algo.schedules import SCHEDULE_KINDS, Decision, make_schedule
+
+
+def _feed(sched, step, decision):
+    """Report synthetic learner stats for ``step`` the way the controller would."""
+    if decision.mode == "sft":
+        sched.observe(step, "sft", sft_grad_norm=1.0 + 0.5 * math.sin(step))
+    else:
+        sched.observe(step, "grpo", kl=0.02 + 0.01 * math.cos(step))
+        if decision.probe:
+            sched.observe_probe(step, 1.2 + 0.3 * math.cos(step))
+
+
+def _run(sched, start, stop):
+    out = []
+    for step in range(start, stop):
+        d = sched.decide(step)
+        _feed(sched, step, d)
+        out.append((d.mode, d.p_sft, d.probe))
+    return out
+
+
+def _sasr(**kw):
+    return make_schedule("sasr", **{"seed": 0, "warmup_steps": 2, **kw})
+
+
+def test_sasr_hand_computed_gate():
+    s = _sasr()  # gamma 1, lam 1, kl_target 0.05, p_min 0.05, p_max 0.95, decay 0.9
+    s.observe(0, "sft", sft_grad_norm=4.0)  # first observation: G_t = 4
+    st = s.stats()
+    assert st["grad_norm_ema"] == 4.0 and math.isnan(st["grad_norm_warm"]) and st["kl"] == 0.0
+    # Step 1 = W-1: G_warm = 2 and G_t re-anchored to 2 (the EMA would have said 3.8).
+    s.observe(1, "sft", sft_grad_norm=2.0)
+    assert (s.stats()["grad_norm_ema"], s.stats()["grad_norm_warm"]) == (2.0, 2.0)
+    # Step 2: p = 2 / (2 + 1*2) * (1 + 1 * 0 / 0.05) = 0.5.
+    assert s.decide(2).p_sft == pytest.approx(0.5)
+    assert s.stats()["p_sft"] == pytest.approx(0.5)
+    # GRPO step 2 reports KL 0.025; a probe reports 4: G_t = 0.9*2 + 0.1*4 = 2.2.
+    s.observe(2, "grpo", kl=0.025)
+    s.observe_probe(2, 4.0)
+    # p = 2.2 / (2.2 + 2) * (1 + 0.025 / 0.05) = (2.2 / 4.2) * 1.5 = 3.3 / 4.2 = 11/14.
+    assert s.decide(3).p_sft == pytest.approx(11 / 14)
+    # SFT step 3 reports 1.0: G_t = 0.9*2.2 + 0.1*1.0 = 2.08; KL stays 0.025.
+    # p = 2.08 / 4.08 * 1.5 = 3.12 / 4.08 = 13/17.
+    s.observe(3, "sft", sft_grad_norm=1.0)
+    assert s.decide(4).p_sft == pytest.approx(13 / 17)
+    assert s.stats()["grad_norm_ema"] == pytest.approx(2.08)
+    # Clip at p_max: KL 0.2 -> factor 1 + 0.2/0.05 = 5 -> 2.08/4.08*5 = 2.55 -> 0.95.
+    s.observe(4, "grpo", kl=0.2)
+    assert s.decide(5).p_sft == 0.95
+
+
+def test_sasr_clips_at_p_min():
+    s = _sasr(gamma=100.0)
+    s.observe(0, "sft", sft_grad_norm=2.0)
+    s.observe(1, "sft", sft_grad_norm=2.0)
+    # 2 / (2 + 100*2) = 0.0099 < p_min 0.05.
+    assert s.decide(2).p_sft == 0.05
+
+
+def test_sasr_warmup_always_sft_and_needs_warm_signal():
+    s = _sasr(warmup_steps=5)
+    for step in range(5):  # no observations needed during warm-up
+        assert s.decide(step) == Decision("sft", 1.0, False)
+    with pytest.raises(RuntimeError, match="step 4"):
+        s.decide(5)
+    s.observe(4, "sft")  # a step with no grad norm reported still leaves G_warm missing
+    with pytest.raises(RuntimeError, match="last warm-up step"):
+        s.decide(5)
+
+
+def test_sasr_probe_cadence():
+    s = _sasr(warmup_steps=1, p_min=0.0, p_max=0.0, probe_every=4)  # always GRPO after warm-up
+    s.observe(0, "sft", sft_grad_norm=1.0)
+    probes = []
+    for step in range(1, 13):
+        d = s.decide(step)
+        assert d == s.decide(step)  # decide() is idempotent: no hidden state change
+        assert d.mode == "grpo"
+        probes.append(d.probe)
+        s.observe(step, "grpo", kl=0.01)
+    # GRPO steps #4, #8, #12 are steps 4, 8, 12.
+    assert [step for step, p in zip(range(1, 13), probes, strict=True) if p] == [4, 8, 12]
+
+
+def test_sasr_determinism_across_seeds():
+    a = _run(_sasr(seed=7), 0, 200)
+    b = _run(_sasr(seed=7), 0, 200)
+    c = _run(_sasr(seed=8), 0, 200)
+    assert a == b
+    assert [m for m, _, _ in a] != [m for m, _, _ in c]
+    assert {m for m, _, _ in a[2:]} == {"sft", "grpo"}
+
+
+@pytest.mark.parametrize("kind", SCHEDULE_KINDS)
+def test_resume_gives_identical_decisions(kind):
+    kw = {"seed": 3, "warmup_steps": 5}
+    full = _run(make_schedule(kind, **kw), 0, 120)
+    first = make_schedule(kind, **kw)
+    head = _run(first, 0, 50)
+    state = json.loads(json.dumps(first.state_dict(), allow_nan=False))
+    resumed = make_schedule(kind, **kw)
+    resumed.load_state_dict(state)
+    assert resumed.stats() == pytest.approx(first.stats(), nan_ok=True)
+    assert head + _run(resumed, 50, 120) == full
+
+
+def test_state_dict_is_json_plain_before_any_observation():
+    s = _sasr()
+    state = s.state_dict()
+    assert json.loads(json.dumps(state, allow_nan=False)) == state
+    st = s.stats()
+    assert {"p_sft", "grad_norm_ema", "grad_norm_warm", "kl"} <= st.keys()
+    assert math.isnan(st["p_sft"]) and math.isnan(st["grad_norm_ema"]) and st["kl"] == 0.0
+    with pytest.raises(ValueError, match="kind"):
+        make_schedule("grpo", seed=0).load_state_dict(state)
+
+
+def test_nonfinite_observation_skipped_and_counted():
+    s = _sasr()
+    s.observe(0, "sft", sft_grad_norm=3.0)
+    s.observe_probe(0, math.inf)
+    s.observe(0, "grpo", kl=math.nan)
+    assert s.stats()["grad_norm_ema"] == 3.0 and s.stats()["kl"] == 0.0
+    assert s.stats()["nonfinite_obs"] == 2.0
+    with pytest.raises(ValueError, match="sft_grad_norm"):
+        s.observe_probe(0, -1.0)
+
+
+def test_sft_grpo_and_sft_then_grpo():
+    sft, grpo = make_schedule("sft", seed=0), make_schedule("grpo", seed=0)
+    assert all(sft.decide(i).mode == "sft" and sft.decide(i).p_sft == 1.0 for i in range(50))
+    assert all(grpo.decide(i).mode == "grpo" and grpo.decide(i).p_sft == 0.0 for i in range(50))
+    s = make_schedule("sft_then_grpo", seed=0, warmup_steps=3)
+    assert [s.decide(i).mode for i in range(6)] == ["sft"] * 3 + ["grpo"] * 3
+    assert not any(s.decide(i).probe for i in range(6))
+
+
+def test_fixed_ratio_frequency_and_extremes():
+    s = make_schedule("fixed_ratio", seed=11, p_sft=0.3)
+    modes = [s.decide(i).mode for i in range(2000)]
+    # Binomial(2000, 0.3): std = sqrt(2000 * 0.3 * 0.7) / 2000 = 0.0102; allow ~4 std.
+    assert abs(modes.count("sft") / 2000 - 0.3) < 0.04
+    always = make_schedule("fixed_ratio", seed=11, p_sft=1.0)
+    never = make_schedule("fixed_ratio", seed=11, p_sft=0.0)
+    assert {always.decide(i).mode for i in range(200)} == {"sft"}
+    assert {never.decide(i).mode for i in range(200)} == {"grpo"}
+    warm = make_schedule("fixed_ratio", seed=11, p_sft=0.0, warmup_steps=10)
+    assert [warm.decide(i).mode for i in range(12)] == ["sft"] * 10 + ["grpo"] * 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "kw", "name"),
+    [
+        ("sasr", {"gamma": 0.0}, "gamma"),
+        ("sasr", {"kl_target": 0.0}, "kl_target"),
+        ("sasr", {"lam": -1.0}, "lam"),
+        ("sasr", {"p_min": 0.6, "p_max": 0.5}, "p_min"),
+        ("sasr", {"p_max": 1.5}, "p_max"),
+        ("sasr", {"probe_every": 0}, "probe_every"),
+        ("sasr", {"ema_decay": 1.0}, "ema_decay"),
+        ("sasr", {"warmup_steps": 0}, "warmup_steps"),
+        ("sft_then_grpo", {"warmup_steps": 0}, "warmup_steps"),
+        ("fixed_ratio", {"p_sft": 1.5}, "p_sft"),
+        ("fixed_ratio", {"seed": -1}, "seed"),
+    ],
+)
+def test_parameter_errors_name_the_parameter(kind, kw, name):
+    with pytest.raises(ValueError, match=name):
+        make_schedule(kind, **{"seed": 0, "warmup_steps": 2, **kw})
+
+
+def test_unknown_kind_and_bad_step():
+    with pytest.raises(ValueError, match="sft, grpo, sft_then_grpo, fixed_ratio, sasr"):
+        make_schedule("cosine", seed=0)
+    with pytest.raises(ValueError, match="step"):
+        make_schedule("sft", seed=0).decide(-1)
