@@ -77,13 +77,18 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
             max_model_len=cfg.model.max_model_len,
         )
     else:
-        responses = generate_greedy_hf(
-            path,
-            prompts,
-            cfg.eval.max_new_tokens,
-            batch_size=cfg.eval.batch_size,
-            dtype=cfg.model.dtype,
-        )
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task("generating", total=len(prompts))
+            responses = generate_greedy_hf(
+                path,
+                prompts,
+                cfg.eval.max_new_tokens,
+                batch_size=cfg.eval.batch_size,
+                dtype=cfg.model.dtype,
+                on_batch=lambda n: bar.advance(task, n),
+            )
     gen_s = time.perf_counter() - started
 
     report: dict = {"model": path, "backend": cfg.eval.backend, "generate_s": round(gen_s, 2)}

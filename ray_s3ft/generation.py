@@ -7,7 +7,7 @@ a sampling seed. vLLM is imported only when asked for: ``import ray_s3ft`` stays
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def generate_greedy_hf(
@@ -16,8 +16,10 @@ def generate_greedy_hf(
     max_new_tokens: int,
     batch_size: int = 64,
     dtype: str = "float32",
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Chat-format each prompt, decode greedily with ``transformers.generate``; the response texts."""
+    """Chat-format each prompt, decode greedily with ``transformers.generate``; the response
+    texts. ``on_batch(n)`` is called after each batch of n prompts (progress display)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -50,6 +52,8 @@ def generate_greedy_hf(
             new = gen[:, enc["input_ids"].shape[1] :]  # [b, T_new]
             for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
                 out[i] = text
+            if on_batch is not None:
+                on_batch(len(idx))
     return out
 
 
