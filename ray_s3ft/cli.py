@@ -2,7 +2,7 @@
 
     ray-s3ft eval [--config FILE] [key=value ...]      task + held-out accuracy of a model
     ray-s3ft config [--config FILE] [key=value ...]    print the resolved, validated config
-    ray-s3ft build-model --out DIR [--steps N]          pretrain the built-in base model
+    ray-s3ft build-model --out DIR [--steps N ...]      pretrain the built-in base model
 
 Configuration errors and unusable inputs exit with status 2 and one message naming the key or
 file, before any work starts; no traceback.
@@ -37,10 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model directory or hub id (default: model.path)")
     p = sub.add_parser("config", help="print the resolved, validated config as YAML")
     _config_args(p)
-    p = sub.add_parser("build-model", help="pretrain the built-in base model from a seed")
-    p.add_argument("--out", required=True, help="directory to write the model to")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "build-model", help="pretrain the built-in base model from a seed", add_help=False
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="see `ray-s3ft build-model --help`")
     return ap
 
 
@@ -64,18 +64,15 @@ def _cmd_config(args) -> int:
     return 0
 
 
-def _cmd_build_model(args) -> int:
-    from ray_s3ft.model.pretrain import pretrain
-
-    pretrain(args.out, steps=args.steps, seed=args.seed)
-    print(f"saved the base model to {args.out}")
-    return 0
-
-
-COMMANDS = {"eval": _cmd_eval, "config": _cmd_config, "build-model": _cmd_build_model}
+COMMANDS = {"eval": _cmd_eval, "config": _cmd_config}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["build-model"]:  # its options, --help included, belong to the script
+        from ray_s3ft.model.pretrain import main as pretrain_main
+
+        return pretrain_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ray_s3ft.config import ConfigError

@@ -53,7 +53,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 640):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, eos_token=END, unk_token=None
+        tokenizer_object=tok, pad_token=PAD, eos_token=END, unk_token=None, model_max_length=512
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "left"  # generation pads on the left; SFT batches pad by hand
