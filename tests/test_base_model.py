@@ -34,7 +34,8 @@ def test_base_task_accuracy_is_partial(report):
 
 def test_heldout_skills_are_there(report):
     acc = {k: v["accuracy"] for k, v in report["heldout"].items()}
-    assert acc["reverse"] >= 0.90 and acc["sort"] >= 0.30 and acc["compare"] >= 0.30, acc
+    # measured: reverse 100 %, sort 63 %, compare 64 % (chance for compare is 50 %)
+    assert acc["reverse"] >= 0.90 and acc["sort"] >= 0.45 and acc["compare"] >= 0.55, acc
 
 
 def test_all_three_s3ft_sources_occur():
@@ -47,7 +48,7 @@ def test_all_three_s3ft_sources_occur():
     n_self = sum(self_ok)
     n_para = sum(p and not s for s, p in zip(self_ok, para_ok))
     n_gold = len(train) - n_self - n_para
-    # measured with the shipped model: about 32 % self, 15 % paraphrase, 54 % gold
+    # measured with the shipped model on these 128: see README's Results
     assert min(n_self, n_para, n_gold) >= 0.05 * len(train), (n_self, n_para, n_gold)
     # the paraphrase keeps the model's own style, not the gold's
     assert all("####" not in r for r in para)

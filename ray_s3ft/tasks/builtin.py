@@ -211,12 +211,12 @@ def heldout_split(skill: str, size: int, seed: int = 0) -> list[Example]:
 
 # Shares of each kind of (prompt, response) pair in the pretraining stream.
 PRETRAIN_MIX = (
-    ("solve", 0.48),  # word problem -> own-style solution
-    ("paraphrase", 0.22),  # word problem + gold reference -> own-style solution
-    ("judge", 0.06),  # question + reference + candidate -> verdict (long prompt, 4-token answer)
-    ("compare", 0.08),
-    ("sort", 0.08),
-    ("reverse", 0.08),
+    ("solve", 0.42),  # word problem -> own-style solution
+    ("paraphrase", 0.20),  # word problem + gold reference -> own-style solution
+    ("judge", 0.14),  # question + reference + candidate -> verdict (long prompt, 4-token answer)
+    ("compare", 0.10),
+    ("sort", 0.07),
+    ("reverse", 0.07),
 )
 
 
