@@ -47,20 +47,14 @@ def score_set(examples: list[Example], responses: list[str]) -> SkillScore:
     )
 
 
-def eval_sets(cfg) -> dict[str, list[Example]]:
-    """The task's eval split plus each held-out skill, keyed by name (``"task"`` first)."""
-    from ray_s3ft.tasks.loaders import load_eval_examples
-
-    return load_eval_examples(cfg.data, cfg.eval)
-
-
 def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
     """Greedy-decode every eval set with ``cfg.eval.backend`` and score it. Returns the report."""
     from ray_s3ft.generation import generate_greedy_hf, generate_greedy_vllm
     from ray_s3ft.model.paths import resolve_model_path
+    from ray_s3ft.tasks.loaders import load_eval_examples
 
     path = resolve_model_path(model_path or cfg.model.path)
-    sets = eval_sets(cfg)
+    sets = load_eval_examples(cfg.data, cfg.eval)  # {"task": ..., <held-out skill>: ...}
     prompts = [ex.prompt for exs in sets.values() for ex in exs]
     progress(
         f"eval: {len(prompts)} prompts ({', '.join(f'{k} {len(v)}' for k, v in sets.items())}) "

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ray_s3ft.model.encoding import encode_sft
-from ray_s3ft.model.tiny import model_config, train_tokenizer
+from ray_s3ft.model.tiny import MAX_TOKENS, model_config, train_tokenizer
 from ray_s3ft.tasks.builtin import pretrain_pair
 
 # The settings the shipped model was built with. Float results depend on the thread count,
@@ -88,7 +88,7 @@ def pretrain(
             rng.shuffle(pool)
         batch = pool.pop()
         ids, attn, loss_mask = encode_sft(
-            tokenizer, [p for p, _ in batch], [r for _, r in batch], 512
+            tokenizer, [p for p, _ in batch], [r for _, r in batch], MAX_TOKENS
         )
         logits = model(input_ids=ids, attention_mask=attn).logits  # [B, T, V]
         logp = token_logprobs(logits[:, :-1], ids[:, 1:])  # [B, T-1]

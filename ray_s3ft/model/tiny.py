@@ -15,6 +15,8 @@ from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+MAX_TOKENS = 512  # context length of the model, and the tokenizer's model_max_length
+
 PAD, USER, ASSISTANT, END, SYSTEM = "<|pad|>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>"
 SPECIAL_TOKENS = [PAD, USER, ASSISTANT, END, SYSTEM]
 
@@ -53,7 +55,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 640):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, eos_token=END, unk_token=None, model_max_length=512
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=END,
+        unk_token=None,
+        model_max_length=MAX_TOKENS,
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "left"  # generation pads on the left; SFT batches pad by hand
@@ -71,7 +77,7 @@ def model_config(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, 
         num_attention_heads=heads,
         num_key_value_heads=heads,
         head_dim=hidden // heads,
-        max_position_embeddings=512,
+        max_position_embeddings=MAX_TOKENS,
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
