@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/ray-s3ft eval
+	$(BIN)/ray-s3ft train
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

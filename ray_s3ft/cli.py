@@ -1,5 +1,7 @@
 """The ``ray-s3ft`` command.
 
+    ray-s3ft train [--config FILE] [key=value ...]     the full run (configs/default.yaml by default)
+    ray-s3ft build-targets [--config FILE] [...]       phase 1 alone: the S3FT target store
     ray-s3ft eval [--config FILE] [key=value ...]      task + held-out accuracy of a model
     ray-s3ft config [--config FILE] [key=value ...]    print the resolved, validated config
     ray-s3ft build-model --out DIR [--steps N ...]      pretrain the built-in base model
@@ -32,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="ray-s3ft", description="Post-training with S3FT targets, GRPO and the SASR schedule."
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train", help="train: S3FT targets, then the SFT/GRPO schedule, then eval")
+    _config_args(p)
+    p = sub.add_parser("build-targets", help="build (or finish) the S3FT target store only")
+    _config_args(p)
     p = sub.add_parser("eval", help="task and held-out accuracy of a model (greedy)")
     _config_args(p)
     p.add_argument("--model", help="model directory or hub id (default: model.path)")
@@ -57,6 +63,22 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from ray_s3ft.config import load_config
+    from ray_s3ft.train import train
+
+    train(load_config(args.config, args.overrides))
+    return 0
+
+
+def _cmd_build_targets(args) -> int:
+    from ray_s3ft.config import load_config
+    from ray_s3ft.train import build_targets_only
+
+    build_targets_only(load_config(args.config, args.overrides))
+    return 0
+
+
 def _cmd_config(args) -> int:
     from ray_s3ft.config import config_to_yaml, load_config
 
@@ -64,7 +86,12 @@ def _cmd_config(args) -> int:
     return 0
 
 
-COMMANDS = {"eval": _cmd_eval, "config": _cmd_config}
+COMMANDS = {
+    "train": _cmd_train,
+    "build-targets": _cmd_build_targets,
+    "eval": _cmd_eval,
+    "config": _cmd_config,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,13 +146,11 @@ class GRPOConfig:
     beta: float = 0.04  # weight of the k3 KL-to-reference loss term
     loss_agg: str = "dapo"  # LOSS_AGGS: how token losses are averaged (METHODS.md section 4)
     adv_eps: float = 1e-6  # eps in A_i = (R_i - mean R) / (std R + eps)
-    dynamic_sampling: bool = False  # resample groups whose rewards are all equal
 
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
     targets: str = "s3ft"  # TARGET_KINDS: SFT targets are gold, SSR (self|gold) or S3FT
-    refresh_targets: bool = False  # rebuild self/paraphrase targets from the current policy
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 

@@ -144,8 +144,6 @@ def validate(cfg: Config) -> None:
             "judge.verifier",
             f"for data.task={d.task} must be auto or one of " + ", ".join(TASK_VERIFIERS[d.task]),
         )
-    if alg.refresh_targets and alg.targets == "gold":
-        bad("algorithm.refresh_targets", "must be false when algorithm.targets=gold")
 
     # Token budgets: every training sequence and every generation must fit the model.
     if d.max_prompt_tokens + d.max_response_tokens > m.max_model_len:

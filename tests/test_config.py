@@ -220,7 +220,6 @@ REJECTIONS = [
     (["learner.backend=nccl"], ["learner.backend", "gpus_per_learner"]),
     (["resources.gpus_per_learner=0.5"], ["resources.gpus_per_learner", "NCCL"]),
     (["resources.gpus_per_rollout=1.5"], ["resources.gpus_per_rollout", "whole number"]),
-    (["algorithm.targets=gold", "algorithm.refresh_targets=true"], ["algorithm.refresh_targets"]),
     (["data.max_prompt_tokens=450"], ["model.max_model_len", "= 578"]),
     (["rollout.max_new_tokens=200"], ["rollout.max_new_tokens", "max_response_tokens (128)"]),
     (["eval.max_new_tokens=300"], ["eval.max_new_tokens", "(256)"]),

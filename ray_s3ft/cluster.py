@@ -1,0 +1,142 @@
+"""Starting or joining Ray, and launching the three role groups from a config.
+
+``RAY_ADDRESS`` set (``ray job submit`` sets it) -> join that cluster. Otherwise start a private
+local one whose temp dir lives in the run directory, so nothing touches another user's Ray on a
+shared machine, and whose logical CPU count covers the groups' reservations (a laptop has
+fewer cores than the default layout reserves; the roles take turns, so oversubscription costs
+little).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray_s3ft.config import Config, resolved_judge
+from ray_s3ft.workers.group import ActorGroup, Resources
+
+log = logging.getLogger(__name__)
+
+
+def required_cpus(cfg: Config) -> float:
+    r = cfg.resources
+    return (
+        r.rollout_workers * r.cpus_per_rollout
+        + r.judge_workers * r.cpus_per_judge
+        + r.learner_ranks * r.cpus_per_learner
+    )
+
+
+def start_ray(cfg: Config, run_dir: Path) -> bool:
+    """Connect to Ray; True when this call started a local cluster (the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = _worker_env(run_dir)
+    if os.environ.get("RAY_ADDRESS"):
+        log.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+        return False
+    temp = run_dir / ".ray"
+    if len(str(temp.resolve())) > 60:  # Ray's unix socket paths must stay under 108 bytes
+        temp = Path(tempfile.mkdtemp(prefix="ray_s3ft-"))
+    temp.mkdir(parents=True, exist_ok=True)
+    cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
+    ray.init(
+        num_cpus=cpus,
+        _temp_dir=str(temp.resolve()),
+        include_dashboard=False,
+        runtime_env={"env_vars": env},
+        log_to_driver=True,
+    )
+    return True
+
+
+def _worker_env(run_dir: Path) -> dict[str, str]:
+    cache = str((run_dir / ".cache").resolve())
+    return {
+        "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", f"{cache}/vllm"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@dataclass
+class Groups:
+    rollout: ActorGroup
+    judge: ActorGroup
+    learner: ActorGroup | None  # None for phases that do not train (build-targets)
+
+    def shutdown(self) -> None:
+        for group in (self.rollout, self.judge, self.learner):
+            if group is not None:
+                group.shutdown()
+
+
+def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = False) -> Groups:
+    """Create the rollout, judge and (optionally) learner groups; the learners join their
+    process group before this returns. Actors start in parallel."""
+    from ray_s3ft.workers.judge import JudgeWorker
+    from ray_s3ft.workers.learner import LearnerActor
+    from ray_s3ft.workers.rollout import RolloutWorker
+
+    r = cfg.resources
+    threads = {"OMP_NUM_THREADS": "1"}  # torch/OMP threads per actor: cores are shared
+    rollout = ActorGroup(
+        RolloutWorker,
+        r.rollout_workers,
+        name="rollout",
+        resources=Resources(r.cpus_per_rollout, r.gpus_per_rollout, threads, max_restarts=2),
+        kwargs=dict(
+            model_path=model_path,
+            cfg=cfg.rollout,
+            max_model_len=cfg.model.max_model_len,
+            max_prompt_tokens=cfg.data.max_prompt_tokens,
+            trust_remote_code=cfg.model.trust_remote_code,
+        ),
+        local=local,
+    )
+    judge = ActorGroup(
+        JudgeWorker,
+        r.judge_workers,
+        name="judge",
+        resources=Resources(r.cpus_per_judge, r.gpus_per_judge, threads, max_restarts=3),
+        kwargs=dict(
+            cfg=resolved_judge(cfg),
+            max_model_len=cfg.model.max_model_len,
+            max_prompt_tokens=cfg.data.max_prompt_tokens,
+        ),
+        local=local,
+    )
+    if not learners:
+        return Groups(rollout=rollout, judge=judge, learner=None)
+    learner_threads = max(1, int(r.cpus_per_learner))
+    learner = ActorGroup(
+        LearnerActor,
+        r.learner_ranks,
+        name="learner",
+        resources=Resources(
+            r.cpus_per_learner, r.gpus_per_learner, {"OMP_NUM_THREADS": str(learner_threads)}
+        ),
+        kwargs=dict(
+            world_size=r.learner_ranks,
+            model_path=model_path,
+            model=cfg.model,
+            cfg=cfg.learner,
+            grpo=cfg.algorithm.grpo,
+            lr=cfg.trainer.lr,
+            weight_decay=cfg.trainer.weight_decay,
+            seed=cfg.trainer.seed,
+            threads=learner_threads,
+        ),
+        rank_kwargs=lambda i: {"rank": i},
+        local=local,
+    )
+    addr, port = learner.call_one(LearnerActor.master_address)
+    learner.call(LearnerActor.setup, addr, port)
+    return Groups(rollout=rollout, judge=judge, learner=learner)

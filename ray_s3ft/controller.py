@@ -1,0 +1,292 @@
+"""The controller: the only place the dataflow of a run is spelled out.
+
+    eval_before -> targets (phase 1, S3FT store) -> restore checkpoint -> train (phase 2) -> eval_after
+
+One training step reads like the papers (``Controller.step``): the schedule picks SFT or GRPO; an
+SFT step trains on the S3FT targets; a GRPO step samples G responses per prompt with the
+current weights, scores them with the judge and trains on group advantages; then the schedule
+observes the learner's statistics. Each phase is one named call, timed as ``timing/<phase>``.
+
+Weights are synced lazily: the learner's version bumps on every optimizer step, and engines are
+brought up to it right before they generate again (CPU: one copy through Ray's object store).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ray_s3ft.algo.grpo import group_advantages
+from ray_s3ft.algo.schedules import Decision, make_schedule
+from ray_s3ft.batches import grpo_batch, sft_batch, shard
+from ray_s3ft.checkpoints import latest_checkpoint, save_checkpoint
+from ray_s3ft.cluster import Groups
+from ray_s3ft.config import Config
+from ray_s3ft.metrics import MetricsLogger, Progress
+from ray_s3ft.target_store import TargetSet
+from ray_s3ft.tasks.types import Example
+from ray_s3ft.workers.judge import JudgeWorker
+from ray_s3ft.workers.learner import LearnerActor
+from ray_s3ft.workers.rollout import RolloutWorker
+from ray_s3ft.workers.types import JudgeItem, Sampling, StepStats
+
+log = logging.getLogger(__name__)
+
+PHASES = ("batch", "sync", "rollout", "judge", "train", "probe", "reference", "checkpoint")
+
+
+@dataclass
+class TrainState:
+    """Everything beyond the weights that a resumed run needs to continue exactly."""
+
+    step: int = 0  # next step to run
+    version: int = 0  # learner weights version = optimizer steps taken
+    cursors: dict[str, int] = field(default_factory=lambda: {"sft": 0, "grpo": 0})
+    steps: dict[str, int] = field(default_factory=lambda: {"sft": 0, "grpo": 0})
+    last: dict[str, float] = field(default_factory=dict)  # latest rollout/reward values
+    schedule: dict = field(default_factory=dict)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.s = dict.fromkeys(PHASES, 0.0)
+
+    def run(self, phase: str, fn, *args, **kw):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            self.s[phase] += time.perf_counter() - started
+
+
+class Controller:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        groups: Groups,
+        tokenizer,
+        examples: list[Example],
+        targets: TargetSet,
+    ) -> None:
+        self.cfg, self.run_dir, self.g, self.tok = cfg, run_dir, groups, tokenizer
+        self.examples, self.targets = examples, targets
+        self.fractions = targets.fractions()
+        s = cfg.schedule
+        self.schedule = make_schedule(
+            s.kind, seed=cfg.trainer.seed, warmup_steps=s.warmup_steps, p_sft=s.p_sft,
+            **asdict(s.sasr),
+        )  # fmt: skip
+        self.state = TrainState()
+        self.engine_version = 0  # what the rollout engines serve
+
+    # ------------------------------------------------------------------------------- the loop
+
+    def restore(self) -> bool:
+        """Load the latest checkpoint of the run directory, if resuming; True if one was."""
+        ckpt = latest_checkpoint(self.run_dir) if self.cfg.trainer.resume else None
+        if ckpt is None:
+            return False
+        self.g.learner.call(LearnerActor.load, str(ckpt / "deepspeed"))
+        self.state = TrainState(**json.loads((ckpt / "trainer_state.json").read_text()))
+        self.schedule.load_state_dict(self.state.schedule)
+        log.warning("resumed from %s at step %d", ckpt, self.state.step)
+        return True
+
+    def train(self) -> None:
+        t = self.cfg.trainer
+        metrics = MetricsLogger(self.run_dir, first_step=self.state.step)
+        progress = Progress(t.max_steps, start=self.state.step)
+        try:
+            while self.state.step < t.max_steps:
+                row = self.step(self.state.step)
+                metrics.log(row)
+                progress.update(row["step"], row["mode"], row["learner/loss"], row["reward/mean"])
+        finally:
+            progress.close()
+            metrics.close()
+
+    def step(self, step: int) -> dict:
+        timer, probe_norm = Timer(), None
+        started = time.perf_counter()
+        decision = self.schedule.decide(step)
+        if decision.mode == "sft":
+            batch = timer.run("batch", self.sft_batch, advance=True)
+            stats = timer.run("train", self.train_on, batch, "sft")
+        else:
+            timer.run("sync", self.sync_weights)
+            examples, rollout = timer.run("rollout", self.rollout)
+            rewards = timer.run("judge", self.judge, examples, rollout)
+            batch = timer.run("batch", self.grpo_batch, rollout, rewards)
+            stats = timer.run("train", self.train_on, batch, "grpo")
+            if decision.probe:
+                probe_norm = timer.run("probe", self.probe)
+        self.observe(step, decision, stats, probe_norm)
+        if self.schedule.kind == "sasr" and step == self.cfg.schedule.warmup_steps - 1:
+            # SASR's KL is drift from the post-warm-up policy (METHODS.md §5)
+            timer.run("reference", self.g.learner.call, LearnerActor.reset_reference)
+        self.state.step = step + 1
+        if self.state.step % self.cfg.trainer.checkpoint_every == 0:
+            timer.run("checkpoint", self.checkpoint)
+        return self.row(step, decision, stats, timer, time.perf_counter() - started)
+
+    # --------------------------------------------------------------------------------- phases
+
+    def _take(self, kind: str, n: int) -> list[int]:
+        """The next ``n`` example indices of stream ``kind``: a fresh seeded permutation per
+        epoch, so a resumed run (which restores the cursor) sees the same data."""
+        size, out = len(self.examples), []
+        cursor = self.state.cursors[kind]
+        for pos in range(cursor, cursor + n):
+            epoch, offset = divmod(pos, size)
+            salt = 0 if kind == "sft" else 1
+            out.append(
+                int(
+                    np.random.default_rng([self.cfg.trainer.seed, salt, epoch]).permutation(size)[
+                        offset
+                    ]
+                )
+            )
+        return out
+
+    def sft_batch(self, advance: bool):
+        n = self.cfg.trainer.sft_batch_size
+        idx = self._take("sft", n)
+        if advance:
+            self.state.cursors["sft"] += n
+        records = [self.targets.records[i] for i in idx]
+        texts = [r.target(self.targets.mode).text for r in records]
+        batch = sft_batch(
+            self.tok, [r.prompt for r in records], texts, self.cfg.model.max_model_len
+        )
+        return shard(batch, len(self.g.learner))
+
+    def sync_weights(self) -> None:
+        """Bring the rollout engines to the learner's version: rank 0's weights go into the
+        object store once and every engine reads that one copy."""
+        if self.engine_version == self.state.version:
+            return
+        refs = self.g.learner.submit(LearnerActor.full_state_dict)  # collective under ZeRO-3
+        self.g.rollout.call(RolloutWorker.update_weights, self.state.version, refs[0])
+        self.g.learner.wait(refs[1:])
+        self.engine_version = self.state.version
+
+    def rollout(self):
+        c = self.cfg
+        idx = self._take("grpo", c.trainer.grpo_prompts_per_step)
+        self.state.cursors["grpo"] += len(idx)
+        examples = [self.examples[i] for i in idx]
+        sampling = Sampling(
+            n=c.algorithm.grpo.group_size,
+            temperature=c.rollout.temperature,
+            top_p=c.rollout.top_p,
+            max_new_tokens=c.rollout.max_new_tokens,
+        )
+        prompts = [ex.prompt for ex in examples]
+        for _ in range(3):
+            started = time.perf_counter()
+            parts = self.g.rollout.map_chunks(RolloutWorker.generate, prompts, sampling=sampling)
+            seconds = time.perf_counter() - started
+            stale = [p.weights_version for p in parts if p.weights_version != self.state.version]
+            if not stale:
+                break
+            # a restarted engine came back with the base weights: resync it and sample again
+            log.warning("engine versions %s, expected %d: resyncing", stale, self.state.version)
+            self.engine_version = -1
+            self.sync_weights()
+        else:
+            raise RuntimeError("rollout engines keep losing their weights; see the actor logs")
+        gens = [g for p in parts for g in p.generations]
+        tokens = sum(p.new_tokens for p in parts)
+        self.state.last["rollout/tokens_per_s"] = tokens / max(seconds, 1e-9)
+        self.state.last["rollout/response_tokens"] = tokens / max(len(gens), 1)
+        return examples, gens
+
+    def judge(self, examples: list[Example], gens) -> torch.Tensor:
+        G = self.cfg.algorithm.grpo.group_size
+        items = [
+            JudgeItem(ex.prompt, gen.text, ex.answer, ex.verifier, tuple(ex.tests))
+            for i, gen in enumerate(gens)
+            for ex in [examples[i // G]]
+        ]
+        verdicts = self.g.judge.map(JudgeWorker.judge, items)
+        self.state.last["judge/undecided"] = sum(v.correct is None for v in verdicts)
+        rewards = torch.tensor([1.0 if v.correct else 0.0 for v in verdicts])  # [P*G]
+        self.state.last["reward/mean"] = rewards.mean().item()
+        return rewards
+
+    def grpo_batch(self, gens, rewards: torch.Tensor):
+        grpo = self.cfg.algorithm.grpo
+        adv = group_advantages(
+            rewards, grpo.group_size, scale_by_std=grpo.loss_agg != "dr_grpo", eps=grpo.adv_eps
+        )
+        self.state.last["reward/zero_std_groups"] = adv.zero_std_groups
+        batch = grpo_batch(
+            gens, adv.advantages, self.tok.pad_token_id, self.cfg.rollout.max_new_tokens
+        )
+        return shard(batch, len(self.g.learner))
+
+    def train_on(self, shards, mode: str) -> StepStats:
+        stats = self.g.learner.scatter(LearnerActor.train_step, shards, mode=mode)[0]
+        self.state.version += 1
+        self.state.steps[mode] += 1
+        return stats
+
+    def probe(self) -> float:
+        """SASR's gradient-only SFT probe on the batch the next SFT step will train on."""
+        return self.g.learner.scatter(LearnerActor.grad_probe, self.sft_batch(advance=False))[0]
+
+    def observe(self, step: int, d: Decision, stats: StepStats, probe_norm: float | None) -> None:
+        if d.mode == "sft":
+            self.schedule.observe(step, "sft", sft_grad_norm=stats.grad_norm)
+        else:
+            self.schedule.observe(step, "grpo", kl=stats.kl)
+            if probe_norm is not None:
+                self.schedule.observe_probe(step, probe_norm)
+
+    def checkpoint(self) -> Path:
+        self.state.schedule = self.schedule.state_dict()
+        return save_checkpoint(self.run_dir, self.state.step, self.g.learner, asdict(self.state))
+
+    def row(self, step: int, d: Decision, stats: StepStats, timer: Timer, seconds: float) -> dict:
+        sched, last = self.schedule.stats(), self.state.last
+        row = {
+            "step": step,
+            "mode": d.mode,
+            "sasr/p_sft": d.p_sft,
+            "sasr/grad_norm_ema": sched["grad_norm_ema"],
+            "sasr/kl": sched["kl"],
+            "sasr/probe": float(d.probe),
+            "targets/self_frac": self.fractions["self"],
+            "targets/para_frac": self.fractions["paraphrase"],
+            "targets/gold_frac": self.fractions["gold"],
+            "learner/loss": stats.loss,
+            "learner/grad_norm": stats.grad_norm,
+            "learner/kl": stats.kl,
+            "learner/entropy": stats.entropy,
+            "learner/tokens": stats.tokens,
+            # reward/rollout/judge values are the latest GRPO step's (0.0 before the first one)
+            "reward/mean": last.get("reward/mean", 0.0),
+            "reward/zero_std_groups": last.get("reward/zero_std_groups", 0),
+            "judge/undecided": last.get("judge/undecided", 0),
+            "rollout/tokens_per_s": last.get("rollout/tokens_per_s", 0.0),
+            "rollout/response_tokens": last.get("rollout/response_tokens", 0.0),
+            "weights/version": self.state.version,
+            "weights/engine_version": self.engine_version,
+        }
+        if d.mode == "grpo":
+            row.update({
+                "learner/pg_loss": stats.pg_loss,
+                "learner/clip_frac": stats.clip_frac,
+                "rollout/logprob_diff": stats.logprob_diff,
+                "rollout/logprob_max_diff": stats.logprob_max_diff,
+            })  # fmt: skip
+        row.update({f"timing/{k}": v for k, v in timer.s.items()})
+        row["timing/step"] = seconds
+        return row

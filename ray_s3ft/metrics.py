@@ -1,0 +1,104 @@
+"""Per-step metrics: one JSON line per step in ``metrics.jsonl``, TensorBoard events beside it,
+and a progress line on the console.
+
+Keys are namespaced (``learner/loss``, ``timing/rollout``...). A value that is not a finite number
+(a signal not observed yet) is written as JSON ``null`` and left out of TensorBoard, so the file
+stays strict JSON. On resume, lines of steps the restored checkpoint does not cover are dropped,
+so the file never holds one step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+METRICS = "metrics.jsonl"
+
+
+def _clean(value):
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, first_step: int = 0) -> None:
+        self.path = run_dir / METRICS
+        self._truncate_from(first_step)
+        self._file = open(self.path, "a")  # noqa: SIM115 -- open for the run, closed by close()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=first_step)
+        except ImportError:  # tensorboard is a dependency; a broken install loses only curves
+            self._tb = None
+
+    def _truncate_from(self, first_step: int) -> None:
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] < first_step:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in keep))
+        os.replace(tmp, self.path)
+
+    def log(self, row: dict) -> None:
+        row = {k: _clean(v) for k, v in row.items()}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            step = int(row["step"])
+            for key, value in row.items():
+                if key != "step" and isinstance(value, float):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A rich progress bar with step, mode, loss and reward; plain lines when not a terminal
+    (``ray job submit`` logs, CI), one per step."""
+
+    def __init__(self, total: int, start: int = 0) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
+
+        self.console = Console()
+        self.total = total
+        self.bar = None
+        if self.console.is_terminal:
+            self.bar = Bar(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=self.console,
+            )
+            self.task = self.bar.add_task("", total=total, completed=start)
+            self.bar.start()
+
+    def update(self, step: int, mode: str, loss: float, reward: float | None) -> None:
+        text = f"step {step + 1}/{self.total} {mode:4s} loss {loss:.4f}"
+        if reward is not None:
+            text += f" reward {reward:.3f}"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step + 1, description=text)
+        else:
+            self.console.print(text, highlight=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

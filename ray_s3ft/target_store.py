@@ -1,0 +1,190 @@
+"""Phase 1 of a run: the S3FT target store (arXiv 2502.08130), built once, offline, as in the paper.
+
+For every training example: the base model answers greedily (y_self) and the judge rules on it;
+for the rejected ones the base model paraphrases the gold (y_para) and the judge rules again.
+Each record keeps every rung and its verdict, so one store serves ``algorithm.targets`` gold,
+ssr and s3ft alike; the chosen target and its source label come from ``select_target``.
+
+The store is ``targets.jsonl`` in the run directory. Work is done in chunks appended to
+``targets.partial.jsonl``, so an interrupted build resumes where it stopped; a finished store
+whose fingerprint (model, data, budgets) matches is reused, never recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray_s3ft.algo.targets import Target, TargetSource, select_target, source_fractions
+from ray_s3ft.tasks.types import Example
+from ray_s3ft.workers.types import JudgeItem, Verdict
+
+STORE, PARTIAL, META = "targets.jsonl", "targets.partial.jsonl", "targets.meta.json"
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    id: str
+    prompt: str
+    gold: str
+    self_response: str | None = None  # None when the mode never asks the model (gold)
+    self_ok: bool | None = None
+    paraphrase: str | None = None  # None when y_self was accepted or the mode is ssr
+    paraphrase_ok: bool | None = None
+
+    def target(self, mode: str) -> Target:
+        return select_target(
+            mode,
+            gold=self.gold,
+            self_response=self.self_response,
+            self_ok=self.self_ok,
+            paraphrase=self.paraphrase,
+            paraphrase_ok=self.paraphrase_ok,
+        )
+
+
+@dataclass(frozen=True)
+class TargetSet:
+    records: list[TargetRecord]  # in training-set order
+    mode: str
+    computed: int  # records built by this call
+    reused: int  # records read back from disk
+
+    def targets(self) -> list[Target]:
+        return [r.target(self.mode) for r in self.records]
+
+    def fractions(self) -> dict[str, float]:
+        return source_fractions(self.targets())
+
+
+# (prompts, max_new_tokens) -> greedy texts; (pairs, max_new_tokens) -> paraphrases;
+# items -> verdicts. The controller passes its actor groups' calls; tests may pass functions.
+Greedy = Callable[[Sequence[str], int], list[str]]
+Paraphrase = Callable[[Sequence[tuple[str, str]], int], list[str]]
+Judge = Callable[[Sequence[JudgeItem]], list[Verdict]]
+
+
+def build_targets(
+    examples: Sequence[Example],
+    run_dir: Path,
+    *,
+    mode: str,
+    fingerprint: dict,
+    greedy: Greedy,
+    paraphrase: Paraphrase,
+    judge: Judge,
+    max_new_tokens: int,
+    chunk_size: int = 128,
+    on_chunk: Callable[[int], None] | None = None,
+) -> TargetSet:
+    """Build (or reuse, or finish) the store for ``examples`` under ``mode`` gold|ssr|s3ft."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = {**fingerprint, "mode": mode, "ids": _ids_digest(examples)}
+    store, partial, meta = run_dir / STORE, run_dir / PARTIAL, run_dir / META
+    if store.exists() and _read_meta(meta) == fingerprint:
+        return TargetSet(_read(store), mode, computed=0, reused=len(examples))
+    if _read_meta(meta) != fingerprint:  # another setting's leftovers: start over
+        for path in (store, partial):
+            path.unlink(missing_ok=True)
+        _write_json(meta, fingerprint)
+    done = {r.id: r for r in _read(partial)} if partial.exists() else {}
+    _write_records(partial, list(done.values()))  # drops a line a crash may have cut short
+    todo = [ex for ex in examples if ex.id not in done]
+    reused = len(examples) - len(todo)
+    if on_chunk is not None and reused:
+        on_chunk(reused)
+    with open(partial, "a") as f:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            for rec in _judge_chunk(chunk, mode, greedy, paraphrase, judge, max_new_tokens):
+                done[rec.id] = rec
+                f.write(json.dumps(dataclasses.asdict(rec)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # a crash loses at most the chunk in flight
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+    records = [done[ex.id] for ex in examples]
+    _write_records(store, records)
+    partial.unlink(missing_ok=True)
+    return TargetSet(records, mode, computed=len(todo), reused=reused)
+
+
+def _judge_chunk(
+    chunk: Sequence[Example],
+    mode: str,
+    greedy: Greedy,
+    paraphrase: Paraphrase,
+    judge: Judge,
+    max_new_tokens: int,
+) -> list[TargetRecord]:
+    base = [TargetRecord(id=ex.id, prompt=ex.prompt, gold=ex.gold) for ex in chunk]
+    if mode == "gold":
+        return base
+    selfs = greedy([ex.prompt for ex in chunk], max_new_tokens)
+    verdicts = judge([_item(ex, r) for ex, r in zip(chunk, selfs, strict=True)])
+    records = [
+        dataclasses.replace(rec, self_response=r, self_ok=v.correct)
+        for rec, r, v in zip(base, selfs, verdicts, strict=True)
+    ]
+    if mode != "s3ft":
+        return records
+    rejected = [i for i, rec in enumerate(records) if rec.self_ok is not True]
+    if rejected:
+        paras = paraphrase([(chunk[i].prompt, chunk[i].gold) for i in rejected], max_new_tokens)
+        pverdicts = judge([_item(chunk[i], p) for i, p in zip(rejected, paras, strict=True)])
+        for i, p, v in zip(rejected, paras, pverdicts, strict=True):
+            records[i] = dataclasses.replace(records[i], paraphrase=p, paraphrase_ok=v.correct)
+    return records
+
+
+def _item(ex: Example, response: str) -> JudgeItem:
+    return JudgeItem(ex.prompt, response, ex.answer, ex.verifier, tuple(ex.tests))
+
+
+def _ids_digest(examples: Sequence[Example]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(f"{ex.id}\0{ex.prompt}\0{ex.gold}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _read(path: Path) -> list[TargetRecord]:
+    records = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                try:
+                    records.append(TargetRecord(**json.loads(line)))
+                except (json.JSONDecodeError, TypeError):
+                    break  # a line cut by a crash: everything before it is good
+    return records
+
+
+def _write_records(path: Path, records: Sequence[TargetRecord]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for rec in records:
+            f.write(json.dumps(dataclasses.asdict(rec)) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+__all__ = ["TargetRecord", "TargetSet", "TargetSource", "build_targets"]

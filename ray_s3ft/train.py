@@ -1,0 +1,214 @@
+"""``ray-s3ft train`` and ``ray-s3ft build-targets``: the phases of a run, timed, and its summary.
+
+    startup      start or join Ray; launch rollout, judge and learner groups
+    eval_before  task and held-out accuracy of the base model (greedy, on the rollout engines)
+    targets      phase 1: the S3FT target store (reused when already built)
+    train        phase 2: the schedule's SFT / GRPO steps, checkpoints included
+    eval_after   the same evaluation with the trained weights
+    checkpoint   the final checkpoint
+
+Evaluation here runs on the rollout engines (vLLM by default), which serve exactly the weights
+being trained; ``ray-s3ft eval`` evaluates any saved checkpoint on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ray_s3ft.config import Config, resolved_judge, save_config
+
+log = logging.getLogger(__name__)
+
+
+def _say(text: str) -> None:
+    from rich.console import Console
+
+    Console().print(f"[bold]ray-s3ft[/bold] {text}", highlight=False)
+
+
+class Phases:
+    """Wall time per phase of the run, in order."""
+
+    def __init__(self) -> None:
+        self.s: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kw):
+        _say(f"{name} ...")
+        started = time.perf_counter()
+        out = fn(*args, **kw)
+        self.s[name] = self.s.get(name, 0.0) + time.perf_counter() - started
+        _say(f"{name} done in {self.s[name]:.1f} s")
+        return out
+
+
+def _setup(cfg: Config, learners: bool):
+    from transformers import AutoTokenizer
+
+    from ray_s3ft.cluster import launch, start_ray
+    from ray_s3ft.model.paths import resolve_model_path
+    from ray_s3ft.tasks.loaders import load_eval_examples, load_train_examples
+
+    run_dir = Path(cfg.trainer.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    model_path = resolve_model_path(cfg.model.path)
+    examples = load_train_examples(cfg.data)  # bad data fails here, before any actor starts
+    eval_sets = load_eval_examples(cfg.data, cfg.eval) if learners else {}
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, trust_remote_code=cfg.model.trust_remote_code
+    )
+    started_ray = start_ray(cfg, run_dir)
+    groups = launch(cfg, model_path, learners=learners)
+    return run_dir, model_path, examples, eval_sets, tokenizer, groups, started_ray
+
+
+def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str):
+    from rich.progress import Progress
+
+    from ray_s3ft.target_store import build_targets as build
+    from ray_s3ft.workers.judge import JudgeWorker
+    from ray_s3ft.workers.rollout import RolloutWorker
+
+    n = cfg.rollout.max_new_tokens
+    fingerprint = {
+        "model": model_path,
+        "task": cfg.data.task,
+        "train_size": len(examples),
+        "max_new_tokens": n,
+        "judge": asdict(resolved_judge(cfg)),
+    }
+    with Progress(transient=True) as bar:
+        task = bar.add_task("S3FT targets", total=len(examples))
+        result = build(
+            examples,
+            run_dir,
+            mode=cfg.algorithm.targets,
+            fingerprint=fingerprint,
+            greedy=lambda p, m: groups.rollout.map(RolloutWorker.greedy, p, max_new_tokens=m),
+            paraphrase=lambda p, m: groups.rollout.map(
+                RolloutWorker.paraphrase, p, max_new_tokens=m
+            ),
+            judge=lambda items: groups.judge.map(JudgeWorker.judge, items),
+            max_new_tokens=n,
+            on_chunk=lambda k: bar.advance(task, k),
+        )
+    frac = result.fractions()
+    _say(
+        f"targets ({cfg.algorithm.targets}): {result.computed} built, {result.reused} reused; "
+        f"self {frac['self']:.1%}, paraphrase {frac['paraphrase']:.1%}, gold {frac['gold']:.1%}"
+    )
+    return result
+
+
+def evaluate_on_engines(groups, eval_sets: dict, max_new_tokens: int) -> dict:
+    from ray_s3ft.evaluate import score_set
+    from ray_s3ft.workers.rollout import RolloutWorker
+
+    prompts = [ex.prompt for exs in eval_sets.values() for ex in exs]
+    texts = groups.rollout.map(RolloutWorker.greedy, prompts, max_new_tokens=max_new_tokens)
+    out, i = {}, 0
+    for name, exs in eval_sets.items():
+        out[name] = asdict(score_set(exs, texts[i : i + len(exs)]))
+        i += len(exs)
+    heldout = [v["accuracy"] for k, v in out.items() if k != "task"]
+    out["heldout_mean"] = sum(heldout) / len(heldout) if heldout else None
+    return out
+
+
+def _cached_eval(path: Path, fn):
+    if path.exists():
+        return json.loads(path.read_text())
+    result = fn()
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def train(cfg: Config) -> dict:
+    from ray_s3ft.controller import Controller
+
+    phases, started = Phases(), time.perf_counter()
+    run_dir, model_path, examples, eval_sets, tok, groups, started_ray = phases.run(
+        "startup", _setup, cfg, True
+    )
+    try:
+        n_eval = cfg.eval.max_new_tokens
+        before = phases.run(
+            "eval_before",
+            _cached_eval,
+            run_dir / "eval_before.json",
+            lambda: evaluate_on_engines(groups, eval_sets, n_eval),
+        )
+        targets = phases.run("targets", build_targets, cfg, groups, examples, run_dir, model_path)
+        ctl = Controller(cfg, run_dir, groups, tok, examples, targets)
+        ctl.restore()
+        phases.run("train", ctl.train)
+        ckpt = phases.run("checkpoint", ctl.checkpoint)
+        phases.run("sync", ctl.sync_weights)
+        after = phases.run("eval_after", evaluate_on_engines, groups, eval_sets, n_eval)
+        (run_dir / "eval_after.json").write_text(json.dumps(after, indent=2) + "\n")
+        phases.s["total"] = time.perf_counter() - started
+        summary = {
+            "run_dir": str(run_dir),
+            "checkpoint": str(ckpt),
+            "accuracy_before": before,
+            "accuracy_after": after,
+            "targets": targets.fractions(),
+            "targets_reused": targets.computed == 0,
+            "steps": dict(ctl.state.steps),
+            "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print_summary(summary)
+        return summary
+    finally:
+        _shutdown(groups, started_ray)
+
+
+def build_targets_only(cfg: Config) -> dict:
+    run_dir, model_path, examples, _, _, groups, started_ray = _setup(cfg, learners=False)
+    try:
+        result = build_targets(cfg, groups, examples, run_dir, model_path)
+        return {"computed": result.computed, "reused": result.reused, **result.fractions()}
+    finally:
+        _shutdown(groups, started_ray)
+
+
+def _shutdown(groups, started_ray: bool) -> None:
+    import ray
+
+    groups.shutdown()
+    if started_ray:
+        ray.shutdown()
+
+
+def print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f} %"
+
+    b, a = s["accuracy_before"], s["accuracy_after"]
+    table = Table(title=f"run summary ({s['run_dir']})")
+    for col in ("", "before", "after"):
+        table.add_column(col, justify="left" if not col else "right")
+    table.add_row("task accuracy", pct(b["task"]["accuracy"]), pct(a["task"]["accuracy"]))
+    for name in b:
+        if name not in ("task", "heldout_mean"):
+            table.add_row(f"held-out: {name}", pct(b[name]["accuracy"]), pct(a[name]["accuracy"]))
+    table.add_row("held-out mean", pct(b["heldout_mean"]), pct(a["heldout_mean"]))
+    console = Console()
+    console.print(table)
+    t = s["targets"]
+    console.print(
+        f"targets: self {pct(t['self'])}, paraphrase {pct(t['paraphrase'])}, gold {pct(t['gold'])}"
+        f"{' (reused)' if s['targets_reused'] else ''}\n"
+        f"steps: {s['steps']['sft']} SFT, {s['steps']['grpo']} GRPO\n"
+        "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["wall_s"].items()) + "\n"
+        f"checkpoint: {s['checkpoint']}",
+        highlight=False,
+    )

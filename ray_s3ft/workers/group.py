@@ -1,0 +1,176 @@
+"""A group of identical role actors, called through function objects, not method-name strings.
+
+    learners = ActorGroup(LearnerActor, 2, name="learner", resources=Resources(cpus=1))
+    stats = learners.scatter(LearnerActor.train_step, shards, mode="sft")
+
+``ray.remote`` is applied here, at launch, so the roles stay plain classes that a test can also
+run in-process (``local=True``: same calls, no Ray). Each group reserves its actors' resources in
+one placement group, so a group either starts whole or fails with a message saying what it
+needed, instead of half of it waiting forever for CPUs another group holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1.0  # Ray CPUs per actor
+    gpus: float = 0.0  # Ray GPUs per actor
+    env: dict[str, str] = field(default_factory=dict)  # environment of the actor processes
+    max_restarts: int = 0  # restarts of a crashed actor (stateless roles only)
+
+
+class GroupStartError(RuntimeError):
+    """An actor group could not be placed or constructed; the message says which and why."""
+
+
+class ActorGroup(Generic[T]):
+    def __init__(
+        self,
+        cls: type[T],
+        n: int,
+        *,
+        name: str,
+        resources: Resources = Resources(),
+        kwargs: dict[str, Any] | None = None,
+        rank_kwargs: Callable[[int], dict[str, Any]] | None = None,
+        local: bool = False,
+        ready_timeout_s: float = 600.0,
+    ) -> None:
+        """``kwargs`` go to every actor's constructor, ``rank_kwargs(i)`` adds actor i's own."""
+        if n < 1:
+            raise ValueError(f"{name}: need at least one actor, got {n}")
+        self.cls, self.name, self.local = cls, name, local
+        self.placement_group = None
+        make = [{**(kwargs or {}), **(rank_kwargs(i) if rank_kwargs else {})} for i in range(n)]
+        if local:
+            self.actors: list[Any] = [cls(**kw) for kw in make]
+            return
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundle = {"CPU": resources.cpus, **({"GPU": resources.gpus} if resources.gpus else {})}
+        pg = placement_group([dict(bundle)] * n, strategy="PACK", name=f"ray_s3ft-{name}")
+        try:
+            ray.get(pg.ready(), timeout=ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(pg)
+            raise GroupStartError(
+                f"{name}: the cluster could not place {n} x {bundle} within {ready_timeout_s:.0f} s "
+                f"(available: {ray.available_resources()}); lower resources.* or add nodes"
+            ) from None
+        self.placement_group = pg
+        remote_cls = ray.remote(cls)
+        self.actors = [
+            remote_cls.options(
+                num_cpus=resources.cpus,
+                num_gpus=resources.gpus,
+                max_restarts=resources.max_restarts,
+                max_task_retries=resources.max_restarts,  # a restarted stateless actor retries
+                runtime_env={"env_vars": dict(resources.env)} if resources.env else None,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=i
+                ),
+            ).remote(**kw)
+            for i, kw in enumerate(make)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    # -------------------------------------------------------------------------------- calls
+
+    def _method(self, fn: Callable) -> str:
+        name = getattr(fn, "__name__", None)
+        if name is None or getattr(self.cls, name, None) is not fn:
+            raise TypeError(f"{self.name}: {fn!r} is not a method of {self.cls.__name__}")
+        return name
+
+    def submit(self, fn: Callable, *args: Any, ranks: Sequence[int] | None = None, **kw: Any):
+        """Start ``fn(*args, **kw)`` on the given actors (default all); futures, or values when
+        local. Pair with ``wait``."""
+        name = self._method(fn)
+        ranks = range(len(self.actors)) if ranks is None else ranks
+        if self.local:
+            return [getattr(self.actors[i], name)(*args, **kw) for i in ranks]
+        return [getattr(self.actors[i], name).remote(*args, **kw) for i in ranks]
+
+    def wait(self, futures: list) -> list:
+        if self.local:
+            return list(futures)
+        import ray
+
+        return ray.get(futures)
+
+    def call(self, fn: Callable, *args: Any, **kw: Any) -> list:
+        """The same call on every actor; their results in actor order."""
+        return self.wait(self.submit(fn, *args, **kw))
+
+    def call_one(self, fn: Callable, *args: Any, rank: int = 0, **kw: Any):
+        return self.wait(self.submit(fn, *args, ranks=[rank], **kw))[0]
+
+    def scatter(self, fn: Callable, shards: Sequence[Any], **kw: Any) -> list:
+        """Actor i gets ``shards[i]`` as first argument (the same ``kw`` for all)."""
+        if len(shards) != len(self.actors):
+            raise ValueError(f"{self.name}: {len(shards)} shards for {len(self.actors)} actors")
+        name = self._method(fn)
+        if self.local:
+            return [getattr(a, name)(s, **kw) for a, s in zip(self.actors, shards, strict=True)]
+        import ray
+
+        return ray.get(
+            [getattr(a, name).remote(s, **kw) for a, s in zip(self.actors, shards, strict=True)]
+        )
+
+    def map_chunks(self, fn: Callable, items: Sequence[Any], **kw: Any) -> list:
+        """Split ``items`` into one contiguous chunk per actor and call ``fn(chunk, **kw)`` on
+        each, in parallel; the per-chunk results in order (empty chunks are not sent)."""
+        chunks = split_evenly(list(items), len(self.actors))
+        used = [i for i, c in enumerate(chunks) if c]
+        name = self._method(fn)
+        if self.local:
+            return [getattr(self.actors[i], name)(chunks[i], **kw) for i in used]
+        import ray
+
+        return ray.get([getattr(self.actors[i], name).remote(chunks[i], **kw) for i in used])
+
+    def map(self, fn: Callable, items: Sequence[Any], **kw: Any) -> list:
+        """``map_chunks`` for methods that return one list entry per item: the flat list."""
+        return [x for part in self.map_chunks(fn, items, **kw) for x in part]
+
+    def shutdown(self) -> None:
+        if self.local:
+            return
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        if self.placement_group is not None:
+            ray.util.remove_placement_group(self.placement_group)
+        self.actors = []
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    """``parts`` contiguous chunks whose sizes differ by at most one (earlier chunks larger)."""
+    q, r = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = q + (1 if i < r else 0)
+        out.append(items[start : start + size])
+        start += size
+    return out
+
+
+def timed(fn: Callable[..., T], *args: Any, **kw: Any) -> tuple[T, float]:
+    """``(fn(*args, **kw), seconds)``."""
+    started = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - started

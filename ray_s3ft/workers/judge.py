@@ -1,0 +1,111 @@
+"""JudgeWorker: routes each (prompt, response, answer) to its verifier and returns a Verdict.
+
+Verifiers: math answers (math-verify), Python code run against its tests in the sandbox (the
+only place model-written code ever runs), and an LLM judge with its own engine (by default the
+run's base model, as in S3FT, arXiv 2502.08130; it stays frozen, so it never needs the
+trained weights). A verifier that raises, times out or cannot be
+parsed gives ``Verdict(None)``: counted by the caller, never a crash of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+
+from ray_s3ft.config import JudgeConfig, RolloutConfig
+from ray_s3ft.workers.types import JudgeItem, Verdict
+
+log = logging.getLogger(__name__)
+
+_FENCED = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+_BEGIN_DONE = re.compile(r"\[\[BEGIN\]\](.*?)(?:\[\[DONE\]\]|$)", re.DOTALL)
+
+
+def extract_code(response: str) -> str:
+    """The program in a response: between S3FT's MBPP markers ``[[BEGIN]]``/``[[DONE]]``, else
+    the first fenced block, else the whole response."""
+    for pattern in (_BEGIN_DONE, _FENCED):
+        m = pattern.search(response)
+        if m:
+            return m.group(1).strip("\n")
+    return response
+
+
+class JudgeWorker:
+    def __init__(
+        self, cfg: JudgeConfig, max_model_len: int = 2048, max_prompt_tokens: int = 1024
+    ) -> None:
+        """``cfg`` must be resolved (``config.resolved_judge``): no "auto", no "base"."""
+        self.cfg = cfg
+        self.max_model_len, self.max_prompt_tokens = max_model_len, max_prompt_tokens
+        self._llm = None  # the LLM judge's engine, started on first use
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        """One verdict per item, in order. Items are routed by their own verifier, except that
+        ``judge.verifier=llm`` sends every item to the LLM judge."""
+        verdicts: list[Verdict | None] = [None] * len(items)
+        llm_idx = []
+        for i, item in enumerate(items):
+            kind = "llm" if self.cfg.verifier == "llm" else item.verifier
+            if kind == "llm":
+                llm_idx.append(i)
+            else:
+                verdicts[i] = self._rule_verdict(item, kind)
+        for start in range(0, len(llm_idx), self.cfg.batch_size):
+            chunk = llm_idx[start : start + self.cfg.batch_size]
+            for i, v in zip(chunk, self._llm_verdicts([items[i] for i in chunk]), strict=True):
+                verdicts[i] = v
+        return [v if v is not None else Verdict(None, "not judged") for v in verdicts]
+
+    def _rule_verdict(self, item: JudgeItem, kind: str) -> Verdict:
+        try:
+            if kind == "math":
+                from ray_s3ft.verifiers.math import verify_math
+
+                ok = verify_math(item.response, item.answer)
+                return Verdict(ok, "" if ok is not None else "no final answer found")
+            if kind == "exact":
+                return Verdict(" ".join(item.response.split()) == " ".join(item.answer.split()))
+            if kind == "code":
+                from ray_s3ft.verifiers.sandbox import SandboxLimits, run_python_tests
+
+                limits = SandboxLimits(
+                    wall_timeout_s=self.cfg.sandbox_timeout_s,
+                    cpu_time_s=max(1, int(self.cfg.sandbox_timeout_s)),
+                    memory_mb=self.cfg.sandbox_memory_mb,
+                )
+                result = run_python_tests(extract_code(item.response), list(item.tests), limits)
+                if result.status == "timeout":
+                    return Verdict(None, "sandbox timeout")
+                return Verdict(result.passed, result.status)
+            return Verdict(None, f"no verifier {kind!r}")
+        except Exception as e:  # a verifier bug must cost one verdict, not the run
+            log.warning("judge: %s verifier failed: %s: %s", kind, type(e).__name__, e)
+            return Verdict(None, f"{kind} verifier error: {type(e).__name__}")
+
+    def _llm_verdicts(self, items: list[JudgeItem]) -> list[Verdict]:
+        from ray_s3ft.verifiers.llm_judge import build_judge_prompt, parse_verdict
+
+        prompts = [build_judge_prompt(it.prompt, it.answer, it.response) for it in items]
+        try:
+            texts = self._engine().greedy(prompts, self.cfg.llm_max_new_tokens)
+        except Exception as e:
+            log.warning("judge: LLM judge failed on %d items: %s", len(items), e)
+            return [Verdict(None, f"llm judge error: {type(e).__name__}")] * len(items)
+        out = []
+        for text in texts:
+            ok = parse_verdict(text)
+            out.append(Verdict(ok, "" if ok is not None else "unparseable verdict"))
+        return out
+
+    def _engine(self):
+        if self._llm is None:
+            from ray_s3ft.workers.rollout import RolloutWorker
+
+            # The judge's engine is a rollout engine that only ever decodes greedily.
+            cfg = RolloutConfig(backend=self.cfg.llm_backend, temperature=0.0)
+            self._llm = RolloutWorker(
+                self.cfg.llm_model, cfg, self.max_model_len, self.max_prompt_tokens
+            )
+        return self._llm

@@ -1,0 +1,411 @@
+"""LearnerActor: one rank of the DeepSpeed engine that trains the policy.
+
+N ranks form one torch.distributed group (gloo on CPU, nccl on GPU); the controller gives each
+rank its pre-sliced share of a step's batch. ``train_step(batch, mode)`` runs an SFT or a GRPO
+update and returns the step's statistics reduced over ranks, identical on every rank.
+
+Loss normalisation under data parallelism: every micro-batch's loss is scaled by its share of
+the *global* batch (tokens for SFT and DAPO, sequences for the per-sequence aggregations) and by
+the world size, because DeepSpeed averages gradients over ranks. The summed gradient is then the
+one a single process would get on the whole batch, however it is split (tested).
+
+The reference policy for the KL term is a frozen copy held by each rank (small models; a large
+model would get its own actor group). SASR measures drift from the *post-warm-up* policy, so the
+controller resets the reference at the end of warm-up (METHODS.md §5).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+from ray_s3ft.config import GRPOConfig, LearnerConfig, ModelConfig
+from ray_s3ft.workers.types import StepStats, TrainBatch
+
+log = logging.getLogger(__name__)
+
+
+class LearnerActor:
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        model_path: str,
+        model: ModelConfig,
+        cfg: LearnerConfig,
+        grpo: GRPOConfig,
+        lr: float,
+        weight_decay: float,
+        seed: int,
+        threads: int = 1,
+    ) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))  # ranks share the node's cores
+        self.rank, self.world_size, self.model_path = rank, world_size, model_path
+        self.model_cfg, self.cfg, self.grpo = model, cfg, grpo
+        self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        self.engine = None
+
+    # --------------------------------------------------------------------------------- setup
+
+    def master_address(self) -> tuple[str, int]:
+        """This node's address and a free port: rank 0's answer is the group's rendezvous."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, master_addr: str, master_port: int) -> int:
+        """Join the process group and build the engine; returns the trainable parameter count."""
+        import deepspeed
+        import torch
+
+        # DeepSpeed reads its rank from the environment; without these it falls back to MPI.
+        os.environ.update(
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK="0",  # Ray gives each rank its own (or no) visible GPU
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        backend = self.cfg.backend
+        if backend == "auto":
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend)
+        torch.manual_seed(self.seed)
+
+        # the reference first: once HfDeepSpeedConfig exists (ZeRO-3), every from_pretrained
+        # in this process partitions its weights, and the reference has no engine to gather them
+        self.reference = self._load_reference()
+        ds_config = self._ds_config()
+        model = self._load_model(ds_config)
+        if self.cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = None
+        if not self.cfg.offload_optimizer:  # else DeepSpeed builds its CPU Adam from ds_config
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=params, optimizer=optimizer, config=ds_config
+        )
+        self.steps = 0
+        return sum(p.numel() for p in params)
+
+    def _ds_config(self) -> dict:
+        zero: dict = {"stage": self.cfg.zero_stage}
+        if self.cfg.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        config = {
+            "train_micro_batch_size_per_gpu": self.cfg.micro_batch_size,
+            "gradient_accumulation_steps": 1,  # set per step: SFT and GRPO batches may differ
+            "gradient_clipping": self.cfg.grad_clip,
+            "zero_optimization": zero,
+            "bf16": {"enabled": self.cfg.bf16},
+            "zero_allow_untested_optimizer": True,  # torch AdamW: no extension to compile
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if self.cfg.offload_optimizer:
+            config["optimizer"] = {
+                "type": "AdamW",
+                "params": {"lr": self.lr, "weight_decay": self.weight_decay},
+            }
+        return config
+
+    def _load_model(self, ds_config: dict):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if self.cfg.zero_stage == 3:
+            # ZeRO-3 partitions weights as they load; HfDeepSpeedConfig must exist (and stay
+            # referenced) before from_pretrained, or every rank materialises the whole model.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(
+                {**ds_config, "train_batch_size": self.cfg.micro_batch_size * self.world_size}
+            )
+        dtype = torch.float32 if self.cfg.bf16 else getattr(torch, self.model_cfg.dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=dtype, trust_remote_code=self.model_cfg.trust_remote_code
+        )
+        lora = self.model_cfg.lora
+        if lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=list(lora.target_modules),
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        return model
+
+    def _load_reference(self):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(
+            self.model_path,
+            dtype=getattr(torch, self.model_cfg.dtype),
+            trust_remote_code=self.model_cfg.trust_remote_code,
+        ).to(self.device)
+        ref.eval().requires_grad_(False)
+        return ref
+
+    # ---------------------------------------------------------------------------------- steps
+
+    def _logprobs(self, module, batch: TrainBatch, rows: slice):
+        """Per-token logprobs of each next token, and the logits: [b, T-1], [b, T-1, V]."""
+        from ray_s3ft.algo.losses import token_logprobs
+
+        ids = batch.input_ids[rows].to(self.device)  # [b, T]
+        attn = batch.attention_mask[rows].to(self.device)  # [b, T]
+        logits = module(input_ids=ids, attention_mask=attn).logits[:, :-1]  # [b, T-1, V]
+        return token_logprobs(logits, ids[:, 1:]), logits  # [b, T-1], [b, T-1, V]
+
+    def train_step(self, batch: TrainBatch, mode: str) -> StepStats:
+        """One optimizer step on this rank's share of the batch, in ``mode`` "sft" or "grpo"."""
+        import torch
+
+        from ray_s3ft.algo.grpo import grpo_loss
+        from ray_s3ft.algo.losses import entropy_from_logits, masked_nll
+
+        if mode not in ("sft", "grpo"):
+            raise ValueError(f"mode must be 'sft' or 'grpo', got {mode!r}")
+        engine, micro = self.engine, self.cfg.micro_batch_size
+        engine.train()
+        n_micro = math.ceil(batch.num_sequences / micro)
+        engine.set_train_batch_size(micro * n_micro * self.world_size)
+        # sums over this rank: objective, kl*tok, entropy*tok, tokens, seqs, pg, clip*tok, |dlogp|
+        acc = torch.zeros(8, dtype=torch.float64)
+        max_diff = torch.zeros(1, dtype=torch.float64)  # max |learner logp - engine logp|
+        global_seqs = batch.num_sequences * self.world_size
+        for i in range(n_micro):
+            rows = slice(i * micro, (i + 1) * micro)
+            mask = batch.loss_mask[rows, 1:].to(self.device)  # [b, T-1]
+            logp, logits = self._logprobs(engine, batch, rows)
+            with torch.no_grad():
+                ref_logp, _ = self._logprobs(self.reference, batch, rows)
+                kl_tok = (torch.exp(ref_logp - logp) - (ref_logp - logp) - 1.0) * mask
+                ent = entropy_from_logits(logits.detach(), mask) * mask.sum()
+            tokens = mask.sum()
+            if mode == "sft":
+                loss = masked_nll(logp, mask, normalizer=batch.global_tokens)  # share of global
+                pg = clip = 0.0
+            else:
+                out = grpo_loss(
+                    logp,
+                    logp.detach(),  # one update per rollout batch: pi_old is pi_theta itself
+                    batch.advantages[rows].to(self.device),
+                    mask,
+                    eps_low=self.grpo.eps_low,
+                    eps_high=self.grpo.eps_high,
+                    beta=self.grpo.beta,
+                    ref_logprobs=ref_logp,
+                    agg=self.grpo.loss_agg,
+                    max_len=batch.max_new_tokens,
+                )
+                # grpo_loss averages within the micro-batch; rescale to its share of the step
+                share = (
+                    tokens.item() / max(batch.global_tokens, 1.0)
+                    if self.grpo.loss_agg == "dapo"
+                    else mask.shape[0] / global_seqs
+                )
+                loss = out.loss * share
+                pg, clip = out.pg_loss * share, out.clip_frac * tokens.item()
+                if batch.rollout_logprobs is not None:
+                    engine_logp = batch.rollout_logprobs[rows, 1:].to(self.device)
+                    diff = (logp.detach() - engine_logp).abs() * mask  # [b, T-1]
+                    acc[7] += diff.sum().item()
+                    max_diff = torch.maximum(max_diff, diff.max().double().cpu())
+            engine.set_gradient_accumulation_boundary(i == n_micro - 1)
+            engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            grad_norm = self._stage0_grad_norm() if i == n_micro - 1 else None
+            engine.step()
+            acc[:7] += torch.tensor(
+                [
+                    loss.item(),
+                    kl_tok.sum().item(),
+                    ent.item(),
+                    tokens.item(),
+                    mask.shape[0],
+                    pg,
+                    clip,
+                ],
+                dtype=torch.float64,
+            )
+        if grad_norm is None:
+            grad_norm = engine.get_global_grad_norm()
+        self.steps += 1
+        acc = self._all_reduce(acc)
+        max_diff = self._all_reduce(max_diff, op="max")
+        tok = max(acc[3].item(), 1.0)
+        return StepStats(
+            loss=acc[0].item(),
+            grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+            kl=acc[1].item() / tok,
+            entropy=acc[2].item() / tok,
+            tokens=int(acc[3].item()),
+            sequences=int(acc[4].item()),
+            pg_loss=acc[5].item(),
+            clip_frac=acc[6].item() / tok,
+            logprob_diff=acc[7].item() / tok,
+            logprob_max_diff=max_diff.item(),
+        )
+
+    def _stage0_grad_norm(self) -> float | None:
+        """ZeRO-0 with a torch optimizer reports no norm: after the boundary backward the grads
+        are already averaged over ranks, so take it here, before step() clips them."""
+        if self.cfg.zero_stage != 0:
+            return None
+        sq = sum(
+            float(p.grad.double().pow(2).sum()) for p in self._trainable() if p.grad is not None
+        )
+        return math.sqrt(sq)
+
+    def _trainable(self):
+        return [p for p in self.engine.module.parameters() if p.requires_grad]
+
+    def _all_reduce(self, t, op: str = "sum"):
+        import torch.distributed as dist
+
+        t = t.to(self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return t.cpu()
+
+    def grad_probe(self, batch: TrainBatch) -> float:
+        """Global L2 norm of the SFT gradient on ``batch``, without an optimizer step (SASR's
+        probe). ``torch.autograd.grad`` leaves ``.grad`` and DeepSpeed's hooks untouched."""
+        import torch
+
+        from ray_s3ft.algo.losses import masked_nll
+
+        if self.cfg.zero_stage == 3:
+            raise RuntimeError("grad_probe needs full parameters on each rank (zero_stage <= 2)")
+        params = self._trainable()
+        total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        micro = self.cfg.micro_batch_size
+        for start in range(0, batch.num_sequences, micro):
+            rows = slice(start, start + micro)
+            logp, _ = self._logprobs(self.engine.module, batch, rows)
+            loss = masked_nll(logp, batch.loss_mask[rows, 1:].to(self.device), batch.global_tokens)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for acc, g in zip(total, grads, strict=True):
+                if g is not None:
+                    acc += g.float()
+        flat = self._all_reduce(torch.cat([g.flatten() for g in total]))
+        # float64: a float32 norm over ~1e6 entries drifts by ~1e-4 relative, visibly off
+        # DeepSpeed's own norm of the same gradient
+        return float(flat.double().norm())
+
+    def logprobs(self, batch: TrainBatch):
+        """This rank's per-token logprobs of ``batch`` under the current policy: [B, T-1]."""
+        import torch
+
+        self.engine.eval()
+        with torch.no_grad():
+            logp, _ = self._logprobs(self.engine.module, batch, slice(None))
+        return logp.cpu()
+
+    # ------------------------------------------------------------------------------- weights
+
+    def full_state_dict(self) -> dict | None:
+        """HF-named full weights for inference engines and checkpoints, on rank 0 (None on other
+        ranks). Collective under ZeRO-3 (every rank must call it); LoRA adapters are merged."""
+        import torch
+
+        with self._gathered(), torch.no_grad():
+            return self._hf_state() if self.rank == 0 else None
+
+    def reset_reference(self) -> None:
+        """Make the current policy the KL reference (SASR's post-warm-up reference)."""
+        import torch
+
+        with self._gathered(), torch.no_grad():
+            self.reference.load_state_dict(self._hf_state(), strict=True)
+
+    def _gathered(self):
+        """Under ZeRO-3 each rank holds a slice of every weight: gather them for reading."""
+        import contextlib
+
+        if self.cfg.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    def _hf_state(self) -> dict:
+        import torch
+
+        module, dtype = self.engine.module, getattr(torch, self.model_cfg.dtype)
+        if self.model_cfg.lora.enabled:
+            module.merge_adapter()
+            try:
+                state = _merged_names(module.state_dict())
+            finally:
+                module.unmerge_adapter()
+        else:
+            state = module.state_dict()
+        # clone: the result must not alias live parameters the next step overwrites
+        return {k: v.detach().to("cpu", dtype).clone() for k, v in state.items()}
+
+    # ---------------------------------------------------------------------------- checkpoints
+
+    def save(self, ckpt_dir: str, hf_dir: str | None) -> None:
+        """DeepSpeed state (optimizer included) of every rank under ``ckpt_dir``, the HF-format
+        model under ``hf_dir`` (rank 0) and the reference weights. Collective."""
+        from safetensors.torch import save_file
+
+        self.engine.save_checkpoint(ckpt_dir, tag="state")
+        sd = self.full_state_dict()
+        if self.rank == 0:
+            if hf_dir is not None:
+                from transformers import AutoTokenizer
+
+                base = self.engine.module
+                base = base.get_base_model() if self.model_cfg.lora.enabled else base
+                base.save_pretrained(hf_dir, state_dict=sd)
+                AutoTokenizer.from_pretrained(self.model_path).save_pretrained(hf_dir)
+            ref = {k: v.contiguous() for k, v in self.reference.state_dict().items()}
+            save_file(_untie(ref), str(Path(ckpt_dir) / "reference.safetensors"))
+
+    def load(self, ckpt_dir: str) -> None:
+        from safetensors.torch import load_file
+
+        self.engine.load_checkpoint(ckpt_dir, tag="state")
+        ref = load_file(str(Path(ckpt_dir) / "reference.safetensors"))
+        self.reference.load_state_dict(ref, strict=False)
+
+
+def _merged_names(state: dict) -> dict:
+    """PEFT state dict after merge_adapter -> the base model's HF names, adapters dropped."""
+    out = {}
+    for k, v in state.items():
+        if "lora_" in k:
+            continue
+        k = k.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        out[k] = v
+    return out
+
+
+def _untie(state: dict) -> dict:
+    """safetensors refuses tensors that share memory (tied embeddings): copy the duplicates."""
+    seen, out = set(), {}
+    for k, v in state.items():
+        ptr = v.data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out

