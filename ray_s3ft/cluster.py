@@ -45,6 +45,7 @@ def start_ray(cfg: Config, run_dir: Path) -> bool:
     if len(str(temp.resolve())) > 60:  # Ray's unix socket paths must stay under 108 bytes
         temp = Path(tempfile.mkdtemp(prefix="ray_s3ft-"))
     temp.mkdir(parents=True, exist_ok=True)
+    private_auth_token(temp)
     cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
     ray.init(
         num_cpus=cpus,
@@ -54,6 +55,21 @@ def start_ray(cfg: Config, run_dir: Path) -> bool:
         log_to_driver=True,
     )
     return True
+
+
+def private_auth_token(temp: Path) -> None:
+    """Ray >= 2.5x turns token auth on for a local cluster and, without a token, writes one to
+    ~/.ray/auth_token, which then switches every later Ray of that user to token auth. Keep the
+    token of our private cluster beside it instead (unless the user configured auth)."""
+    if any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return
+    import secrets
+
+    token = temp / "auth_token"
+    if not token.exists():
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token.resolve())
 
 
 def _worker_env(run_dir: Path) -> dict[str, str]:
@@ -71,6 +87,7 @@ class Groups:
     rollout: ActorGroup
     judge: ActorGroup
     learner: ActorGroup | None  # None for phases that do not train (build-targets)
+    nccl_meta: list | None = None  # GPU weight sync: what every broadcast carries; None on CPU
 
     def shutdown(self) -> None:
         for group in (self.rollout, self.judge, self.learner):
@@ -86,6 +103,9 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
     from ray_s3ft.workers.rollout import RolloutWorker
 
     r = cfg.resources
+    # GPU learners and GPU vLLM engines sync by NCCL broadcast; otherwise via the object store
+    nccl = learners and cfg.rollout.backend == "vllm" and r.gpus_per_rollout > 0
+    nccl = nccl and r.gpus_per_learner > 0
     threads = {"OMP_NUM_THREADS": "1"}  # torch/OMP threads per actor: cores are shared
     rollout = ActorGroup(
         RolloutWorker,
@@ -98,6 +118,7 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
             max_model_len=cfg.model.max_model_len,
             max_prompt_tokens=cfg.data.max_prompt_tokens,
             trust_remote_code=cfg.model.trust_remote_code,
+            nccl_sync=nccl,
         ),
         local=local,
     )
@@ -139,4 +160,24 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
     )
     addr, port = learner.call_one(LearnerActor.master_address)
     learner.call(LearnerActor.setup, addr, port)
-    return Groups(rollout=rollout, judge=judge, learner=learner)
+    groups = Groups(rollout=rollout, judge=judge, learner=learner)
+    if nccl:
+        groups.nccl_meta = _connect_nccl(groups)
+    return groups
+
+
+def _connect_nccl(groups: Groups) -> list:
+    """One NCCL group: learner rank 0 is rank 0, engine i is rank 1 + i (tensor parallel 1).
+    Both sides must join concurrently."""
+    from ray_s3ft.workers.learner import LearnerActor
+    from ray_s3ft.workers.rollout import RolloutWorker
+
+    addr, port = groups.learner.call_one(LearnerActor.master_address)
+    n = len(groups.rollout)
+    sender = groups.learner.submit(LearnerActor.nccl_connect, addr, port, n, ranks=[0])
+    receivers = [
+        groups.rollout.submit(RolloutWorker.nccl_connect, addr, port, 1 + i, 1 + n, ranks=[i])[0]
+        for i in range(n)
+    ]
+    groups.rollout.wait(receivers)
+    return groups.learner.wait(sender)[0]

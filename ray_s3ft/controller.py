@@ -31,6 +31,7 @@ from ray_s3ft.config import Config
 from ray_s3ft.metrics import MetricsLogger, Progress
 from ray_s3ft.target_store import TargetSet
 from ray_s3ft.tasks.types import Example
+from ray_s3ft.timing import Timer
 from ray_s3ft.workers.judge import JudgeWorker
 from ray_s3ft.workers.learner import LearnerActor
 from ray_s3ft.workers.rollout import RolloutWorker
@@ -51,18 +52,6 @@ class TrainState:
     steps: dict[str, int] = field(default_factory=lambda: {"sft": 0, "grpo": 0})
     last: dict[str, float] = field(default_factory=dict)  # latest rollout/reward values
     schedule: dict = field(default_factory=dict)
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.s = dict.fromkeys(PHASES, 0.0)
-
-    def run(self, phase: str, fn, *args, **kw):
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kw)
-        finally:
-            self.s[phase] += time.perf_counter() - started
 
 
 class Controller:
@@ -113,7 +102,7 @@ class Controller:
             metrics.close()
 
     def step(self, step: int) -> dict:
-        timer, probe_norm = Timer(), None
+        timer, probe_norm = Timer(PHASES), None
         started = time.perf_counter()
         decision = self.schedule.decide(step)
         if decision.mode == "sft":
@@ -141,18 +130,16 @@ class Controller:
     def _take(self, kind: str, n: int) -> list[int]:
         """The next ``n`` example indices of stream ``kind``: a fresh seeded permutation per
         epoch, so a resumed run (which restores the cursor) sees the same data."""
-        size, out = len(self.examples), []
-        cursor = self.state.cursors[kind]
+        size, cursor = len(self.examples), self.state.cursors[kind]
+        salt = 0 if kind == "sft" else 1
+        perms: dict[int, np.ndarray] = {}
+        out = []
         for pos in range(cursor, cursor + n):
             epoch, offset = divmod(pos, size)
-            salt = 0 if kind == "sft" else 1
-            out.append(
-                int(
-                    np.random.default_rng([self.cfg.trainer.seed, salt, epoch]).permutation(size)[
-                        offset
-                    ]
-                )
-            )
+            if epoch not in perms:
+                rng = np.random.default_rng([self.cfg.trainer.seed, salt, epoch])
+                perms[epoch] = rng.permutation(size)
+            out.append(int(perms[epoch][offset]))
         return out
 
     def sft_batch(self, advance: bool):
@@ -171,6 +158,13 @@ class Controller:
         """Bring the rollout engines to the learner's version: rank 0's weights go into the
         object store once and every engine reads that one copy."""
         if self.engine_version == self.state.version:
+            return
+        if self.g.nccl_meta is not None:  # GPU: one broadcast, both sides at once
+            sent = self.g.learner.submit(LearnerActor.nccl_broadcast)
+            meta = self.g.nccl_meta
+            self.g.rollout.call(RolloutWorker.nccl_update, self.state.version, meta)
+            self.g.learner.wait(sent)
+            self.engine_version = self.state.version
             return
         refs = self.g.learner.submit(LearnerActor.full_state_dict)  # collective under ZeRO-3
         self.g.rollout.call(RolloutWorker.update_weights, self.state.version, refs[0])

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ray_s3ft.config import Config, resolved_judge, save_config
+from ray_s3ft.timing import Timer
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,12 @@ def _say(text: str) -> None:
     Console().print(f"[bold]ray-s3ft[/bold] {text}", highlight=False)
 
 
-class Phases:
-    """Wall time per phase of the run, in order."""
-
-    def __init__(self) -> None:
-        self.s: dict[str, float] = {}
+class Phases(Timer):
+    """Wall time per phase of the run, in order, announced on the console."""
 
     def run(self, name: str, fn, *args, **kw):
         _say(f"{name} ...")
-        started = time.perf_counter()
-        out = fn(*args, **kw)
-        self.s[name] = self.s.get(name, 0.0) + time.perf_counter() - started
+        out = super().run(name, fn, *args, **kw)
         _say(f"{name} done in {self.s[name]:.1f} s")
         return out
 

@@ -32,7 +32,10 @@ PARITY_TOL = 1e-4
 def ray_cluster(tmp_path_factory):
     import ray
 
+    from ray_s3ft.cluster import private_auth_token
+
     tmp = tmp_path_factory.mktemp("ray")
+    private_auth_token(tmp)  # not ~/.ray/auth_token: that would switch the user's other Rays
     ray.init(
         num_cpus=4,
         _temp_dir=str(tmp),
@@ -182,3 +185,35 @@ def test_vllm_logprobs_match_the_learner_after_a_weight_sync(ray_cluster, model)
     finally:
         group.shutdown()
         rollout.shutdown()
+
+
+def test_lora_trains_adapters_only_and_syncs_merged_hf_weights(ray_cluster, model, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    path, _, _, batch = model
+    cfg = load_config(overrides=["model.lora.enabled=true", "learner.micro_batch_size=4"])
+    group = ActorGroup(
+        LearnerActor, 2, name="learner-lora", resources=Resources(cpus=1),
+        kwargs=dict(world_size=2, model_path=path, model=cfg.model, cfg=cfg.learner,
+                    grpo=cfg.algorithm.grpo, lr=1e-2, weight_decay=0.0, seed=0),
+        rank_kwargs=lambda i: {"rank": i},
+    )  # fmt: skip
+    try:
+        addr, port = group.call_one(LearnerActor.master_address)
+        trainable = group.call(LearnerActor.setup, addr, port)[0]
+        # r=8 adapters on q, k, v, o of 4 layers of width 128: 4 * 4 * 8 * (128 + 128)
+        assert trainable == 4 * 4 * 8 * (128 + 128)
+        for _ in range(2):
+            group.scatter(LearnerActor.train_step, shard(batch, 2), mode="sft")
+        merged = group.call(LearnerActor.full_state_dict)[0]
+        base = load_file(f"{path}/model.safetensors")
+        assert set(base) <= set(merged)  # the base model's own names: vLLM and HF load them
+        changed = {k for k in base if not torch.equal(base[k], merged[k])}
+        assert changed and all(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj")
+                               for k in changed)  # fmt: skip
+        group.call(LearnerActor.save, str(tmp_path / "ds"), str(tmp_path / "hf"))
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
+        assert all(torch.equal(reloaded[k], merged[k]) for k in changed)
+    finally:
+        group.shutdown()

