@@ -216,6 +216,12 @@ def validate(cfg: Config) -> None:
         )
     if le.bf16 and m.dtype == "float16":
         bad("learner.bf16", "conflicts with model.dtype=float16; use bfloat16 or float32")
+    if s.kind == "sasr" and le.zero_stage == 3:
+        bad(
+            "learner.zero_stage",
+            "must be <= 2 for schedule.kind=sasr: its gradient-only probe needs the full "
+            "parameters on every rank, which ZeRO-3 partitions",
+        )
     if le.offload_optimizer and le.zero_stage == 0:
         bad("learner.offload_optimizer", "needs learner.zero_stage >= 1")
     if le.backend == "nccl" and res.gpus_per_learner == 0:

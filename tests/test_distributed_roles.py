@@ -60,8 +60,17 @@ def model():
     return path, tok, examples, batch
 
 
-def _learners(path, stage, lr=1e-4):
-    cfg = load_config(overrides=[f"learner.zero_stage={stage}", "learner.micro_batch_size=4"])
+def _learners(path, stage, lr=1e-4, overrides=(), trainable=None):
+    """Two ranks, set up; ``trainable`` receives the trainable parameter count."""
+    cfg = load_config(
+        # schedule sft: sasr's probe rules out ZeRO-3 in the config, and no schedule runs here
+        overrides=[
+            f"learner.zero_stage={stage}",
+            "learner.micro_batch_size=4",
+            "schedule.kind=sft",
+            *overrides,
+        ]  # fmt: skip
+    )
     group = ActorGroup(
         LearnerActor, 2, name=f"learner-z{stage}", resources=Resources(cpus=1),
         kwargs=dict(world_size=2, model_path=path, model=cfg.model, cfg=cfg.learner,
@@ -69,8 +78,21 @@ def _learners(path, stage, lr=1e-4):
         rank_kwargs=lambda i: {"rank": i},
     )  # fmt: skip
     addr, port = group.call_one(LearnerActor.master_address)
-    group.call(LearnerActor.setup, addr, port)
+    counts = group.call(LearnerActor.setup, addr, port)
+    if trainable is not None:
+        trainable.extend(counts)
     return group
+
+
+def _rollout(path, backend):
+    cfg = load_config(overrides=[f"rollout.backend={backend}"]).rollout
+    return ActorGroup(
+        RolloutWorker,
+        1,
+        name=f"rollout-{backend}",
+        resources=Resources(cpus=0.5),
+        kwargs=dict(model_path=path, cfg=cfg, max_model_len=512, max_prompt_tokens=256),
+    )
 
 
 def _single_process_sft(path, batch):
@@ -124,11 +146,7 @@ def test_probe_norm_equals_step_norm_and_sft_loss_falls(ray_cluster, model):
 def test_grpo_step_moves_logprobs_along_the_advantages(ray_cluster, model):
     path, tok, examples, _ = model
     group = _learners(path, 2, lr=1e-4)
-    rollout = ActorGroup(
-        RolloutWorker, 1, name="rollout-hf", resources=Resources(cpus=0.5),
-        kwargs=dict(model_path=path, cfg=load_config(overrides=["rollout.backend=hf"]).rollout,
-                    max_model_len=512, max_prompt_tokens=256),
-    )  # fmt: skip
+    rollout = _rollout(path, "hf")
     try:
         gens = rollout.call_one(
             RolloutWorker.generate, [e.prompt for e in examples[:4]],
@@ -155,11 +173,7 @@ def test_grpo_step_moves_logprobs_along_the_advantages(ray_cluster, model):
 def test_vllm_logprobs_match_the_learner_after_a_weight_sync(ray_cluster, model):
     path, tok, examples, batch = model
     group = _learners(path, 2, lr=1e-3)
-    rollout = ActorGroup(
-        RolloutWorker, 1, name="rollout-vllm", resources=Resources(cpus=1),
-        kwargs=dict(model_path=path, cfg=load_config().rollout, max_model_len=512,
-                    max_prompt_tokens=256),
-    )  # fmt: skip
+    rollout = _rollout(path, "vllm")
     try:
         for _ in range(2):  # move the weights well away from the base model
             group.scatter(LearnerActor.train_step, shard(batch, 2), mode="sft")
@@ -192,18 +206,11 @@ def test_lora_trains_adapters_only_and_syncs_merged_hf_weights(ray_cluster, mode
     from transformers import AutoModelForCausalLM
 
     path, _, _, batch = model
-    cfg = load_config(overrides=["model.lora.enabled=true", "learner.micro_batch_size=4"])
-    group = ActorGroup(
-        LearnerActor, 2, name="learner-lora", resources=Resources(cpus=1),
-        kwargs=dict(world_size=2, model_path=path, model=cfg.model, cfg=cfg.learner,
-                    grpo=cfg.algorithm.grpo, lr=1e-2, weight_decay=0.0, seed=0),
-        rank_kwargs=lambda i: {"rank": i},
-    )  # fmt: skip
+    trainable = []
+    group = _learners(path, 2, lr=1e-2, overrides=["model.lora.enabled=true"], trainable=trainable)
     try:
-        addr, port = group.call_one(LearnerActor.master_address)
-        trainable = group.call(LearnerActor.setup, addr, port)[0]
         # r=8 adapters on q, k, v, o of 4 layers of width 128: 4 * 4 * 8 * (128 + 128)
-        assert trainable == 4 * 4 * 8 * (128 + 128)
+        assert trainable == [4 * 4 * 8 * (128 + 128)] * 2
         for _ in range(2):
             group.scatter(LearnerActor.train_step, shard(batch, 2), mode="sft")
         merged = group.call(LearnerActor.full_state_dict)[0]
