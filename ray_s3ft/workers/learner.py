@@ -179,7 +179,7 @@ class LearnerActor:
         """One optimizer step on this rank's share of the batch, in ``mode`` "sft" or "grpo"."""
         import torch
 
-        from ray_s3ft.algo.grpo import grpo_loss
+        from ray_s3ft.algo.grpo import grpo_loss, kl_k3
         from ray_s3ft.algo.losses import entropy_from_logits, masked_nll
 
         if mode not in ("sft", "grpo"):
@@ -198,7 +198,7 @@ class LearnerActor:
             logp, logits = self._logprobs(engine, batch, rows)
             with torch.no_grad():
                 ref_logp, _ = self._logprobs(self.reference, batch, rows)
-                kl_tok = (torch.exp(ref_logp - logp) - (ref_logp - logp) - 1.0) * mask
+                kl_tok = kl_k3(logp, ref_logp) * mask  # [b, T-1]
                 ent = entropy_from_logits(logits.detach(), mask) * mask.sum()
             tokens = mask.sum()
             if mode == "sft":
