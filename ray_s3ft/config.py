@@ -156,13 +156,16 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True)
 class SASRConfig:
-    gamma: float = 1.0  # weight of G_warm against G_t in the gate
-    lam: float = 1.0  # weight of the KL term in the gate
-    kl_target: float = 0.05  # KL_t (nats/token) at which the KL term doubles p_sft
-    p_min: float = 0.05  # floor of p_sft
-    p_max: float = 0.95  # ceiling of p_sft
-    ema_decay: float = 0.9  # decay of the EMA G_t of the SFT gradient norm, in [0, 1)
-    probe_every: int = 4  # GRPO steps between gradient-only SFT probes
+    # The defaults are SASR's own gate (METHODS.md section 5): p_sft = G / (G + gamma * G_warm),
+    # G the latest SFT step's grad norm, G_warm the last warm-up step's. The rest are our
+    # extensions, each off by default and named so a grid can compare them.
+    gamma: float = 1.0  # weight of G_warm against G in the gate
+    probe_every: int = 0  # ours: GRPO steps between gradient-only SFT probes that refresh G; 0 = off
+    lam: float = 0.0  # ours: weight of the KL-to-reference term in the gate; 0 = off
+    kl_target: float = 0.05  # ours: KL (nats/token) at which the KL term doubles p_sft
+    ema_decay: float = 0.0  # ours: EMA decay of G over SFT steps and probes, in [0, 1); 0 = latest
+    p_min: float = 0.0  # ours: floor of p_sft
+    p_max: float = 1.0  # ours: ceiling of p_sft
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,8 @@ class TrainerConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    # skills of the builtin task kept out of training, evaluated for generalization
+    # held-out sets, evaluated for what fine-tuning costs: built-in skills (compare, sort,
+    # reverse) and/or paths to local multiple-choice .jsonl files in MMLU's shape
     heldout: list[str] = field(default_factory=lambda: ["compare", "sort", "reverse"])
     task_size: int = 200  # examples of the training task evaluated
     heldout_size: int = 100  # examples per held-out skill
@@ -209,6 +213,12 @@ class EvalConfig:
     batch_size: int = 64  # prompts per generate call
     backend: str = "hf"  # ENGINES
     output_dir: str = "runs/eval"  # where results and the report go
+    every: int = 0  # train: evaluate on the rollout engines every N steps (eval/* metrics); 0 = off
+    # lm-evaluation-harness tasks run by `ray-s3ft eval` on the model directory (optional
+    # extra `lm-eval`); include_path is a directory of the user's own task YAML files
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_include_path: str | None = None
+    lm_eval_limit: int | None = None  # examples per lm-eval task; null = all
 
 
 @dataclass(frozen=True)

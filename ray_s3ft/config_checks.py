@@ -53,7 +53,7 @@ _RANGES = (
         """model.max_model_len model.lora.r model.lora.alpha data.train_size
         data.max_prompt_tokens data.max_response_tokens rollout.max_new_tokens
         judge.llm_max_new_tokens judge.batch_size learner.micro_batch_size
-        algorithm.grpo.group_size schedule.sasr.probe_every resources.rollout_workers
+        algorithm.grpo.group_size resources.rollout_workers
         resources.judge_workers resources.learner_ranks trainer.max_steps trainer.sft_batch_size
         trainer.grpo_prompts_per_step trainer.checkpoint_every eval.task_size eval.heldout_size
         eval.max_new_tokens eval.batch_size""",
@@ -61,7 +61,7 @@ _RANGES = (
         "must be >= 1",
     ),
     (
-        "data.seed rollout.seed trainer.seed schedule.warmup_steps",
+        "data.seed rollout.seed trainer.seed schedule.warmup_steps schedule.sasr.probe_every eval.every",
         _finite(lambda v: v >= 0),
         "must be >= 0",
     ),
@@ -216,11 +216,11 @@ def validate(cfg: Config) -> None:
         )
     if le.bf16 and m.dtype == "float16":
         bad("learner.bf16", "conflicts with model.dtype=float16; use bfloat16 or float32")
-    if s.kind == "sasr" and le.zero_stage == 3:
+    if s.kind == "sasr" and s.sasr.probe_every > 0 and le.zero_stage == 3:
         bad(
             "learner.zero_stage",
-            "must be <= 2 for schedule.kind=sasr: its gradient-only probe needs the full "
-            "parameters on every rank, which ZeRO-3 partitions",
+            "must be <= 2 with schedule.sasr.probe_every > 0: the gradient-only probe needs "
+            "the full parameters on every rank, which ZeRO-3 partitions",
         )
     if le.offload_optimizer and le.zero_stage == 0:
         bad("learner.offload_optimizer", "needs learner.zero_stage >= 1")

@@ -101,7 +101,7 @@ def test_overrides_apply_with_their_types_after_the_file():
     assert cfg.model.lora.enabled is True
     assert cfg.data.eval_path == "openai/gsm8k"
     assert cfg.rollout.temperature == 1.0 and type(cfg.rollout.temperature) is float
-    assert cfg.schedule.sasr.p_min == 0.1 and cfg.schedule.sasr.p_max == 0.95
+    assert cfg.schedule.sasr.p_min == 0.1 and cfg.schedule.sasr.p_max == 1.0
     assert cfg.model.path == "Qwen/Qwen2.5-0.5B-Instruct"  # untouched by the overrides
     assert type(cfg.learner) is type(Config().learner)  # real dataclasses, not DictConfig
 
@@ -183,7 +183,8 @@ REJECTIONS = [
     (["schedule.sasr.p_min=0.9", "schedule.sasr.p_max=0.5"], ["schedule.sasr.p_min", "p_max"]),
     (["schedule.sasr.ema_decay=1.0"], ["schedule.sasr.ema_decay", "[0, 1)"]),
     (["schedule.sasr.kl_target=0"], ["schedule.sasr.kl_target", "> 0"]),
-    (["schedule.sasr.probe_every=0"], ["schedule.sasr.probe_every", ">= 1"]),
+    (["schedule.sasr.probe_every=-1"], ["schedule.sasr.probe_every", ">= 0"]),
+    (["eval.every=-2"], ["eval.every", ">= 0"]),
     (["algorithm.grpo.eps_low=1.0"], ["algorithm.grpo.eps_low", "[0, 1)"]),
     (["algorithm.grpo.eps_high=0"], ["algorithm.grpo.eps_high", "> 0"]),
     (["algorithm.grpo.beta=-0.01"], ["algorithm.grpo.beta", ">= 0"]),

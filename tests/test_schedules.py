@@ -31,14 +31,36 @@ def _sasr(**kw):
     return make_schedule("sasr", **{"seed": 0, "warmup_steps": 2, **kw})
 
 
-def test_sasr_hand_computed_gate():
-    s = _sasr()  # gamma 1, lam 1, kl_target 0.05, p_min 0.05, p_max 0.95, decay 0.9
+def test_sasr_default_is_the_papers_rule():
+    # p_t = G_last / (G_last + gamma * G_warm); G_last moves on SFT steps only, no clipping
+    s = _sasr(gamma=1.0)
+    s.observe(0, "sft", sft_grad_norm=4.0)
+    s.observe(1, "sft", sft_grad_norm=2.0)  # W-1: G_warm = G_last = 2
+    assert s.decide(2).p_sft == pytest.approx(0.5)  # 1 / (1 + gamma)
+    assert s.decide(2).probe is False  # no probes by default
+    s.observe(2, "grpo", kl=5.0)  # a GRPO step moves neither G_last nor (lam = 0) the gate
+    assert s.decide(3).p_sft == pytest.approx(0.5)
+    s.observe(3, "sft", sft_grad_norm=6.0)  # p = 6 / (6 + 2) = 0.75: the latest norm, no EMA
+    assert s.decide(4).p_sft == pytest.approx(0.75)
+    s.observe(4, "sft", sft_grad_norm=0.5)  # p = 0.5 / 2.5 = 0.2
+    assert s.decide(5).p_sft == pytest.approx(0.2)
+    s2 = _sasr(gamma=3.0)
+    s2.observe(0, "sft", sft_grad_norm=1.0)
+    s2.observe(1, "sft", sft_grad_norm=1.0)
+    assert s2.decide(2).p_sft == pytest.approx(0.25)  # 1 / (1 + 3)
+    s2.observe(2, "sft", sft_grad_norm=9.0)  # 9 / (9 + 3) = 0.75
+    assert s2.decide(3).p_sft == pytest.approx(0.75)
+
+
+def test_sasr_extensions_hand_computed_gate():
+    # our options: EMA 0.9, probes, KL term (lam 1, kl_target 0.05), clipping to [0.05, 0.95]
+    s = _sasr(lam=1.0, p_min=0.05, p_max=0.95, ema_decay=0.9, probe_every=4)
     s.observe(0, "sft", sft_grad_norm=4.0)  # first observation: G_t = 4
     st = s.stats()
-    assert st["grad_norm_ema"] == 4.0 and math.isnan(st["grad_norm_warm"]) and st["kl"] == 0.0
+    assert st["grad_norm"] == 4.0 and math.isnan(st["grad_norm_warm"]) and st["kl"] == 0.0
     # Step 1 = W-1: G_warm = 2 and G_t re-anchored to 2 (the EMA would have said 3.8).
     s.observe(1, "sft", sft_grad_norm=2.0)
-    assert (s.stats()["grad_norm_ema"], s.stats()["grad_norm_warm"]) == (2.0, 2.0)
+    assert (s.stats()["grad_norm"], s.stats()["grad_norm_warm"]) == (2.0, 2.0)
     # Step 2: p = 2 / (2 + 1*2) * (1 + 1 * 0 / 0.05) = 0.5.
     assert s.decide(2).p_sft == pytest.approx(0.5)
     assert s.stats()["p_sft"] == pytest.approx(0.5)
@@ -51,14 +73,14 @@ def test_sasr_hand_computed_gate():
     # p = 2.08 / 4.08 * 1.5 = 3.12 / 4.08 = 13/17.
     s.observe(3, "sft", sft_grad_norm=1.0)
     assert s.decide(4).p_sft == pytest.approx(13 / 17)
-    assert s.stats()["grad_norm_ema"] == pytest.approx(2.08)
+    assert s.stats()["grad_norm"] == pytest.approx(2.08)
     # Clip at p_max: KL 0.2 -> factor 1 + 0.2/0.05 = 5 -> 2.08/4.08*5 = 2.55 -> 0.95.
     s.observe(4, "grpo", kl=0.2)
     assert s.decide(5).p_sft == 0.95
 
 
 def test_sasr_clips_at_p_min():
-    s = _sasr(gamma=100.0)
+    s = _sasr(gamma=100.0, p_min=0.05)
     s.observe(0, "sft", sft_grad_norm=2.0)
     s.observe(1, "sft", sft_grad_norm=2.0)
     # 2 / (2 + 100*2) = 0.0099 < p_min 0.05.
@@ -117,8 +139,8 @@ def test_state_dict_is_json_plain_before_any_observation():
     state = s.state_dict()
     assert json.loads(json.dumps(state, allow_nan=False)) == state
     st = s.stats()
-    assert {"p_sft", "grad_norm_ema", "grad_norm_warm", "kl"} <= st.keys()
-    assert math.isnan(st["p_sft"]) and math.isnan(st["grad_norm_ema"]) and st["kl"] == 0.0
+    assert {"p_sft", "grad_norm", "grad_norm_warm", "kl"} <= st.keys()
+    assert math.isnan(st["p_sft"]) and math.isnan(st["grad_norm"]) and st["kl"] == 0.0
     with pytest.raises(ValueError, match="kind"):
         make_schedule("grpo", seed=0).load_state_dict(state)
 
@@ -128,7 +150,7 @@ def test_nonfinite_observation_skipped_and_counted():
     s.observe(0, "sft", sft_grad_norm=3.0)
     s.observe_probe(0, math.inf)
     s.observe(0, "grpo", kl=math.nan)
-    assert s.stats()["grad_norm_ema"] == 3.0 and s.stats()["kl"] == 0.0
+    assert s.stats()["grad_norm"] == 3.0 and s.stats()["kl"] == 0.0
     assert s.stats()["nonfinite_obs"] == 2.0
     with pytest.raises(ValueError, match="sft_grad_norm"):
         s.observe_probe(0, -1.0)
@@ -164,7 +186,7 @@ def test_fixed_ratio_frequency_and_extremes():
         ("sasr", {"lam": -1.0}, "lam"),
         ("sasr", {"p_min": 0.6, "p_max": 0.5}, "p_min"),
         ("sasr", {"p_max": 1.5}, "p_max"),
-        ("sasr", {"probe_every": 0}, "probe_every"),
+        ("sasr", {"probe_every": -1}, "probe_every"),
         ("sasr", {"ema_decay": 1.0}, "ema_decay"),
         ("sasr", {"warmup_steps": 0}, "warmup_steps"),
         ("sft_then_grpo", {"warmup_steps": 0}, "warmup_steps"),

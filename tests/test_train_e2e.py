@@ -31,7 +31,7 @@ SMALL = [
     "trainer.lr=3e-4",
 ]
 REQUIRED = [
-    "step", "mode", "sasr/p_sft", "sasr/grad_norm_ema", "sasr/kl", "targets/self_frac",
+    "step", "mode", "sasr/p_sft", "sasr/grad_norm", "sasr/kl", "targets/self_frac",
     "targets/para_frac", "targets/gold_frac", "learner/loss", "learner/grad_norm", "learner/kl",
     "reward/mean", "reward/zero_std_groups", "rollout/tokens_per_s", "weights/version",
     "timing/batch", "timing/sync", "timing/rollout", "timing/judge", "timing/train",

@@ -1,14 +1,16 @@
 """Step-wise choice between an SFT step and a GRPO step: SASR and its baselines (METHODS.md §5).
 
 SASR (arXiv 2505.13026) runs W pure SFT warm-up steps, then draws each step's mode from a
-probability driven by the SFT gradient norm and the policy's KL drift. The paper's exact formula
-was not recoverable; the gate in ``SASRSchedule`` is ours (METHODS.md §5), and the baselines
-``sft``, ``grpo``, ``sft_then_grpo`` and ``fixed_ratio`` share this interface so one controller
-runs them all by config. Steps are 0-indexed; step < warmup_steps is warm-up.
+probability driven by the SFT gradient norm. ``SASRSchedule``'s default is the paper's rule as
+METHODS.md §5 records it, ``p_t = G_last / (G_last + gamma * G_warm)``; probes, an EMA, a KL term
+and clipping are our extensions, off unless configured. The baselines ``sft``, ``grpo``,
+``sft_then_grpo`` and ``fixed_ratio`` share this interface so one controller runs them all by
+config. Steps are 0-indexed; step < warmup_steps is warm-up.
 
 Every kind tracks the same signals (so baseline logs are comparable with SASR's):
-  G_t    EMA of the SFT grad norm (before clipping), from SFT steps and probes; starts at the
-         first observation and is re-anchored to G_warm at the end of warm-up.
+  G_t    the SFT grad norm (L2, before clipping) of the latest SFT step (G_last), or with
+         ema_decay > 0 an EMA over SFT steps and probes; re-anchored to G_warm at the end of
+         warm-up.
   G_warm the SFT grad norm observed at step W-1 (absent when W = 0).
   KL_t   the most recent observed KL; 0.0 until the first observation (METHODS.md §5).
 Non-finite observations (an fp16 overflow step) are skipped and counted, not folded into G_t.
@@ -54,12 +56,12 @@ class Schedule:
 
     kind = ""
 
-    def __init__(self, *, seed: int, warmup_steps: int = 0, ema_decay: float = 0.9) -> None:
+    def __init__(self, *, seed: int, warmup_steps: int = 0, ema_decay: float = 0.0) -> None:
         _check(isinstance(seed, int) and seed >= 0, "seed", "an int >= 0", seed)
         _check(warmup_steps >= 0, "warmup_steps", ">= 0", warmup_steps)
         _check(0.0 <= ema_decay < 1.0, "ema_decay", "in [0, 1)", ema_decay)
         self.seed, self.warmup_steps, self.ema_decay = seed, warmup_steps, ema_decay
-        self.grad_norm_ema: float | None = None  # G_t; None = not observed yet
+        self.grad_norm: float | None = None  # G_t; None = not observed yet
         self.grad_norm_warm: float | None = None  # G_warm; None = not observed yet
         self.kl = 0.0  # KL_t
         self.grpo_steps = 0  # GRPO steps observed, for the probe cadence
@@ -88,7 +90,7 @@ class Schedule:
                 # End of warm-up: G_warm is this norm, and G_t restarts from it so the gate's
                 # ratio G_t / G_warm starts at exactly 1 (first p_sft = 1 / (1 + gamma) at
                 # KL = 0) instead of inheriting the lagging EMA of early, larger warm-up norms.
-                self.grad_norm_warm = self.grad_norm_ema = float(sft_grad_norm)
+                self.grad_norm_warm = self.grad_norm = float(sft_grad_norm)
         if kl is not None and self._finite(kl, "kl"):
             # k3 >= 0 per token; clamp the rare -1e-9 that float rounding of exp(d) - d - 1 makes.
             self.kl = max(float(kl), 0.0)
@@ -106,12 +108,12 @@ class Schedule:
         return True
 
     def _update_grad_norm(self, g: float) -> None:
-        ema = self.grad_norm_ema
-        self.grad_norm_ema = (
+        ema = self.grad_norm
+        self.grad_norm = (
             float(g) if ema is None else self.ema_decay * ema + (1 - self.ema_decay) * g
         )
 
-    _STATE = ("grad_norm_ema", "grad_norm_warm", "kl", "grpo_steps", "last_p_sft", "nonfinite_obs")
+    _STATE = ("grad_norm", "grad_norm_warm", "kl", "grpo_steps", "last_p_sft", "nonfinite_obs")
 
     def state_dict(self) -> dict[str, Any]:
         """Mutable state only, JSON-plain (None, not NaN, for unobserved); config stays config."""
@@ -129,7 +131,7 @@ class Schedule:
         nan = float("nan")
         return {
             "p_sft": nan if self.last_p_sft is None else self.last_p_sft,
-            "grad_norm_ema": nan if self.grad_norm_ema is None else self.grad_norm_ema,
+            "grad_norm": nan if self.grad_norm is None else self.grad_norm,
             "grad_norm_warm": nan if self.grad_norm_warm is None else self.grad_norm_warm,
             "kl": self.kl,
             "nonfinite_obs": float(self.nonfinite_obs),
@@ -174,14 +176,18 @@ class FixedRatioSchedule(Schedule):
 
 
 class SASRSchedule(Schedule):
-    """Our SASR gate (METHODS.md §5), after W >= 1 warm-up SFT steps:
+    """The SASR gate, after W >= 1 warm-up SFT steps (METHODS.md §5):
 
     p_sft = clip( G_t / (G_t + gamma * G_warm) * (1 + lam * KL_t / kl_target), p_min, p_max )
 
-    A grad norm above its end-of-warm-up level (outputs far from the demonstrations) or a policy
-    drifting past kl_target pushes towards SFT; as both settle, GRPO takes over. p_min keeps some
-    SFT (and fresh G_t) forever; p_max keeps some RL. If G_t = G_warm = 0 the SFT loss is flat,
-    so the ratio is taken as 0 (p_min) instead of 0/0.
+    With the defaults (lam = 0, p_min = 0, p_max = 1, ema_decay = 0, probe_every = 0) this is the
+    paper's rule: G_t = G_last moves on SFT steps only, p = 1 / (1 + gamma) right after warm-up,
+    and an SFT step whose gradient is still large (far from the demonstrations) makes the next
+    step more likely SFT; as the SFT loss settles, GRPO takes over. Our options, each labelled
+    as ours: gradient-only probes every ``probe_every`` GRPO steps keep G_t from freezing during
+    a run of GRPO steps; ``lam`` adds the policy's KL to its post-warm-up reference (which can feed
+    itself: SFT on gold-style targets raises KL, which raises p_sft). If G_t = G_warm = 0 the SFT
+    loss is flat, so the ratio is taken as 0 instead of 0/0.
     """
 
     kind = "sasr"
@@ -204,13 +210,13 @@ class SASRSchedule(Schedule):
         _check(kl_target > 0.0, "kl_target", "> 0", kl_target)
         _check(0.0 <= p_min <= p_max, "p_min", f"in [0, p_max={p_max}]", p_min)
         _check(p_max <= 1.0, "p_max", "<= 1", p_max)
-        _check(probe_every >= 1, "probe_every", ">= 1", probe_every)
+        _check(probe_every >= 0, "probe_every", ">= 0 (0 = no probes)", probe_every)
         self.gamma, self.lam, self.kl_target = gamma, lam, kl_target
         self.p_min, self.p_max, self.probe_every = p_min, p_max, probe_every
 
     def gate(self) -> float:
         """p_sft from the current signals (see the class docstring)."""
-        g_t, g_warm = self.grad_norm_ema, self.grad_norm_warm
+        g_t, g_warm = self.grad_norm, self.grad_norm_warm
         if g_warm is None or g_t is None:
             raise RuntimeError(
                 f"sasr: no SFT grad norm observed at the last warm-up step "
@@ -227,7 +233,11 @@ class SASRSchedule(Schedule):
         p = self.gate()
         mode = _draw(self.seed, step, p)
         # This would be GRPO step number grpo_steps + 1; probe on every probe_every-th one.
-        probe = mode == "grpo" and (self.grpo_steps + 1) % self.probe_every == 0
+        probe = (
+            mode == "grpo"
+            and self.probe_every > 0
+            and (self.grpo_steps + 1) % self.probe_every == 0
+        )
         return Decision(mode, p, probe)
 
 
@@ -238,12 +248,12 @@ def make_schedule(
     warmup_steps: int = 0,
     p_sft: float = 0.5,
     gamma: float = 1.0,
-    lam: float = 1.0,
+    lam: float = 0.0,
     kl_target: float = 0.05,
-    p_min: float = 0.05,
-    p_max: float = 0.95,
-    ema_decay: float = 0.9,
-    probe_every: int = 4,
+    p_min: float = 0.0,
+    p_max: float = 1.0,
+    ema_decay: float = 0.0,
+    probe_every: int = 0,
 ) -> Schedule:
     """Build a schedule by name; parameters a kind does not use are ignored (one config serves
     all kinds). ``sft`` and ``grpo`` ignore warmup_steps: they are the pure baselines."""

@@ -209,15 +209,24 @@ def heldout_split(skill: str, size: int, seed: int = 0) -> list[Example]:
 
 # ---- the base model's pretraining mixture ---------------------------------------------------
 
-# Shares of each kind of (prompt, response) pair in the pretraining stream.
+# Shares of each kind of (prompt, response) pair in the pretraining stream. Two choices make the
+# built-in setting behave like the papers' (a base model that knows many styles and can rewrite a
+# reference in its own words):
+# - "narrate" teaches the gold *style* under its own instruction (NARRATE_SUFFIX), never as the
+#   answer to a plain question: the base model answers a plain question in its own style, but the
+#   gold style is a known one, so SFT on gold can learn it within a fine-tuning budget.
+# - "paraphrase" is a large share: rewriting a reference is copying numbers into the own format,
+#   and S3FT's middle rung needs the base model to do that reliably.
 PRETRAIN_MIX = (
-    ("solve", 0.42),  # word problem -> own-style solution
-    ("paraphrase", 0.20),  # word problem + gold reference -> own-style solution
-    ("judge", 0.14),  # question + reference + candidate -> verdict (long prompt, 4-token answer)
+    ("solve", 0.34),  # word problem -> own-style solution
+    ("paraphrase", 0.28),  # word problem + gold reference -> own-style solution
+    ("narrate", 0.08),  # word problem + NARRATE_SUFFIX -> gold-style solution
+    ("judge", 0.06),  # question + reference + candidate -> verdict (long prompt, 4-token answer)
     ("compare", 0.10),
     ("sort", 0.07),
     ("reverse", 0.07),
 )
+NARRATE_SUFFIX = "Tell it as a story, step by step."
 
 
 def _wrong_answer(rng: random.Random, answer: int) -> int:
@@ -236,6 +245,8 @@ def pretrain_pair(rng: random.Random, spec: ArithSpec = ArithSpec()) -> tuple[st
     if kind == "paraphrase":
         prompt = build_paraphrase_prompt(problem.question(), problem.gold_solution())
         return prompt, problem.own_solution()
+    if kind == "narrate":
+        return f"{problem.question()}\n{NARRATE_SUFFIX}", problem.gold_solution()
     # judge: a candidate in either style whose final answer is right half of the time
     correct = rng.random() < 0.5
     final = problem.answer if correct else _wrong_answer(rng, problem.answer)
