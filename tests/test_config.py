@@ -218,7 +218,10 @@ REJECTIONS = [
     (["model.dtype=bfloat16"], ["learner.bf16", "model.dtype=bfloat16"]),
     (["model.dtype=float16", "learner.bf16=true"], ["learner.bf16", "float16"]),
     (["learner.offload_optimizer=true", "learner.zero_stage=0"], ["learner.offload_optimizer"]),
-    (["learner.zero_stage=3"], ["learner.zero_stage", "<= 2 for schedule.kind=sasr"]),
+    (
+        ["learner.zero_stage=3", "schedule.sasr.probe_every=4"],
+        ["learner.zero_stage", "<= 2 with schedule.sasr.probe_every > 0"],
+    ),
     (["learner.backend=nccl"], ["learner.backend", "gpus_per_learner"]),
     (["resources.gpus_per_learner=0.5"], ["resources.gpus_per_learner", "NCCL"]),
     (["resources.gpus_per_rollout=1.5"], ["resources.gpus_per_rollout", "whole number"]),
