@@ -4,6 +4,9 @@
     ray-s3ft build-targets [--config FILE] [...]       phase 1 alone: the S3FT target store
     ray-s3ft eval [--config FILE] [key=value ...]      task + held-out accuracy of a model
     ray-s3ft config [--config FILE] [key=value ...]    print the resolved, validated config
+    ray-s3ft compare [--config FILE] --methods ... --seeds 0,1,2 [key=value ...]
+                                                       a grid of methods x seeds, one set of actors
+    ray-s3ft report RUN_DIR [RUN_DIR ...] [--out DIR]  report.md and PNG plots of runs or a grid
     ray-s3ft build-model --out DIR [--steps N ...]      pretrain the built-in base model
 
 Configuration errors and unusable inputs exit with status 2 and one message naming the key or
@@ -43,11 +46,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model directory or hub id (default: model.path)")
     p = sub.add_parser("config", help="print the resolved, validated config as YAML")
     _config_args(p)
-    p = sub.add_parser(
-        "build-model", help="pretrain the built-in base model from a seed", add_help=False
-    )
-    p.add_argument("args", nargs=argparse.REMAINDER, help="see `ray-s3ft build-model --help`")
+    for name, help in (
+        ("build-model", "pretrain the built-in base model from a seed"),
+        ("compare", "a grid of methods x seeds at the same budget: results.md, results.json"),
+        ("report", "report.md and PNG plots of run directories or a compare grid"),
+    ):
+        p = sub.add_parser(name, help=help, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER, help=f"see `ray-s3ft {name} --help`")
     return ap
+
+
+def _forwarded(command: str):
+    """Commands that parse their own options (``--help`` included)."""
+    if command == "build-model":
+        from ray_s3ft.model.pretrain import main
+    elif command == "compare":
+        from ray_s3ft.compare import main
+    else:
+        from ray_s3ft.report import main
+    return main
 
 
 def _cmd_eval(args) -> int:
@@ -97,15 +114,15 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["build-model"]:  # its options, --help included, belong to the script
-        from ray_s3ft.model.pretrain import main as pretrain_main
-
-        return pretrain_main(argv[1:])
-    args = _parser().parse_args(argv)
+        return _forwarded("build-model")(argv[1:])
+    args = None if argv[:1] in (["compare"], ["report"]) else _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ray_s3ft.config import ConfigError
     from ray_s3ft.tasks.loaders import DataError
 
     try:
+        if args is None:
+            return _forwarded(argv[0])(argv[1:])
         return COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"ray-s3ft: config error: {e}", file=sys.stderr)

@@ -3,8 +3,9 @@
 ``validate(cfg)`` raises one ``ConfigError`` listing every problem, each by its full dotted key
 and what is allowed. ``ray_s3ft.config.validate`` (called by ``load_config``) delegates here.
 
-This module imports only the standard library and ``ray_s3ft.config`` (omegaconf and yaml), for
-the same reason: every process may validate a config, and none should pull torch or ray in.
+This module imports only the standard library, ``ray_s3ft.config`` (omegaconf and yaml) and
+``ray_s3ft.tasks.builtin`` (standard library only, for the held-out skill names), for the same
+reason: every process may validate a config, and none should pull torch or ray in.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ray_s3ft.config import (
     ConfigError,
     _show,
 )
+from ray_s3ft.tasks.builtin import HELDOUT_SKILLS
 
 _CHOICES = {
     "model.dtype": DTYPES,
@@ -122,12 +124,26 @@ def validate(cfg: Config) -> None:
     for key in _NONEMPTY_STRINGS:
         if not (isinstance(_get(cfg, key), str) and _get(cfg, key).strip()):
             bad(key, "must be a non-empty string")
-    for key, need_one in (("model.lora.target_modules", True), ("eval.heldout", False)):
+    for key, need_one in (
+        ("model.lora.target_modules", True),
+        ("eval.heldout", False),
+        ("eval.lm_eval_tasks", False),
+    ):
         items = _get(cfg, key)
         if not all(isinstance(x, str) and x.strip() for x in items) or len(set(items)) < len(items):
             bad(key, "must be a list of distinct non-empty strings")
         elif need_one and not items:
             bad(key, "must name at least one module")
+        elif key == "eval.heldout" and (
+            odd := [x for x in items if x not in HELDOUT_SKILLS and not x.endswith(".jsonl")]
+        ):
+            bad(
+                key,
+                f"entries must be built-in skills ({', '.join(HELDOUT_SKILLS)}) or paths to "
+                f"multiple-choice .jsonl files, not {', '.join(map(repr, odd))}",
+            )
+    if cfg.eval.lm_eval_limit is not None and not _finite(lambda v: v >= 1)(cfg.eval.lm_eval_limit):
+        bad("eval.lm_eval_limit", "must be null (every example) or >= 1")
     if problems:  # the cross-section rules below assume sane single values
         raise ConfigError(problems)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from ray_s3ft.workers.types import JudgeItem, Sampling, StepStats
 
 log = logging.getLogger(__name__)
 
-PHASES = ("batch", "sync", "rollout", "judge", "train", "probe", "reference", "checkpoint")
+PHASES = ("batch", "sync", "rollout", "judge", "train", "probe", "reference", "checkpoint", "eval")
 
 
 @dataclass
@@ -63,9 +64,14 @@ class Controller:
         tokenizer,
         examples: list[Example],
         targets: TargetSet,
+        evaluate: Callable[[], dict] | None = None,
+        engine_version: int = 0,
     ) -> None:
+        """``evaluate()``: greedy accuracies on the rollout engines (``train.evaluate_on_engines``),
+        run every ``eval.every`` steps after a weight sync. ``engine_version``: what the engines
+        serve now (-1 when they hold another run's weights, as between the cells of a grid)."""
         self.cfg, self.run_dir, self.g, self.tok = cfg, run_dir, groups, tokenizer
-        self.examples, self.targets = examples, targets
+        self.examples, self.targets, self.evaluate = examples, targets, evaluate
         self.fractions = targets.fractions()
         s = cfg.schedule
         self.schedule = make_schedule(
@@ -73,7 +79,7 @@ class Controller:
             **asdict(s.sasr),
         )  # fmt: skip
         self.state = TrainState()
-        self.engine_version = 0  # what the rollout engines serve
+        self.engine_version = engine_version  # what the rollout engines serve
 
     # ------------------------------------------------------------------------------- the loop
 
@@ -123,7 +129,13 @@ class Controller:
         self.state.step = step + 1
         if self.state.step % self.cfg.trainer.checkpoint_every == 0:
             timer.run("checkpoint", self.checkpoint)
-        return self.row(step, decision, stats, timer, time.perf_counter() - started)
+        row = self.row(step, decision, stats, timer, time.perf_counter() - started)
+        every = self.cfg.eval.every
+        if self.evaluate is not None and every and self.state.step % every == 0:
+            # after the step's wall time was taken: timing/step stays comparable across steps
+            row.update(timer.run("eval", self.eval_in_loop))
+            row["timing/eval"] = timer.s["eval"]
+        return row
 
     # --------------------------------------------------------------------------------- phases
 
@@ -236,6 +248,11 @@ class Controller:
         """SASR's gradient-only SFT probe on the batch the next SFT step will train on."""
         return self.g.learner.scatter(LearnerActor.grad_probe, self.sft_batch(advance=False))[0]
 
+    def eval_in_loop(self) -> dict[str, float]:
+        """``eval/*`` accuracies of the current weights (synced to the engines first)."""
+        self.sync_weights()
+        return eval_metrics(self.evaluate())
+
     def observe(self, step: int, d: Decision, stats: StepStats, probe_norm: float | None) -> None:
         if d.mode == "sft":
             self.schedule.observe(step, "sft", sft_grad_norm=stats.grad_norm)
@@ -285,3 +302,15 @@ class Controller:
         row.update({f"timing/{k}": v for k, v in timer.s.items()})
         row["timing/step"] = seconds
         return row
+
+
+def eval_metrics(scores: dict) -> dict[str, float]:
+    """``evaluate_on_engines`` output -> metrics keys: ``eval/task_accuracy``,
+    ``eval/heldout_mean`` and ``eval/heldout/<set>``."""
+    out = {"eval/task_accuracy": scores["task"]["accuracy"]}
+    if scores.get("heldout_mean") is not None:
+        out["eval/heldout_mean"] = scores["heldout_mean"]
+    for name, v in scores.items():
+        if name not in ("task", "heldout_mean"):
+            out[f"eval/heldout/{name}"] = v["accuracy"]
+    return out

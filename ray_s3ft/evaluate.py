@@ -8,6 +8,7 @@ model directory (the base model, or a checkpoint of a run) with greedy decoding.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,25 @@ class SkillScore:
     unparsed: int  # responses the verifier could not read (counted as wrong)
 
 
+# A multiple-choice answer: an optional "The answer is" / "Answer:" lead, then a letter A-J that
+# stands alone: in brackets, or followed by the end, punctuation or a line break ("B", "B.",
+# "(B)"). After a lead a letter may be lower case, or followed by more words ("... is B because").
+_ANSWER_LEAD = re.compile(r"(?:the\s+)?(?:correct\s+)?answer(?:\s+is)?\s*:?\s*", re.I)
+_LETTER = r"\(([A-J])\)|\[([A-J])\]|([A-J])(?=[ \t]*(?:$|[\n.):;,-]))"
+_BARE_LETTER = re.compile(_LETTER)
+_LED_LETTER = re.compile(_LETTER + r"|([A-J])\b", re.I)
+
+
+def read_choice(response: str) -> str | None:
+    """The letter a multiple-choice response starts with ("B", "(B)", "The answer is B"), or None."""
+    text = response.strip()
+    lead = _ANSWER_LEAD.match(text)
+    m = _LED_LETTER.match(text, lead.end()) if lead else _BARE_LETTER.match(text)
+    if m is None or (lead and m.group(4) and not m.group(4).isupper()):
+        return None
+    return next(g for g in m.groups() if g).upper()
+
+
 def score_response(example: Example, response: str) -> bool | None:
     """True / False, or None when the verifier cannot read the response."""
     if example.verifier == "math":
@@ -31,8 +51,12 @@ def score_response(example: Example, response: str) -> bool | None:
         return verify_math(response, example.answer)
     if example.verifier == "exact":
         return " ".join(response.split()) == " ".join(example.answer.split())
+    if example.verifier == "choice":
+        letter = read_choice(response)
+        return None if letter is None else letter == example.answer.strip().upper()
     raise ValueError(
-        f"example {example.id}: evaluation has no verifier {example.verifier!r} yet (math, exact)"
+        f"example {example.id}: evaluation has no verifier {example.verifier!r} yet "
+        "(math, exact, choice)"
     )
 
 
@@ -54,7 +78,12 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
     from ray_s3ft.tasks.loaders import load_eval_examples
 
     path = resolve_model_path(model_path or cfg.model.path)
-    sets = load_eval_examples(cfg.data, cfg.eval)  # {"task": ..., <held-out skill>: ...}
+    sets = load_eval_examples(cfg.data, cfg.eval)  # {"task": ..., <held-out set>: ...}
+    lm_tasks = list(cfg.eval.lm_eval_tasks)
+    if lm_tasks:  # a missing harness or an unknown task fails now, not after decoding
+        from ray_s3ft.lm_eval_suite import check_tasks
+
+        check_tasks(lm_tasks, cfg.eval.lm_eval_include_path)
     prompts = [ex.prompt for exs in sets.values() for ex in exs]
     progress(
         f"eval: {len(prompts)} prompts ({', '.join(f'{k} {len(v)}' for k, v in sets.items())}) "
@@ -100,6 +129,23 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
     report["heldout"] = {k: asdict(v) for k, v in scores.items()}
     if scores:
         report["heldout_mean"] = sum(v.accuracy for v in scores.values()) / len(scores)
+    if lm_tasks:
+        import torch
+
+        from ray_s3ft.lm_eval_suite import run_lm_eval
+
+        progress(f"lm-eval: {', '.join(lm_tasks)} on {path}")
+        started = time.perf_counter()
+        report["lm_eval"] = run_lm_eval(
+            path,
+            lm_tasks,
+            cfg.eval.lm_eval_include_path,
+            cfg.eval.lm_eval_limit,
+            cfg.eval.batch_size,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+            dtype=cfg.model.dtype,
+        )
+        report["lm_eval_s"] = round(time.perf_counter() - started, 2)
     report["responses"] = records
     return report
 
@@ -135,3 +181,22 @@ def print_report(report: dict, console=None) -> None:
     if "heldout_mean" in report:
         table.add_row("held-out mean", f"{100 * report['heldout_mean']:.1f} %", "", "")
     console.print(table)
+    if report.get("lm_eval"):
+        lm = Table(title="lm-evaluation-harness")
+        for col in ("task", "metric", "value", "stderr", "n"):
+            lm.add_column(col, justify="left" if col in ("task", "metric") else "right")
+        for task, metrics in report["lm_eval"].items():
+            for name, value in metrics.items():
+                if name == "n" or name.split(",")[0].endswith("_stderr"):
+                    continue
+                err = metrics.get(
+                    name.replace(",", "_stderr,", 1) if "," in name else f"{name}_stderr"
+                )
+                lm.add_row(
+                    task,
+                    name,
+                    f"{value:.4f}",
+                    "" if err is None else f"± {err:.4f}",
+                    str(metrics.get("n", "")),
+                )
+        console.print(lm)

@@ -86,12 +86,12 @@ def build_targets(
     fingerprint = {**fingerprint, "mode": mode, "ids": _ids_digest(examples)}
     store, partial, meta = run_dir / STORE, run_dir / PARTIAL, run_dir / META
     if store.exists() and _read_meta(meta) == fingerprint:
-        return TargetSet(_read(store), mode, computed=0, reused=len(examples))
+        return TargetSet(read_store(store), mode, computed=0, reused=len(examples))
     if _read_meta(meta) != fingerprint:  # another setting's leftovers: start over
         for path in (store, partial):
             path.unlink(missing_ok=True)
         _write_json(meta, fingerprint)
-    done = {r.id: r for r in _read(partial)} if partial.exists() else {}
+    done = {r.id: r for r in read_store(partial)} if partial.exists() else {}
     _write_records(partial, list(done.values()))  # drops a line a crash may have cut short
     todo = [ex for ex in examples if ex.id not in done]
     reused = len(examples) - len(todo)
@@ -154,7 +154,7 @@ def _ids_digest(examples: Sequence[Example]) -> str:
     return h.hexdigest()[:16]
 
 
-def _read(path: Path) -> list[TargetRecord]:
+def read_store(path: Path) -> list[TargetRecord]:
     records = []
     with open(path) as f:
         for line in f:

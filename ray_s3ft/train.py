@@ -124,44 +124,69 @@ def _cached_eval(path: Path, fn):
 
 
 def train(cfg: Config) -> dict:
-    from ray_s3ft.controller import Controller
-
     phases, started = Phases(), time.perf_counter()
     run_dir, model_path, examples, eval_sets, tok, groups, started_ray = phases.run(
         "startup", _setup, cfg, True
     )
     try:
-        n_eval = cfg.eval.max_new_tokens
         before = phases.run(
             "eval_before",
             _cached_eval,
             run_dir / "eval_before.json",
-            lambda: evaluate_on_engines(groups, eval_sets, n_eval),
+            lambda: evaluate_on_engines(groups, eval_sets, cfg.eval.max_new_tokens),
         )
         targets = phases.run("targets", build_targets, cfg, groups, examples, run_dir, model_path)
-        ctl = Controller(cfg, run_dir, groups, tok, examples, targets)
-        ctl.restore()
-        phases.run("train", ctl.train)
-        ckpt = phases.run("checkpoint", ctl.checkpoint)
-        phases.run("sync", ctl.sync_weights)
-        after = phases.run("eval_after", evaluate_on_engines, groups, eval_sets, n_eval)
-        (run_dir / "eval_after.json").write_text(json.dumps(after, indent=2) + "\n")
-        phases.s["total"] = time.perf_counter() - started
-        summary = {
-            "run_dir": str(run_dir),
-            "checkpoint": str(ckpt),
-            "accuracy_before": before,
-            "accuracy_after": after,
-            "targets": targets.fractions(),
-            "targets_reused": targets.computed == 0,
-            "steps": dict(ctl.state.steps),
-            "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
-        }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary = train_and_evaluate(
+            cfg, run_dir, groups, tok, examples, eval_sets, targets, before, phases, started
+        )
         print_summary(summary)
         return summary
     finally:
         _shutdown(groups, started_ray)
+
+
+def train_and_evaluate(
+    cfg: Config,
+    run_dir: Path,
+    groups,
+    tok,
+    examples,
+    eval_sets: dict,
+    targets,
+    before: dict,
+    phases: Timer,
+    started: float,
+    engine_version: int = 0,
+) -> dict:
+    """Phases train -> checkpoint -> eval_after on launched groups; writes and returns the
+    run summary (``summary.json``). ``ray-s3ft compare`` runs each cell of its grid with it."""
+    from ray_s3ft.controller import Controller
+
+    n_eval = cfg.eval.max_new_tokens
+    ctl = Controller(
+        cfg, run_dir, groups, tok, examples, targets,
+        evaluate=lambda: evaluate_on_engines(groups, eval_sets, n_eval),
+        engine_version=engine_version,
+    )  # fmt: skip
+    ctl.restore()
+    phases.run("train", ctl.train)
+    ckpt = phases.run("checkpoint", ctl.checkpoint)
+    phases.run("sync", ctl.sync_weights)
+    after = phases.run("eval_after", evaluate_on_engines, groups, eval_sets, n_eval)
+    (run_dir / "eval_after.json").write_text(json.dumps(after, indent=2) + "\n")
+    phases.s["total"] = time.perf_counter() - started
+    summary = {
+        "run_dir": str(run_dir),
+        "checkpoint": str(ckpt),
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "targets": targets.fractions(),
+        "targets_reused": targets.computed == 0,
+        "steps": dict(ctl.state.steps),
+        "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def build_targets_only(cfg: Config) -> dict:

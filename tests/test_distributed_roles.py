@@ -109,11 +109,16 @@ def _single_process_sft(path, batch):
     return loss.item(), norm
 
 
-@pytest.mark.parametrize("stage", [0, 2, 3])
-def test_two_ranks_match_one_process(ray_cluster, model, stage):
+# SASR's gate reads this grad norm: it must be the single-process norm under gradient
+# accumulation (2 micro-batches per rank) with and without CPU optimizer offload, where a
+# DeepSpeed bug once dropped later micro-batches' gradients (METHODS.md section 5).
+@pytest.mark.parametrize(
+    "stage, offload", [(0, False), (2, False), (3, False), (1, True), (2, True)]
+)
+def test_two_ranks_match_one_process(ray_cluster, model, stage, offload):
     path, _, _, batch = model
     ref_loss, ref_norm = _single_process_sft(path, batch)
-    group = _learners(path, stage)
+    group = _learners(path, stage, overrides=[f"learner.offload_optimizer={str(offload).lower()}"])
     try:
         stats = group.scatter(LearnerActor.train_step, shard(batch, 2), mode="sft")
         # 2 ranks x 2 micro-batches of 4 sequences each, reduced: the same numbers as one pass
@@ -139,6 +144,14 @@ def test_probe_norm_equals_step_norm_and_sft_loss_falls(ray_cluster, model):
                 assert probe[0] == probe[1] == pytest.approx(stats.grad_norm, rel=1e-5)
         assert losses[0] > losses[1] > losses[2]
         assert stats.kl > 0  # the policy left its reference
+        # reset (between the cells of a compare grid): base weights, fresh optimizer, reference
+        group.call(LearnerActor.reset, 0)
+        again = group.scatter(LearnerActor.train_step, shards, mode="sft")[0]
+        assert again.loss == pytest.approx(losses[0], rel=1e-6)
+        assert again.kl == pytest.approx(0.0, abs=1e-9)
+        assert group.scatter(LearnerActor.train_step, shards, mode="sft")[0].loss == (
+            pytest.approx(losses[1], rel=1e-5)
+        )  # the optimizer state restarted too (Adam's first step again)
     finally:
         group.shutdown()
 

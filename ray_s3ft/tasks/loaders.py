@@ -126,13 +126,25 @@ def load_train_examples(data) -> list[Example]:
 
 
 def load_eval_examples(data, eval_cfg) -> dict[str, list[Example]]:
-    """``{"task": eval split, <skill>: held-out examples, ...}`` for a data and eval section."""
-    from ray_s3ft.tasks import builtin
+    """``{"task": eval split, <set>: held-out examples, ...}`` for a data and eval section. A
+    held-out set is a built-in skill, or a multiple-choice ``.jsonl`` file named by its stem."""
+    from ray_s3ft.tasks import benchmarks, builtin
 
     if data.task == "builtin":
         sets = {"task": builtin.task_split("eval", eval_cfg.task_size, data.seed)}
     else:
         sets = {"task": load_examples(data.task, data.eval_path, "test", limit=eval_cfg.task_size)}
-    for skill in eval_cfg.heldout:
-        sets[skill] = builtin.heldout_split(skill, eval_cfg.heldout_size, data.seed)
+    for entry in eval_cfg.heldout:
+        if benchmarks.is_choice_file(entry):
+            name = Path(entry).stem
+            examples = benchmarks.load_choice_file(entry, eval_cfg.heldout_size)
+        else:
+            name = entry
+            examples = builtin.heldout_split(entry, eval_cfg.heldout_size, data.seed)
+        if name in sets or name == "heldout_mean":
+            raise DataError(
+                f"{entry}: eval.heldout set name {name!r} is taken (the task set, a built-in "
+                "skill or another file with that stem); rename the file"
+            )
+        sets[name] = examples
     return sets

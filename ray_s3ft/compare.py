@@ -1,0 +1,354 @@
+"""``ray-s3ft compare``: a grid of methods x seeds at the same budget, on one set of actors.
+
+    ray-s3ft compare --config FILE --methods sft_gold,s3ft,sasr --seeds 0,1,2 [key=value ...]
+
+Every cell trains from the base model with the same data, steps, learning rate and evaluation;
+only the method's own settings (schedule kind, SFT targets, gate options) and the seed change.
+The Ray cluster, the rollout engines, the judges and the learner ranks are started once: between
+cells the learners reset to the base weights (fresh optimizer and KL reference) and the engines
+get the base weights with the next sync. The base model is evaluated once and the S3FT target
+store is built once; every cell reads the rung its method asks for from that store.
+
+A finished cell (its ``summary.json`` exists) is skipped, so an interrupted grid resumes where
+it stopped; a cell cut short resumes from its last checkpoint. Results:
+
+    OUT/results.json   every cell, and mean / std per method over seeds
+    OUT/results.md     the same as tables
+    OUT/cells/<method>-s<seed>/   each cell's run directory (metrics, summary, checkpoints)
+
+A seed sets the controller's data order and schedule draws and the learners' torch seed; the
+engines keep one sampling stream for the whole grid (their RNG is not reset between cells).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+from ray_s3ft.config import ConfigError, load_config, save_config
+from ray_s3ft.target_store import STORE, TargetSet, read_store
+
+# Each method is a set of overrides of controller-level keys (schedule.*, algorithm.targets):
+# the actors are shared by every cell, so a method may not change what they were built with.
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "base": ("the base model, no training", []),
+    "sft_gold": ("SFT on the gold answers", ["schedule.kind=sft", "algorithm.targets=gold"]),
+    "ssr": ("SFT on SSR targets (self | gold)", ["schedule.kind=sft", "algorithm.targets=ssr"]),
+    "s3ft": (
+        "SFT on S3FT targets (self | paraphrase | gold)",
+        ["schedule.kind=sft", "algorithm.targets=s3ft"],
+    ),
+    "grpo": ("GRPO only", ["schedule.kind=grpo"]),
+    "sft_then_grpo": (
+        "S3FT SFT for warmup_steps, then GRPO",
+        ["schedule.kind=sft_then_grpo", "algorithm.targets=s3ft"],
+    ),
+    "fixed_ratio": (
+        "SFT (S3FT targets) with probability schedule.p_sft, else GRPO",
+        ["schedule.kind=fixed_ratio", "algorithm.targets=s3ft"],
+    ),
+    "sasr_gold": ("SASR, SFT steps on gold", ["schedule.kind=sasr", "algorithm.targets=gold"]),
+    "sasr": ("SASR, SFT steps on S3FT targets", ["schedule.kind=sasr", "algorithm.targets=s3ft"]),
+    "sasr_probe": (
+        "SASR + gradient probes every 4 GRPO steps (ours)",
+        ["schedule.kind=sasr", "algorithm.targets=s3ft", "schedule.sasr.probe_every=4"],
+    ),
+    "sasr_kl": (
+        "SASR + KL term in the gate (ours)",
+        ["schedule.kind=sasr", "algorithm.targets=s3ft", "schedule.sasr.lam=1.0"],
+    ),
+}
+DEFAULT_METHODS = (
+    "base", "sft_gold", "ssr", "s3ft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr_gold", "sasr",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-s{self.seed}"
+
+
+def parse_list(text: str, what: str, allowed=None) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ConfigError(f"--{what}: give at least one, comma-separated")
+    if allowed is not None:
+        bad = [x for x in items if x not in allowed]
+        if bad:
+            raise ConfigError(f"--{what}: unknown {', '.join(bad)}; allowed: {', '.join(allowed)}")
+    if len(set(items)) < len(items):
+        raise ConfigError(f"--{what}: listed twice: {text}")
+    return items
+
+
+def cell_config(config: str | None, overrides: list[str], cell: Cell, out: Path):
+    return load_config(
+        config,
+        [
+            *overrides,
+            *METHODS[cell.method][1],
+            f"trainer.seed={cell.seed}",
+            f"trainer.output_dir={out / 'cells' / cell.name}",
+        ],
+    )
+
+
+def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path) -> dict:
+    from ray_s3ft.timing import Timer
+    from ray_s3ft.train import (
+        Phases,
+        _cached_eval,
+        _say,
+        _setup,
+        _shutdown,
+        build_targets,
+        evaluate_on_engines,
+        train_and_evaluate,
+    )
+    from ray_s3ft.workers.learner import LearnerActor
+
+    base = load_config(config, [*overrides, f"trainer.output_dir={out}"])
+    cells = [Cell(m, s) for m in methods if m != "base" for s in seeds]
+    # every cell's config is validated before anything starts
+    cfgs = {c: cell_config(config, overrides, c, out) for c in cells}
+    todo = [c for c in cells if not (out / "cells" / c.name / "summary.json").exists()]
+    _say(f"compare: {len(cells)} cells ({len(cells) - len(todo)} done) in {out}")
+    started = time.perf_counter()
+    if not todo and (out / "eval_before.json").exists() and (out / STORE).exists():
+        before = json.loads((out / "eval_before.json").read_text())
+        store = TargetSet(read_store(out / STORE), "s3ft", computed=0, reused=0)
+        return _finish(config, overrides, methods, seeds, out, before, store, started)
+    phases = Phases()
+    run_dir, model_path, examples, eval_sets, tok, groups, started_ray = phases.run(
+        "startup", _setup, dataclasses.replace(base), True
+    )
+    try:
+        n_eval = base.eval.max_new_tokens
+        before = phases.run(
+            "eval_before",
+            _cached_eval,
+            run_dir / "eval_before.json",
+            lambda: evaluate_on_engines(groups, eval_sets, n_eval),
+        )
+        # one store serves every mode: build it with all rungs (s3ft)
+        s3ft = dataclasses.replace(
+            base, algorithm=dataclasses.replace(base.algorithm, targets="s3ft")
+        )
+        store = phases.run("targets", build_targets, s3ft, groups, examples, run_dir, model_path)
+        for i, cell in enumerate(todo):
+            cfg = cfgs[cell]
+            cell_dir = Path(cfg.trainer.output_dir)
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, cell_dir / "config.yaml")
+            (cell_dir / "eval_before.json").write_text(json.dumps(before, indent=2) + "\n")
+            cell_started = time.perf_counter()
+            groups.learner.call(LearnerActor.reset, cell.seed)
+            targets = dataclasses.replace(store, mode=cfg.algorithm.targets, computed=0)
+            summary = train_and_evaluate(
+                cfg, cell_dir, groups, tok, examples, eval_sets, targets, before,
+                Timer(), cell_started, engine_version=-1,
+            )  # fmt: skip
+            a = summary["accuracy_after"]
+            _say(
+                f"cell {i + 1}/{len(todo)} {cell.name}: task {_pct(a['task']['accuracy'])}, "
+                f"held-out {_pct(a['heldout_mean'])} "
+                f"({summary['steps']['sft']} SFT / {summary['steps']['grpo']} GRPO steps, "
+                f"{summary['wall_s']['total']:.0f} s)"
+            )
+    finally:
+        _shutdown(groups, started_ray)
+    return _finish(config, overrides, methods, seeds, out, before, store, started)
+
+
+def _finish(config, overrides, methods, seeds, out: Path, before, store, started) -> dict:
+    results = collect(out, methods, seeds, before, store.fractions())
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    results["command"] = _command(config, overrides, methods, seeds, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    return results
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _heldout(acc: dict) -> dict[str, float]:
+    return {k: v["accuracy"] for k, v in acc.items() if k not in ("task", "heldout_mean")}
+
+
+def cell_row(method: str, seed: int, summary: dict | None, before: dict) -> dict:
+    """One grid cell's figures; ``base`` is the untrained model (no summary)."""
+    after = before if summary is None else summary["accuracy_after"]
+    row = {
+        "method": method,
+        "seed": seed,
+        "task_accuracy": after["task"]["accuracy"],
+        "task_gain": after["task"]["accuracy"] - before["task"]["accuracy"],
+        "heldout_mean": after["heldout_mean"],
+        "heldout_drop": (
+            None
+            if after["heldout_mean"] is None
+            else before["heldout_mean"] - after["heldout_mean"]
+        ),
+        "heldout": _heldout(after),
+        "unparsed": after["task"].get("unparsed", 0),
+    }
+    if summary is not None:
+        row.update(
+            run_dir=summary["run_dir"],
+            targets=summary["targets"],
+            sft_steps=summary["steps"]["sft"],
+            grpo_steps=summary["steps"]["grpo"],
+            wall_s=summary["wall_s"].get("total"),
+        )
+    return row
+
+
+def _mean_std(values: list[float]) -> dict[str, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None}
+    mean = sum(vals) / len(vals)
+    # sample std over seeds (n - 1); 0 for a single seed
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+    return {"mean": mean, "std": math.sqrt(var)}
+
+
+_AGG = (
+    "task_accuracy", "task_gain", "heldout_mean", "heldout_drop", "sft_steps", "grpo_steps",
+    "wall_s",
+)  # fmt: skip
+
+
+def collect(out: Path, methods, seeds, before: dict, base_targets: dict) -> dict:
+    cells, summary = [], []
+    for method in methods:
+        rows = []
+        for seed in [seeds[0]] if method == "base" else seeds:
+            path = out / "cells" / f"{method}-s{seed}" / "summary.json"
+            if method != "base" and not path.exists():
+                continue
+            s = None if method == "base" else json.loads(path.read_text())
+            rows.append(cell_row(method, seed, s, before))
+        cells += rows
+        if not rows:
+            continue
+        agg = {"method": method, "description": METHODS[method][0], "n_seeds": len(rows)}
+        agg.update({k: _mean_std([r.get(k) for r in rows]) for k in _AGG})
+        names = rows[0]["heldout"].keys()
+        agg["heldout"] = {n: _mean_std([r["heldout"][n] for r in rows]) for n in names}
+        if method == "base":
+            agg["targets"] = base_targets  # what the store offers (SFT on gold ignores it)
+        else:
+            agg["targets"] = {
+                k: _mean_std([r["targets"][k] for r in rows])["mean"]
+                for k in ("self", "paraphrase", "gold")
+            }
+        summary.append(agg)
+    return {"base": before, "seeds": list(seeds), "cells": cells, "summary": summary}
+
+
+def _pct(x, std=None) -> str:
+    if x is None:
+        return "-"
+    text = f"{100 * x:.1f}"
+    return text + (f" ± {100 * std:.1f}" if std is not None else "") + " %"
+
+
+def _pts(ms: dict) -> str:
+    if ms["mean"] is None:
+        return "-"
+    return f"{100 * ms['mean']:+.1f} ± {100 * ms['std']:.1f}"
+
+
+def results_markdown(r: dict) -> str:
+    lines = [
+        "# ray-s3ft compare",
+        "",
+        f"Seeds {', '.join(map(str, r['seeds']))}; mean ± std over seeds (sample std). "
+        "Held-out drop = base held-out mean minus the method's, in points (positive = forgot).",
+        "",
+        "| method | task accuracy | task gain (pts) | held-out mean | held-out drop (pts) "
+        "| self / para / gold % | SFT / GRPO steps | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for a in r["summary"]:
+        t = a["targets"]
+        src = " / ".join(f"{100 * t[k]:.1f}" for k in ("self", "paraphrase", "gold"))
+        if a["method"] == "sft_gold":
+            src = "0.0 / 0.0 / 100.0"
+        if a["method"] == "base":
+            src = f"({src})"
+        steps = (
+            "-"
+            if a["sft_steps"]["mean"] is None
+            else f"{a['sft_steps']['mean']:.1f} / {a['grpo_steps']['mean']:.1f}"
+        )
+        wall = "-" if a["wall_s"]["mean"] is None else f"{a['wall_s']['mean']:.0f}"
+        lines.append(
+            f"| {a['method']} | {_pct(a['task_accuracy']['mean'], a['task_accuracy']['std'])} "
+            f"| {_pts(a['task_gain'])} "
+            f"| {_pct(a['heldout_mean']['mean'], a['heldout_mean']['std'])} "
+            f"| {_pts(a['heldout_drop'])} | {src} | {steps} | {wall} |"
+        )
+    names = list(r["summary"][0]["heldout"]) if r["summary"] else []
+    if names:
+        lines += [
+            "",
+            "Held-out sets (mean over seeds):",
+            "",
+            "| method | " + " | ".join(names) + " |",
+            "| --- |" + " --- |" * len(names),
+        ]
+        for a in r["summary"]:
+            cols = " | ".join(_pct(a["heldout"][n]["mean"]) for n in names)
+            lines.append(f"| {a['method']} | {cols} |")
+    lines += ["", "Methods:", ""]
+    lines += [f"- `{a['method']}`: {a['description']}" for a in r["summary"]]
+    if r.get("command"):
+        lines += ["", "Command:", "", "```", r["command"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _command(config, overrides, methods, seeds, out) -> str:
+    parts = ["ray-s3ft compare"]
+    if config:
+        parts.append(f"--config {config}")
+    parts += [f"--methods {','.join(methods)}", f"--seeds {','.join(map(str, seeds))}"]
+    parts.append(f"--out {out}")
+    return " ".join(parts + list(overrides))
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ray-s3ft compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", metavar="FILE", help="YAML config (default: the built-in run)")
+    ap.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, from: {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})",
+    )
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated integers (default: 0,1,2)")
+    ap.add_argument("--out", default="runs/compare", help="grid directory (default: runs/compare)")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every cell")
+    args = ap.parse_args(argv)
+    methods = parse_list(args.methods, "methods", METHODS)
+    try:
+        seeds = [int(s) for s in parse_list(args.seeds, "seeds")]
+    except ValueError:
+        raise ConfigError(
+            f"--seeds: expected comma-separated integers, got {args.seeds!r}"
+        ) from None
+    out = Path(args.out)
+    results = run_grid(args.config, args.overrides, methods, seeds, out)
+    print(results_markdown(results))
+    print(f"saved {out / 'results.md'} and {out / 'results.json'}")
+    return 0

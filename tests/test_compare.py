@@ -1,0 +1,145 @@
+"""``ray-s3ft compare``: aggregation by hand-computed numbers, then a smoke grid on the real stack
+(one Ray cluster, a vLLM engine, judge workers and two DeepSpeed ranks shared by every cell)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ray_s3ft.compare import METHODS, collect, parse_list, results_markdown
+from ray_s3ft.config import ConfigError
+
+
+def _acc(task, heldout):
+    out = {"task": {"accuracy": task, "correct": 0, "n": 100, "unparsed": 0}}
+    out.update(
+        {k: {"accuracy": v, "correct": 0, "n": 100, "unparsed": 0} for k, v in heldout.items()}
+    )
+    out["heldout_mean"] = sum(heldout.values()) / len(heldout)
+    return out
+
+
+def _summary(tmp, name, task, heldout, steps=(3, 1)):
+    d = tmp / "cells" / name
+    d.mkdir(parents=True)
+    s = {
+        "run_dir": str(d),
+        "accuracy_after": _acc(task, heldout),
+        "targets": {"self": 0.5, "paraphrase": 0.3, "gold": 0.2},
+        "steps": {"sft": steps[0], "grpo": steps[1]},
+        "wall_s": {"total": 10.0},
+    }
+    (d / "summary.json").write_text(json.dumps(s))
+
+
+def test_collect_means_and_sample_std_by_hand(tmp_path):
+    before = _acc(0.40, {"a": 0.80, "b": 0.60})  # held-out mean 0.70
+    _summary(tmp_path, "sft_gold-s0", 0.50, {"a": 0.70, "b": 0.50})  # drop 0.10
+    _summary(tmp_path, "sft_gold-s1", 0.60, {"a": 0.60, "b": 0.40})  # drop 0.20
+    r = collect(
+        tmp_path,
+        ["base", "sft_gold"],
+        [0, 1],
+        before,
+        {"self": 0.5, "paraphrase": 0.3, "gold": 0.2},
+    )
+    base, sft = r["summary"]
+    assert base["task_accuracy"] == {"mean": 0.40, "std": 0.0} and base["n_seeds"] == 1
+    assert sft["n_seeds"] == 2
+    assert sft["task_accuracy"]["mean"] == pytest.approx(0.55)
+    # sample std of (0.5, 0.6): sqrt(((0.05)^2 * 2) / 1) = 0.0707...
+    assert sft["task_accuracy"]["std"] == pytest.approx(math.sqrt(0.005))
+    assert sft["task_gain"]["mean"] == pytest.approx(0.15)
+    assert sft["heldout_drop"]["mean"] == pytest.approx(0.15)
+    assert sft["heldout_drop"]["std"] == pytest.approx(math.sqrt(0.005))
+    assert sft["heldout"]["a"]["mean"] == pytest.approx(0.65)
+    md = results_markdown(r)
+    assert "| sft_gold | 55.0 ± 7.1 % | +15.0 ± 7.1 | 55.0 ± 7.1 % | +15.0 ± 7.1 |" in md
+    assert "| base | 40.0 ± 0.0 % | +0.0 ± 0.0 |" in md
+
+
+def test_collect_skips_unfinished_cells(tmp_path):
+    before = _acc(0.40, {"a": 0.80})
+    _summary(tmp_path, "s3ft-s0", 0.5, {"a": 0.8})
+    r = collect(tmp_path, ["s3ft"], [0, 1], before, {})
+    assert [c["seed"] for c in r["cells"]] == [0] and r["summary"][0]["n_seeds"] == 1
+
+
+def test_method_and_seed_lists_are_checked():
+    assert parse_list("sft_gold, sasr", "methods", METHODS) == ["sft_gold", "sasr"]
+    with pytest.raises(ConfigError, match="unknown sasrr; allowed: base, sft_gold"):
+        parse_list("sasrr", "methods", METHODS)
+    with pytest.raises(ConfigError, match="listed twice"):
+        parse_list("0,0", "seeds")
+
+
+def test_every_method_is_a_valid_config():
+    from ray_s3ft.config import load_config
+
+    for _, overrides in METHODS.values():
+        load_config(overrides=overrides)  # raises ConfigError naming the key
+
+
+@pytest.mark.slow
+def test_compare_smoke_grid_then_report(tmp_path):
+    out = tmp_path / "grid"
+    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"), TMPDIR=str(tmp_path))
+    env.pop("RAY_ADDRESS", None)
+    small = [
+        "data.train_size=32", "eval.task_size=24", "eval.heldout_size=8", "eval.every=2",
+        "trainer.max_steps=4", "trainer.checkpoint_every=4", "schedule.warmup_steps=2",
+        "trainer.lr=3e-4",
+    ]  # fmt: skip
+    # s3ft and sasr share their first two steps (SFT on the same S3FT batches, same seed): equal
+    # losses there prove the learners were reset to the base weights between the cells
+    cmd = [sys.executable, "-m", "ray_s3ft.cli", "compare", "--methods", "base,s3ft,sasr"]
+    r = subprocess.run(
+        [*cmd, "--seeds", "0", "--out", str(out), *small],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    res = json.loads((out / "results.json").read_text())
+    assert [(c["method"], c["seed"]) for c in res["cells"]] == [
+        ("base", 0), ("s3ft", 0), ("sasr", 0)
+    ]  # fmt: skip
+    rows = {}
+    for cell in ("s3ft-s0", "sasr-s0"):
+        d = out / "cells" / cell
+        summary = json.loads((d / "summary.json").read_text())
+        got = next(c for c in res["cells"] if f"{c['method']}-s{c['seed']}" == cell)
+        assert got["task_accuracy"] == summary["accuracy_after"]["task"]["accuracy"]
+        assert got["sft_steps"] + got["grpo_steps"] == 4
+        rows[cell] = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        # in-loop evaluation every 2 steps
+        assert [x["step"] for x in rows[cell] if "eval/task_accuracy" in x] == [1, 3]
+        assert (d / "checkpoints" / "step_4" / "hf" / "config.json").exists()
+    for a, b in zip(rows["s3ft-s0"][:2], rows["sasr-s0"][:2], strict=True):
+        assert a["mode"] == b["mode"] == "sft"
+        assert a["learner/loss"] == pytest.approx(b["learner/loss"], rel=1e-5)
+    assert rows["s3ft-s0"][0]["learner/loss"] != pytest.approx(rows["s3ft-s0"][1]["learner/loss"])
+    md = (out / "results.md").read_text()
+    assert "| sasr |" in md and "| s3ft |" in md and "compare --methods base,s3ft,sasr" in md
+    # a second call finds every cell done: nothing retrains
+    before = (out / "cells" / "sasr-s0" / "summary.json").stat().st_mtime_ns
+    r = subprocess.run(
+        [*cmd, "--seeds", "0", "--out", str(out), *small],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "2 cells (2 done)" in r.stdout
+    assert (out / "cells" / "sasr-s0" / "summary.json").stat().st_mtime_ns == before
+    # the report over the grid: one row per cell with its numbers
+    r = subprocess.run(
+        [sys.executable, "-m", "ray_s3ft.cli", "report", str(out), "--out", str(tmp_path / "rep")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    report = (tmp_path / "rep" / "report.md").read_text()
+    for cell in ("s3ft-s0", "sasr-s0"):
+        acc = json.loads((out / "cells" / cell / "summary.json").read_text())["accuracy_after"]
+        assert cell in report and f"{100 * acc['task']['accuracy']:.1f} %" in report
+    for png in ("accuracy", "loss_reward", "schedule", "gate_signals", "targets"):
+        assert (tmp_path / "rep" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
