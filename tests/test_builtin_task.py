@@ -73,9 +73,21 @@ def test_pretraining_mixture_covers_every_kind_with_right_answers():
     judge = [(p, r) for p, r in pairs if p.startswith("Judge the candidate")]
     para = [(p, r) for p, r in pairs if "Reference answer:" in p]
     solve = [(p, r) for p, r in pairs if p.endswith("have now?")]
+    narrate = [(p, r) for p, r in pairs if p.endswith(builtin.NARRATE_SUFFIX)]
+    share = dict(builtin.PRETRAIN_MIX)
     # shares within a few points of PRETRAIN_MIX
-    assert abs(len(solve) / 3000 - 0.42) < 0.04 and abs(len(para) / 3000 - 0.20) < 0.04
-    assert abs(len(judge) / 3000 - 0.14) < 0.03
+    for kind, got in (
+        ("solve", solve),
+        ("paraphrase", para),
+        ("judge", judge),
+        ("narrate", narrate),
+    ):
+        assert abs(len(got) / 3000 - share[kind]) < 0.03, kind
+    # solving is pretrained on short problems only; the gold style only under its own instruction
+    assert max(r.count(" = ") for _, r in solve) == builtin.SOLVE_SPEC.max_steps
+    assert max(r.count(" = ") for _, r in para) == builtin.ArithSpec().max_steps
+    assert all(r.endswith(f"#### {r.split()[-1]}") and "The answer is" not in r for _, r in narrate)
+    assert all("####" not in r for _, r in solve + para)
     # a judge pair's verdict agrees with comparing the two final answers
     for p, r in judge:
         ref = re.search(r"#### (\d+)\nCandidate", p)[1]

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from ray_s3ft.model.paths import resolve_model_path
 from ray_s3ft.workers import nccl_sync
 
 
@@ -61,7 +62,8 @@ def test_engine_kwargs_accepted_by_vllm_config():
     kwargs = nccl_sync.vllm_engine_kwargs()
     assert set(kwargs) == {"weight_transfer_config"}
     assert WeightTransferConfig(**kwargs["weight_transfer_config"]).backend == "nccl"
-    args = EngineArgs(model="unused-model-path", **kwargs)
+    # a local model directory: EngineArgs must not look anything up on the hub
+    args = EngineArgs(model=resolve_model_path("builtin"), **kwargs)
     assert isinstance(args.weight_transfer_config, WeightTransferConfig)
     assert args.weight_transfer_config.backend == "nccl"
     # gpu_worker.load_model builds the engine through this registry.
