@@ -151,6 +151,7 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
             cfg=cfg.learner,
             grpo=cfg.algorithm.grpo,
             lr=cfg.trainer.lr,
+            grpo_lr=cfg.trainer.grpo_lr,
             weight_decay=cfg.trainer.weight_decay,
             seed=cfg.trainer.seed,
             threads=learner_threads,

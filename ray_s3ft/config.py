@@ -38,14 +38,14 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 DTYPES = ("float32", "bfloat16", "float16")
 TASKS = ("builtin", "gsm8k", "mbpp", "nq")
 ENGINES = ("vllm", "hf")
-VERIFIERS = ("auto", "math", "code", "llm")
+VERIFIERS = ("auto", "steps", "math", "code", "llm")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 TARGET_KINDS = ("gold", "ssr", "s3ft")
 LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
 SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
 # Verifiers that can judge each task's answers; the first is what "auto" picks.
 TASK_VERIFIERS = {
-    "builtin": ("math", "llm"),
+    "builtin": ("steps", "math", "llm"),  # steps: every written step checked (verifiers/steps.py)
     "gsm8k": ("math", "llm"),
     "mbpp": ("code", "llm"),
     "nq": ("llm",),
@@ -118,7 +118,9 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    verifier: str = "auto"  # VERIFIERS; auto = by task (builtin/gsm8k math, mbpp code, nq llm)
+    verifier: str = (
+        "auto"  # VERIFIERS; auto = by task (builtin steps, gsm8k math, mbpp code, nq llm)
+    )
     llm_model: str = "base"  # LLM judge: "base" = the run's initial model, as in S3FT; else path/id
     llm_backend: str = "vllm"  # ENGINES: engine of the LLM judge
     llm_max_new_tokens: int = 16  # verdict budget of the LLM judge (tokens)
@@ -160,7 +162,9 @@ class SASRConfig:
     # G the latest SFT step's grad norm, G_warm the last warm-up step's. The rest are our
     # extensions, each off by default and named so a grid can compare them.
     gamma: float = 1.0  # weight of G_warm against G in the gate
-    probe_every: int = 0  # ours: GRPO steps between gradient-only SFT probes that refresh G; 0 = off
+    probe_every: int = (
+        0  # ours: GRPO steps between gradient-only SFT probes that refresh G; 0 = off
+    )
     lam: float = 0.0  # ours: weight of the KL-to-reference term in the gate; 0 = off
     kl_target: float = 0.05  # ours: KL (nats/token) at which the KL term doubles p_sft
     ema_decay: float = 0.0  # ours: EMA decay of G over SFT steps and probes, in [0, 1); 0 = latest
@@ -194,7 +198,8 @@ class TrainerConfig:
     max_steps: int = 20  # optimizer steps of the run (SFT and GRPO steps together)
     sft_batch_size: int = 16  # sequences per SFT step, over all ranks
     grpo_prompts_per_step: int = 4  # prompts per GRPO step; the batch is this * group_size
-    lr: float = 1e-4  # learning rate of SFT and GRPO steps alike
+    lr: float = 1e-4  # learning rate of SFT steps (and of GRPO steps when grpo_lr is null)
+    grpo_lr: float | None = None  # learning rate of GRPO steps; null = lr
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     seed: int = 0  # seed of the controller's RNG (schedule draws, data order)
     output_dir: str = "runs/default"  # run directory: config, metrics, checkpoints
@@ -214,6 +219,7 @@ class EvalConfig:
     backend: str = "hf"  # ENGINES
     output_dir: str = "runs/eval"  # where results and the report go
     every: int = 0  # train: evaluate on the rollout engines every N steps (eval/* metrics); 0 = off
+    every_size: int = 200  # in-loop evaluation: the first N examples of each eval set
     # lm-evaluation-harness tasks run by `ray-s3ft eval` on the model directory (optional
     # extra `lm-eval`); include_path is a directory of the user's own task YAML files
     lm_eval_tasks: list[str] = field(default_factory=list)

@@ -57,7 +57,7 @@ _RANGES = (
         judge.llm_max_new_tokens judge.batch_size learner.micro_batch_size
         algorithm.grpo.group_size resources.rollout_workers
         resources.judge_workers resources.learner_ranks trainer.max_steps trainer.sft_batch_size
-        trainer.grpo_prompts_per_step trainer.checkpoint_every eval.task_size eval.heldout_size
+        trainer.grpo_prompts_per_step trainer.checkpoint_every eval.task_size eval.heldout_size eval.every_size
         eval.max_new_tokens eval.batch_size""",
         _finite(lambda v: v >= 1),
         "must be >= 1",
@@ -144,6 +144,8 @@ def validate(cfg: Config) -> None:
             )
     if cfg.eval.lm_eval_limit is not None and not _finite(lambda v: v >= 1)(cfg.eval.lm_eval_limit):
         bad("eval.lm_eval_limit", "must be null (every example) or >= 1")
+    if cfg.trainer.grpo_lr is not None and not _finite(lambda v: v > 0)(cfg.trainer.grpo_lr):
+        bad("trainer.grpo_lr", "must be null (= trainer.lr) or a finite number > 0")
     if problems:  # the cross-section rules below assume sane single values
         raise ConfigError(problems)
 

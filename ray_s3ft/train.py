@@ -163,9 +163,10 @@ def train_and_evaluate(
     from ray_s3ft.controller import Controller
 
     n_eval = cfg.eval.max_new_tokens
+    head = {name: exs[: cfg.eval.every_size] for name, exs in eval_sets.items()}
     ctl = Controller(
         cfg, run_dir, groups, tok, examples, targets,
-        evaluate=lambda: evaluate_on_engines(groups, eval_sets, n_eval),
+        evaluate=lambda: evaluate_on_engines(groups, head, n_eval),
         engine_version=engine_version,
     )  # fmt: skip
     ctl.restore()

@@ -34,8 +34,8 @@ def test_base_task_accuracy_is_partial(report):
 
 def test_heldout_skills_are_there(report):
     acc = {k: v["accuracy"] for k, v in report["heldout"].items()}
-    # measured: reverse 100 %, sort 63 %, compare 64 % (chance for compare is 50 %)
-    assert acc["reverse"] >= 0.90 and acc["sort"] >= 0.45 and acc["compare"] >= 0.55, acc
+    # measured on these 100 each: see README's Results (chance for compare is 50 %)
+    assert acc["reverse"] >= 0.80 and acc["sort"] >= 0.50 and acc["compare"] >= 0.60, acc
 
 
 def test_all_three_s3ft_sources_occur():
@@ -48,7 +48,9 @@ def test_all_three_s3ft_sources_occur():
     n_self = sum(self_ok)
     n_para = sum(p and not s for s, p in zip(self_ok, para_ok))
     n_gold = len(train) - n_self - n_para
-    # measured with the shipped model on these 128: see README's Results
+    # measured with the shipped model on these 128: see README's Results. The paraphrase rung
+    # carries a large share and gold is the exception, as in the S3FT paper's GSM8K split
     assert min(n_self, n_para, n_gold) >= 0.05 * len(train), (n_self, n_para, n_gold)
+    assert n_para >= 0.25 * len(train) and n_gold <= 0.25 * len(train), (n_self, n_para, n_gold)
     # the paraphrase keeps the model's own style, not the gold's
     assert all("####" not in r for r in para)

@@ -84,7 +84,8 @@ def test_every_method_is_a_valid_config():
 
 
 @pytest.mark.slow
-def test_compare_smoke_grid_then_report(tmp_path):
+def test_compare_smoke_grid_then_report(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("cmp")  # short: Ray's socket paths must fit 107 bytes
     out = tmp_path / "grid"
     env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"), TMPDIR=str(tmp_path))
     env.pop("RAY_ADDRESS", None)

@@ -120,7 +120,7 @@ def test_config_is_frozen_and_sections_travel_alone():
 
 def test_resolved_judge_fills_auto_and_base():
     judge = resolved_judge(load_config(overrides=["model.path=/models/x"]))
-    assert (judge.verifier, judge.llm_model) == ("math", "/models/x")
+    assert (judge.verifier, judge.llm_model) == ("steps", "/models/x")
     judge = resolved_judge(load_config(overrides=["judge.llm_model=some/judge"]))
     assert judge.llm_model == "some/judge"
 
@@ -163,7 +163,7 @@ REJECTIONS = [
     (["data.task=math"], ["data.task", "builtin, gsm8k, mbpp, nq"]),
     (["rollout.backend=sglang"], ["rollout.backend", "vllm, hf"]),
     (["rollout.dtype=int8"], ["rollout.dtype", "float32, bfloat16, float16"]),
-    (["judge.verifier=regex"], ["judge.verifier", "auto, math, code, llm"]),
+    (["judge.verifier=regex"], ["judge.verifier", "auto, steps, math, code, llm"]),
     (["judge.llm_backend=tgi"], ["judge.llm_backend", "vllm, hf"]),
     (["learner.zero_stage=4"], ["learner.zero_stage", "0, 1, 2, 3"]),
     (["learner.backend=mpi"], ["learner.backend", "auto, gloo, nccl"]),
@@ -185,6 +185,7 @@ REJECTIONS = [
     (["schedule.sasr.kl_target=0"], ["schedule.sasr.kl_target", "> 0"]),
     (["schedule.sasr.probe_every=-1"], ["schedule.sasr.probe_every", ">= 0"]),
     (["eval.every=-2"], ["eval.every", ">= 0"]),
+    (["trainer.grpo_lr=0"], ["trainer.grpo_lr", "> 0"]),
     (["algorithm.grpo.eps_low=1.0"], ["algorithm.grpo.eps_low", "[0, 1)"]),
     (["algorithm.grpo.eps_high=0"], ["algorithm.grpo.eps_high", "> 0"]),
     (["algorithm.grpo.beta=-0.01"], ["algorithm.grpo.beta", ">= 0"]),

@@ -17,6 +17,9 @@ from ray_s3ft.verifiers.math import extract_answer, verify_math
         ("So the answer is 14", "14"),
         ("The answer is: 42", "42"),
         ("Natalia sold 48 + 24 = 72 clips.\n#### 1,234", "1234"),
+        # inline, as the built-in task's gold style writes it
+        ("Mia starts with 12 apples. After losing 8, she has 4. #### 4", "4"),
+        ("After buying 7, he has 19.#### 19", "19"),
         ("The answer is $1,234.50.", "1234.50"),
         ("The answer is -3.", "-3"),
         ("The answer is -$5", "-5"),

@@ -22,7 +22,9 @@ MAX_ANSWER_CHARS = 512
 _COSTLY_POWER = re.compile(r"(\^|\*\*)\s*[({]?[^+\-=,;]*?(\^|\*\*)|(\^|\*\*)\s*[({]?\s*-?\d{4,}")
 # The rest of the line is read in a lookahead so that a later "answer is" on it still matches.
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?[ \t]*(?=([^\n]*))", re.IGNORECASE)
-_HASHES = re.compile(r"^[ \t]*####[ \t]*([^\n]*)", re.MULTILINE)
+# "#### N" on a line of its own (GSM8K) or at the end of a sentence ("... she has 4. #### 4"):
+# a model trained on GSM8K-style answers writes both, and both state the answer.
+_HASHES = re.compile(r"(?<!#)####(?!#)[ \t]*([^\n]*)")
 _BOXED = re.compile(r"\\boxed\s*\{")
 # A plain number: 1,234.5 (thousands separators), -3, 2.5, 7/2.
 _NUMBER = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"

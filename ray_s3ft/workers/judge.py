@@ -1,6 +1,6 @@
 """JudgeWorker: routes each (prompt, response, answer) to its verifier and returns a Verdict.
 
-Verifiers: math answers (math-verify), Python code run against its tests in the sandbox (the
+Verifiers: the built-in task's step check, math answers (math-verify), Python code run against its tests in the sandbox (the
 only place model-written code ever runs), and an LLM judge with its own engine (by default the
 run's base model, as in S3FT, arXiv 2502.08130; it stays frozen, so it never needs the
 trained weights). A verifier that raises, times out or cannot be
@@ -43,11 +43,14 @@ class JudgeWorker:
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         """One verdict per item, in order. Items are routed by their own verifier, except that
-        ``judge.verifier=llm`` sends every item to the LLM judge."""
+        ``judge.verifier=llm`` sends every item to the LLM judge and ``steps`` takes the math
+        items (the built-in task's step-by-step check)."""
         verdicts: list[Verdict | None] = [None] * len(items)
         llm_idx = []
         for i, item in enumerate(items):
-            kind = "llm" if self.cfg.verifier == "llm" else item.verifier
+            kind = item.verifier
+            if self.cfg.verifier == "llm" or (self.cfg.verifier == "steps" and kind == "math"):
+                kind = self.cfg.verifier
             if kind == "llm":
                 llm_idx.append(i)
             else:
@@ -64,6 +67,11 @@ class JudgeWorker:
                 from ray_s3ft.verifiers.math import verify_math
 
                 ok = verify_math(item.response, item.answer)
+                return Verdict(ok, "" if ok is not None else "no final answer found")
+            if kind == "steps":
+                from ray_s3ft.verifiers.steps import verify_steps
+
+                ok = verify_steps(item.prompt, item.response, item.answer)
                 return Verdict(ok, "" if ok is not None else "no final answer found")
             if kind == "exact":
                 return Verdict(" ".join(item.response.split()) == " ".join(item.answer.split()))

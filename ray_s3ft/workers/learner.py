@@ -40,13 +40,17 @@ class LearnerActor:
         weight_decay: float,
         seed: int,
         threads: int = 1,
+        grpo_lr: float | None = None,
     ) -> None:
+        """``lr`` for SFT steps; ``grpo_lr`` for GRPO steps (None: ``lr``). RL updates want a
+        smaller step than supervised ones, and SASR interleaves both on one optimizer."""
         import torch
 
         torch.set_num_threads(max(1, threads))  # ranks share the node's cores
         self.rank, self.world_size, self.model_path = rank, world_size, model_path
         self.model_cfg, self.cfg, self.grpo = model, cfg, grpo
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        self.lr_by_mode = {"sft": lr, "grpo": lr if grpo_lr is None else grpo_lr}
         self.engine = None
 
     # --------------------------------------------------------------------------------- setup
@@ -208,6 +212,8 @@ class LearnerActor:
             raise ValueError(f"mode must be 'sft' or 'grpo', got {mode!r}")
         engine, micro = self.engine, self.cfg.micro_batch_size
         engine.train()
+        for group in engine.optimizer.param_groups:  # Adam's moments are shared by both modes
+            group["lr"] = self.lr_by_mode[mode]
         n_micro = math.ceil(batch.num_sequences / micro)
         engine.set_train_batch_size(micro * n_micro * self.world_size)
         # sums over this rank: objective, kl*tok, entropy*tok, tokens, seqs, pg, clip*tok, |dlogp|
