@@ -284,8 +284,6 @@ def results_markdown(r: dict) -> str:
     for a in r["summary"]:
         t = a["targets"]
         src = " / ".join(f"{100 * t[k]:.1f}" for k in ("self", "paraphrase", "gold"))
-        if a["method"] == "sft_gold":
-            src = "0.0 / 0.0 / 100.0"
         if a["method"] == "base":
             src = f"({src})"
         steps = (

@@ -13,7 +13,7 @@ from ray_s3ft.generation import generate_greedy_hf
 from ray_s3ft.model.paths import resolve_model_path
 from ray_s3ft.prompts import build_paraphrase_prompt
 from ray_s3ft.tasks import builtin
-from ray_s3ft.verifiers.math import verify_math
+from ray_s3ft.verifiers.steps import verify_steps
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,9 @@ def test_all_three_s3ft_sources_occur():
     train = builtin.task_split("train", 128, seed=0)
     own = generate_greedy_hf(path, [e.prompt for e in train], 96)
     para = generate_greedy_hf(path, [build_paraphrase_prompt(e.prompt, e.gold) for e in train], 96)
-    self_ok = [verify_math(r, e.answer) is True for r, e in zip(own, train)]
-    para_ok = [verify_math(r, e.answer) is True for r, e in zip(para, train)]
+    # the pipeline's judge for the built-in task: every written step must be right
+    self_ok = [verify_steps(e.prompt, r, e.answer) is True for r, e in zip(own, train)]
+    para_ok = [verify_steps(e.prompt, r, e.answer) is True for r, e in zip(para, train)]
     n_self = sum(self_ok)
     n_para = sum(p and not s for s, p in zip(self_ok, para_ok))
     n_gold = len(train) - n_self - n_para

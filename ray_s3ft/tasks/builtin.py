@@ -5,7 +5,7 @@ something when the base model already solves part of the task in its *own* style
 makes both. A word problem has two solution styles:
 
   own  (the base model's):  "12 + 7 = 19. 19 - 5 = 14. The answer is 14."
-  gold (the data set's):    "Mia starts with 12 apples. After buying 7 and losing 5, she has 14. #### 14"
+  gold (the data set's):    "Mia starts with 12 apples. After buying 7, she has 19. ... #### 14"
 
 The base model is pretrained (``ray_s3ft.model.pretrain``) on the own style, on rewriting a gold
 reference into the own style (S3FT's paraphrase rung), on judging a candidate against a reference
@@ -109,18 +109,11 @@ class Problem:
         return " ".join(lines) + f" The answer is {final}."
 
     def gold_solution(self) -> str:
-        """The data set's style: terser than the model's, two steps to a sentence, so only
-        every other running total is written down (as human-written gold answers skip steps a
-        model would spell out)."""
         totals = self.totals
         parts = [f"{self.name} starts with {self.start} {self.item}."]
-        for i in range(0, len(self.steps), 2):
-            events = []
-            for verb, sign, operand in self.steps[i : i + 2]:
-                gerund = _GAIN[verb][1] if sign > 0 else _LOSS[verb][1]
-                events.append(f"{gerund} {operand}")
-            after = min(i + 2, len(self.steps))
-            parts.append(f"After {' and '.join(events)}, {self.pronoun} has {totals[after]}.")
+        for i, (verb, sign, operand) in enumerate(self.steps):
+            gerund = _GAIN[verb][1] if sign > 0 else _LOSS[verb][1]
+            parts.append(f"After {gerund} {operand}, {self.pronoun} has {totals[i + 1]}.")
         return " ".join(parts) + f" #### {self.answer}"
 
 
