@@ -175,7 +175,7 @@ class SASRConfig:
 @dataclass(frozen=True)
 class ScheduleConfig:
     kind: str = "sasr"  # SCHEDULE_KINDS
-    warmup_steps: int = 4  # W: SFT warm-up of sasr; the switch step of sft_then_grpo
+    warmup_steps: int = 20  # W: SFT warm-up of sasr; the switch step of sft_then_grpo
     p_sft: float = 0.5  # fixed_ratio: probability that a step is SFT
     sasr: SASRConfig = field(default_factory=SASRConfig)
 
@@ -195,15 +195,15 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    max_steps: int = 20  # optimizer steps of the run (SFT and GRPO steps together)
+    max_steps: int = 100  # optimizer steps of the run (SFT and GRPO steps together)
     sft_batch_size: int = 16  # sequences per SFT step, over all ranks
     grpo_prompts_per_step: int = 4  # prompts per GRPO step; the batch is this * group_size
-    lr: float = 1e-4  # learning rate of SFT steps (and of GRPO steps when grpo_lr is null)
-    grpo_lr: float | None = None  # learning rate of GRPO steps; null = lr
+    lr: float = 1e-3  # learning rate of SFT steps (and of GRPO steps when grpo_lr is null)
+    grpo_lr: float | None = 1e-4  # learning rate of GRPO steps; null = lr
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     seed: int = 0  # seed of the controller's RNG (schedule draws, data order)
     output_dir: str = "runs/default"  # run directory: config, metrics, checkpoints
-    checkpoint_every: int = 10  # steps between checkpoints
+    checkpoint_every: int = 50  # steps between checkpoints
     resume: bool = True  # continue from the latest checkpoint in output_dir if there is one
 
 
@@ -212,13 +212,13 @@ class EvalConfig:
     # held-out sets, evaluated for what fine-tuning costs: built-in skills (compare, sort,
     # reverse) and/or paths to local multiple-choice .jsonl files in MMLU's shape
     heldout: list[str] = field(default_factory=lambda: ["compare", "sort", "reverse"])
-    task_size: int = 200  # examples of the training task evaluated
-    heldout_size: int = 100  # examples per held-out skill
+    task_size: int = 1000  # examples of the training task evaluated
+    heldout_size: int = 500  # examples per held-out skill
     max_new_tokens: int = 96  # response budget (tokens)
     batch_size: int = 64  # prompts per generate call
     backend: str = "hf"  # ENGINES
     output_dir: str = "runs/eval"  # where results and the report go
-    every: int = 0  # train: evaluate on the rollout engines every N steps (eval/* metrics); 0 = off
+    every: int = 25  # train: evaluate on the rollout engines every N steps (eval/* metrics); 0 = off
     every_size: int = 200  # in-loop evaluation: the first N examples of each eval set
     # lm-evaluation-harness tasks run by `ray-s3ft eval` on the model directory (optional
     # extra `lm-eval`); include_path is a directory of the user's own task YAML files
