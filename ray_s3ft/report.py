@@ -239,18 +239,25 @@ def plot_accuracy(runs, styles, ax) -> bool:
 
 
 def plot_loss_reward(runs, styles, ax) -> bool:
-    drawn = False
+    drawn = rewards = False
     for run, st in zip(runs, styles):
         for mode, marker in (("sft", "o"), ("grpo", "x")):
             xs, ys = run.series("learner/loss", mode)
             ax[0].scatter(xs, ys, marker=marker, color=st["color"], s=24)
             drawn |= bool(xs)
         xs, ys = run.series("reward/mean", "grpo") if run.modes() else run.series("reward/mean")
-        ax[1].plot(xs, ys, marker=".", label=run.name, **st)
+        if xs:
+            ax[1].plot(xs, ys, marker=".", label=run.name, **st)
+            rewards = True
         drawn |= bool(xs)
     _key(ax[0], [("o", "SFT step"), ("x", "GRPO step")], runs, styles)
     ax[0].set(xlabel="training step", ylabel="loss (SFT: NLL, nats/token; GRPO: surrogate)")
     ax[1].set(xlabel="training step", ylabel="mean reward on GRPO steps (0-1)")
+    if not rewards:  # SFT-only runs: say so instead of an empty frame
+        ax[1].text(0.5, 0.5, "no GRPO steps in these runs", ha="center", va="center",
+                   transform=ax[1].transAxes, color="grey")  # fmt: skip
+        ax[1].set(xticks=[], yticks=[])
+        ax[1].legend([], frameon=False)  # keeps the caller from adding an empty legend
     return drawn
 
 
