@@ -296,6 +296,8 @@ def plot_gate(runs, styles, ax) -> bool:
         drawn |= bool(xs or kx)
     ax[0].set(xlabel="training step", ylabel="SFT grad norm G_t (L2)", title="dashed: G_warm")
     ax[1].set(xlabel="training step", ylabel="KL to reference (nats/token)")
+    if drawn:  # one diverging step can be 100x the rest: keep the rest readable
+        ax[1].set_yscale("symlog", linthresh=0.01)
     return drawn
 
 
