@@ -218,7 +218,7 @@ class EvalConfig:
     batch_size: int = 64  # prompts per generate call
     backend: str = "hf"  # ENGINES
     output_dir: str = "runs/eval"  # where results and the report go
-    every: int = 25  # train: evaluate on the rollout engines every N steps (eval/* metrics); 0 = off
+    every: int = 25  # train: eval/* metrics on the rollout engines every N steps; 0 = off
     every_size: int = 200  # in-loop evaluation: the first N examples of each eval set
     # lm-evaluation-harness tasks run by `ray-s3ft eval` on the model directory (optional
     # extra `lm-eval`); include_path is a directory of the user's own task YAML files

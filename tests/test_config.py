@@ -207,7 +207,10 @@ REJECTIONS = [
     (["algorithm.grpo.group_size=1"], ["algorithm.grpo.group_size", ">= 2", "schedule.kind=sasr"]),
     (["rollout.temperature=0"], ["rollout.temperature", "> 0", "schedule.kind=sasr"]),
     (["schedule.warmup_steps=0"], ["schedule.warmup_steps", "[1, trainer.max_steps)"]),
-    (["schedule.kind=sft_then_grpo", "schedule.warmup_steps=100"], ["schedule.warmup_steps", "100"]),
+    (
+        ["schedule.kind=sft_then_grpo", "schedule.warmup_steps=100"],
+        ["schedule.warmup_steps", "100"],
+    ),
     (["trainer.sft_batch_size=15"], ["trainer.sft_batch_size", "resources.learner_ranks (2)"]),
     (
         ["trainer.grpo_prompts_per_step=3", "algorithm.grpo.group_size=3"],
