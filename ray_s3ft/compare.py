@@ -129,7 +129,7 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
         return _finish(config, overrides, methods, seeds, out, before, store, started)
     phases = Phases()
     run_dir, model_path, examples, eval_sets, tok, groups, started_ray = phases.run(
-        "startup", _setup, dataclasses.replace(base), True
+        "startup", _setup, base, True
     )
     try:
         n_eval = base.eval.max_new_tokens
