@@ -4,8 +4,8 @@
 and what is allowed. ``ray_s3ft.config.validate`` (called by ``load_config``) delegates here.
 
 This module imports only the standard library, ``ray_s3ft.config`` (omegaconf and yaml) and
-``ray_s3ft.tasks.builtin`` (standard library only, for the held-out skill names), for the same
-reason: every process may validate a config, and none should pull torch or ray in.
+``ray_s3ft.tasks`` modules that use the standard library only (the held-out set names), for the
+same reason: every process may validate a config, and none should pull torch or ray in.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ray_s3ft.config import (
     ConfigError,
     _show,
 )
+from ray_s3ft.tasks.benchmarks import is_choice_file
 from ray_s3ft.tasks.builtin import HELDOUT_SKILLS
 
 _CHOICES = {
@@ -135,7 +136,7 @@ def validate(cfg: Config) -> None:
         elif need_one and not items:
             bad(key, "must name at least one module")
         elif key == "eval.heldout" and (
-            odd := [x for x in items if x not in HELDOUT_SKILLS and not x.endswith(".jsonl")]
+            odd := [x for x in items if x not in HELDOUT_SKILLS and not is_choice_file(x)]
         ):
             bad(
                 key,

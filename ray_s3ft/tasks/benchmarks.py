@@ -1,6 +1,6 @@
 """Local multiple-choice benchmarks (MMLU's shape) as held-out sets.
 
-An ``eval.heldout`` entry that ends in ``.jsonl`` (or contains a ``/``) is such a file, one JSON
+An ``eval.heldout`` entry that ends in ``.jsonl`` is such a file, one JSON
 object a line: ``{"question": str, "choices": [str, ...], "answer": 1 or "B"}`` with 2 to 10
 choices and an optional ``"subject"``. The set is named by the file's stem; its prompts list the
 choices as ``A. ...`` lines, and the ``choice`` verifier reads the letter the model answers.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # How an example's answer is checked (the judge routes on this).
-VERIFIERS = ("math", "code", "llm", "exact")
+VERIFIERS = ("math", "code", "llm", "exact", "choice")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """JudgeWorker: routes each (prompt, response, answer) to its verifier and returns a Verdict.
 
-Verifiers: the built-in task's step check, math answers (math-verify), Python code run against its tests in the sandbox (the
-only place model-written code ever runs), and an LLM judge with its own engine (by default the
-run's base model, as in S3FT, arXiv 2502.08130; it stays frozen, so it never needs the
-trained weights). A verifier that raises, times out or cannot be
-parsed gives ``Verdict(None)``: counted by the caller, never a crash of the run.
+Verifiers: the built-in task's step check, math answers (math-verify), Python code run against
+its tests in the sandbox (the only place model-written code ever runs), and an LLM judge with its
+own engine (by default the run's base model, as in S3FT, arXiv 2502.08130; it stays frozen, so it
+never needs the trained weights). A verifier that raises, times out or cannot be parsed gives
+``Verdict(None)``: counted by the caller, never a crash of the run.
 """
 
 from __future__ import annotations

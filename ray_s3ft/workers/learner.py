@@ -87,24 +87,21 @@ class LearnerActor:
         # the reference first: once HfDeepSpeedConfig exists (ZeRO-3), every from_pretrained
         # in this process partitions its weights, and the reference has no engine to gather them
         self.reference = self._load_reference()
-        # a CPU copy of the base weights for reset(): one more model in host memory, which the
-        # reference (a plain module, never partitioned) already costs on each rank
-        self._base_state = {
-            k: v.detach().cpu().clone() for k, v in self.reference.state_dict().items()
-        }
         return self._build_engine()
 
     def reset(self, seed: int) -> int:
         """Start over from the base model: fresh weights, optimizer state and KL reference, in
         the same process group (``ray-s3ft compare`` runs a grid of cells on one set of actors).
-        Collective."""
+        The new engine loads the base weights, and the reference copies them from it. Collective.
+        """
         import gc
 
         self.engine = None
         gc.collect()
         self.seed = seed
-        self.reference.load_state_dict(self._base_state, strict=True)
-        return self._build_engine()
+        params = self._build_engine()
+        self.reset_reference()
+        return params
 
     def _build_engine(self) -> int:
         import deepspeed
