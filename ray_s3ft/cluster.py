@@ -111,7 +111,10 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
         RolloutWorker,
         r.rollout_workers,
         name="rollout",
-        resources=Resources(r.cpus_per_rollout, r.gpus_per_rollout, threads, max_restarts=2),
+        resources=Resources(
+            r.cpus_per_rollout, r.gpus_per_rollout, threads, max_restarts=2,
+            custom=_node_resource(r.rollout_node_resource),
+        ),  # fmt: skip
         kwargs=dict(
             model_path=model_path,
             cfg=cfg.rollout,
@@ -142,8 +145,9 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
         r.learner_ranks,
         name="learner",
         resources=Resources(
-            r.cpus_per_learner, r.gpus_per_learner, {"OMP_NUM_THREADS": str(learner_threads)}
-        ),
+            r.cpus_per_learner, r.gpus_per_learner, {"OMP_NUM_THREADS": str(learner_threads)},
+            custom=_node_resource(r.learner_node_resource),
+        ),  # fmt: skip
         kwargs=dict(
             world_size=r.learner_ranks,
             model_path=model_path,
@@ -165,6 +169,10 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
     if nccl:
         groups.nccl_meta = _connect_nccl(groups)
     return groups
+
+
+def _node_resource(name: str | None) -> dict[str, float]:
+    return {name: 1.0} if name else {}
 
 
 def _connect_nccl(groups: Groups) -> list:

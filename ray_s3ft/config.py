@@ -191,6 +191,11 @@ class ResourcesConfig:
     gpus_per_judge: float = 0.0  # Ray GPUs per judge worker (LLM judge only)
     cpus_per_learner: float = 1.0  # Ray CPUs per learner rank
     gpus_per_learner: float = 0.0  # Ray GPUs per learner rank
+    # a custom Ray resource each actor of the group also takes one unit of, so the group lands
+    # on the nodes that advertise it (a KubeRay worker group's rayStartParams.resources, see
+    # cluster/kuberay); null = any node
+    rollout_node_resource: str | None = None
+    learner_node_resource: str | None = None
 
 
 @dataclass(frozen=True)

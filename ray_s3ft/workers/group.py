@@ -25,6 +25,7 @@ class Resources:
     gpus: float = 0.0  # Ray GPUs per actor
     env: dict[str, str] = field(default_factory=dict)  # environment of the actor processes
     max_restarts: int = 0  # restarts of a crashed actor (stateless roles only)
+    custom: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor
 
 
 class GroupStartError(RuntimeError):
@@ -58,6 +59,7 @@ class ActorGroup(Generic[T]):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         bundle = {"CPU": resources.cpus, **({"GPU": resources.gpus} if resources.gpus else {})}
+        bundle.update(resources.custom)
         pg = placement_group([dict(bundle)] * n, strategy="PACK", name=f"ray_s3ft-{name}")
         try:
             ray.get(pg.ready(), timeout=ready_timeout_s)
@@ -73,6 +75,7 @@ class ActorGroup(Generic[T]):
             remote_cls.options(
                 num_cpus=resources.cpus,
                 num_gpus=resources.gpus,
+                resources=dict(resources.custom) or None,
                 max_restarts=resources.max_restarts,
                 max_task_retries=resources.max_restarts,  # a restarted stateless actor retries
                 runtime_env={"env_vars": dict(resources.env)} if resources.env else None,
