@@ -1,10 +1,12 @@
 """Checkpoints: ``checkpoints/step_N/`` holds
 
     hf/                   the policy in Hugging Face format (transformers and vLLM load it as is)
-    deepspeed/            every learner rank's engine and optimizer state, the KL reference
-    trainer_state.json    the controller's state (step, data cursors, schedule), written last
+    deepspeed/            every learner rank's engine, optimizer and RNG state, the KL reference
+    trainer_state.json    the controller's state (step, weights version, data cursors, schedule,
+                          the target store's digest, fault counts), written last
 
-A directory without ``trainer_state.json`` is an interrupted save and is ignored on resume.
+``trainer_state.json`` is written last, atomically (a rename): it marks the checkpoint complete.
+A directory without it is an interrupted save and is ignored on resume.
 Every learner rank writes under the same path: on a multi-node cluster ``trainer.output_dir``
 must be on storage that all nodes share.
 """

@@ -10,16 +10,22 @@
     ray-s3ft build-model --out DIR [--steps N ...]      pretrain the built-in base model
 
 Configuration errors and unusable inputs exit with status 2 and one message naming the key or
-file, before any work starts; no traceback.
+file, before any work starts; no traceback. A run that cannot go on (a learner group that keeps
+dying) exits with status 1 and says how to resume it.
+
+``--verbose`` (any command): vLLM, Ray and DeepSpeed output on the console too; by default it
+goes to ``logs/`` in the run directory and the console shows phases, progress and the summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -35,6 +41,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ray-s3ft", description="Post-training with S3FT targets, GRPO and the SASR schedule."
+    )
+    ap.add_argument(
+        "--verbose",
+        action="store_true",
+        help="vLLM, Ray and DeepSpeed output on the console too (default: logs/ of the run)",
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train: S3FT targets, then the SFT/GRPO schedule, then eval")
@@ -70,8 +81,11 @@ def _forwarded(command: str):
 def _cmd_eval(args) -> int:
     from ray_s3ft.config import load_config, save_config
     from ray_s3ft.evaluate import evaluate, print_report, save_report
+    from ray_s3ft.preflight import check_model_path, check_writable_dir
 
     cfg = load_config(args.config, args.overrides)
+    check_model_path(args.model or cfg.model.path, "--model" if args.model else "model.path")
+    check_writable_dir(cfg.eval.output_dir, "eval.output_dir")
     report = evaluate(cfg, model_path=args.model)
     print_report(report)
     path = save_report(report, cfg.eval.output_dir)
@@ -113,11 +127,16 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" in argv:
+        argv.remove("--verbose")
+        os.environ["RAY_S3FT_VERBOSE"] = "1"
     if argv[:1] == ["build-model"]:  # its options, --help included, belong to the script
         return _forwarded("build-model")(argv[1:])
     args = None if argv[:1] in (["compare"], ["report"]) else _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ray_s3ft.config import ConfigError
+    from ray_s3ft.errors import RunFailed
+    from ray_s3ft.preflight import PreflightError
     from ray_s3ft.tasks.loaders import DataError
 
     try:
@@ -126,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"ray-s3ft: config error: {e}", file=sys.stderr)
-    except (DataError, FileNotFoundError) as e:
+    except (DataError, FileNotFoundError, PreflightError) as e:
         print(f"ray-s3ft: {e}", file=sys.stderr)
+    except RunFailed as e:
+        print(f"ray-s3ft: run failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_USAGE
 
 

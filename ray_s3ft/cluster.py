@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,16 @@ def required_cpus(cfg: Config) -> float:
     )
 
 
+def verbose() -> bool:
+    """``--verbose``: vLLM, Ray and DeepSpeed output on the console, not only in ``logs/``."""
+    return os.environ.get("RAY_S3FT_VERBOSE") == "1"
+
+
+def log_dir(run_dir: Path) -> str | None:
+    """Where the actors write their output (None with ``--verbose``: Ray forwards it)."""
+    return None if verbose() else str((run_dir / "logs").resolve())
+
+
 def start_ray(cfg: Config, run_dir: Path) -> bool:
     """Connect to Ray; True when this call started a local cluster (the caller shuts it down)."""
     import ray
@@ -37,13 +48,20 @@ def start_ray(cfg: Config, run_dir: Path) -> bool:
     if ray.is_initialized():
         return False
     env = _worker_env(run_dir)
+    quiet = {
+        "log_to_driver": verbose(),
+        "logging_level": logging.INFO if verbose() else logging.ERROR,
+    }
     if os.environ.get("RAY_ADDRESS"):
         log.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
-        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+        ray.init(runtime_env={"env_vars": env}, **quiet)
         return False
     temp = run_dir / ".ray"
-    if len(str(temp.resolve())) > 60:  # Ray's unix socket paths must stay under 108 bytes
-        temp = Path(tempfile.mkdtemp(prefix="ray_s3ft-"))
+    # Ray's unix sockets, <temp>/session_<date>_<time>_<pid>/sockets/plasma_store (62 bytes
+    # after <temp>), must stay under 108 bytes
+    if len(str(temp.resolve())) > 40:
+        short = "/tmp" if os.path.isdir("/tmp") else None  # $TMPDIR may be long too
+        temp = Path(tempfile.mkdtemp(prefix="ray_s3ft-", dir=short))
     temp.mkdir(parents=True, exist_ok=True)
     private_auth_token(temp)
     cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
@@ -52,7 +70,7 @@ def start_ray(cfg: Config, run_dir: Path) -> bool:
         _temp_dir=str(temp.resolve()),
         include_dashboard=False,
         runtime_env={"env_vars": env},
-        log_to_driver=True,
+        **quiet,
     )
     return True
 
@@ -88,6 +106,15 @@ class Groups:
     judge: ActorGroup
     learner: ActorGroup | None  # None for phases that do not train (build-targets)
     nccl_meta: list | None = None  # GPU weight sync: what every broadcast carries; None on CPU
+    new_learner: Callable[[], ActorGroup] | None = None  # a fresh, set-up learner group
+
+    def restart_learner(self) -> None:
+        """Replace the whole learner group (a dead rank leaves its peers' process group
+        broken): the survivors are killed, new ranks start from the base weights."""
+        if self.nccl_meta is not None:
+            raise RuntimeError("restarting learners under NCCL weight sync is not supported")
+        self.learner.shutdown()
+        self.learner = self.new_learner()
 
     def shutdown(self) -> None:
         for group in (self.rollout, self.judge, self.learner):
@@ -95,11 +122,17 @@ class Groups:
                 group.shutdown()
 
 
-def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = False) -> Groups:
+def launch(
+    cfg: Config,
+    model_path: str,
+    learners: bool = True,
+    local: bool = False,
+    log_dir: str | None = None,
+) -> Groups:
     """Create the rollout, judge and (optionally) learner groups; the learners join their
-    process group before this returns. Actors start in parallel."""
+    process group before this returns. Actors start in parallel. ``log_dir``: where the
+    actors' own output goes (None: Ray's worker logs, forwarded to the console)."""
     from ray_s3ft.workers.judge import JudgeWorker
-    from ray_s3ft.workers.learner import LearnerActor
     from ray_s3ft.workers.rollout import RolloutWorker
 
     r = cfg.resources
@@ -112,9 +145,12 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
         r.rollout_workers,
         name="rollout",
         resources=Resources(
-            r.cpus_per_rollout, r.gpus_per_rollout, threads, max_restarts=2,
+            r.cpus_per_rollout,
+            r.gpus_per_rollout,
+            threads,
+            max_restarts=2,
             custom=_node_resource(r.rollout_node_resource),
-        ),  # fmt: skip
+        ),
         kwargs=dict(
             model_path=model_path,
             cfg=cfg.rollout,
@@ -124,6 +160,7 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
             nccl_sync=nccl,
         ),
         local=local,
+        log_dir=log_dir,
     )
     judge = ActorGroup(
         JudgeWorker,
@@ -136,18 +173,38 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
             max_prompt_tokens=cfg.data.max_prompt_tokens,
         ),
         local=local,
+        log_dir=log_dir,
     )
     if not learners:
         return Groups(rollout=rollout, judge=judge, learner=None)
+    groups = Groups(
+        rollout=rollout,
+        judge=judge,
+        learner=_launch_learner(cfg, model_path, local, log_dir),
+        new_learner=lambda: _launch_learner(cfg, model_path, local, log_dir),
+    )
+    if nccl:
+        groups.nccl_meta = _connect_nccl(groups)
+    for group in (rollout, judge):
+        group.restarts()  # the incarnations later restarts are counted against
+    return groups
+
+
+def _launch_learner(cfg: Config, model_path: str, local: bool, log_dir: str | None):
+    from ray_s3ft.workers.learner import LearnerActor
+
+    r = cfg.resources
     learner_threads = max(1, int(r.cpus_per_learner))
     learner = ActorGroup(
         LearnerActor,
         r.learner_ranks,
         name="learner",
         resources=Resources(
-            r.cpus_per_learner, r.gpus_per_learner, {"OMP_NUM_THREADS": str(learner_threads)},
+            r.cpus_per_learner,
+            r.gpus_per_learner,
+            {"OMP_NUM_THREADS": str(learner_threads)},
             custom=_node_resource(r.learner_node_resource),
-        ),  # fmt: skip
+        ),
         kwargs=dict(
             world_size=r.learner_ranks,
             model_path=model_path,
@@ -162,13 +219,11 @@ def launch(cfg: Config, model_path: str, learners: bool = True, local: bool = Fa
         ),
         rank_kwargs=lambda i: {"rank": i},
         local=local,
+        log_dir=log_dir,
     )
     addr, port = learner.call_one(LearnerActor.master_address)
     learner.call(LearnerActor.setup, addr, port)
-    groups = Groups(rollout=rollout, judge=judge, learner=learner)
-    if nccl:
-        groups.nccl_meta = _connect_nccl(groups)
-    return groups
+    return learner
 
 
 def _node_resource(name: str | None) -> dict[str, float]:

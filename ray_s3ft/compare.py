@@ -16,8 +16,9 @@ it stopped; a cell cut short resumes from its last checkpoint. Results:
     OUT/results.md     the same as tables
     OUT/cells/<method>-s<seed>/   each cell's run directory (metrics, summary, checkpoints)
 
-A seed sets the controller's data order and schedule draws and the learners' torch seed; the
-engines keep one sampling stream for the whole grid (their RNG is not reset between cells).
+A seed sets the controller's data order, the schedule's draws, every rollout request's sampling
+seed and the learners' torch seed: a cell samples the same tokens whichever cells ran before it
+on the same engines.
 """
 
 from __future__ import annotations

@@ -99,8 +99,11 @@ class DataConfig:
     eval_path: str | None = None  # same forms as train_path
     train_size: int = 512  # training examples used (fewer if the source has fewer)
     seed: int = 0  # seed of the builtin generator and of subsampling/shuffling
-    max_prompt_tokens: int = 256  # longer prompts are truncated (tokens)
+    max_prompt_tokens: int = 256  # tokens; longer prompts in data files are bad rows
     max_response_tokens: int = 128  # longest training response (tokens)
+    # a data file with a larger share of bad rows (see data_report.json) stops the run before
+    # any actor starts; in [0, 1], 0 = no bad row allowed
+    max_bad_fraction: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class JudgeConfig:
     batch_size: int = 64  # items per judge call
     sandbox_timeout_s: float = 10.0  # wall-clock limit of one code-test run (seconds)
     sandbox_memory_mb: int = 512  # address-space limit of one code-test run (MiB)
+    # wall-clock limit of one judge actor's share of a step (seconds): later, its verdicts
+    # count as undecided (None) and the actor is restarted, so a stuck verifier never hangs a run
+    timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,9 @@ class TrainerConfig:
     output_dir: str = "runs/default"  # run directory: config, metrics, checkpoints
     checkpoint_every: int = 50  # steps between checkpoints
     resume: bool = True  # continue from the latest checkpoint in output_dir if there is one
+    # a learner rank that dies restarts the whole learner group from the latest checkpoint at
+    # most this many times per run; one more and the run stops with how to resume it
+    max_learner_restarts: int = 2
 
 
 @dataclass(frozen=True)

@@ -64,14 +64,15 @@ _RANGES = (
         "must be >= 1",
     ),
     (
-        "data.seed rollout.seed trainer.seed schedule.warmup_steps schedule.sasr.probe_every eval.every",
+        """data.seed rollout.seed trainer.seed schedule.warmup_steps schedule.sasr.probe_every
+        eval.every trainer.max_learner_restarts""",
         _finite(lambda v: v >= 0),
         "must be >= 0",
     ),
     # a Python interpreter needs tens of MiB of address space just to start
     ("judge.sandbox_memory_mb", _finite(lambda v: v >= 64), "must be >= 64 (MiB)"),
     (
-        """rollout.kv_cache_gib judge.sandbox_timeout_s algorithm.grpo.eps_high
+        """rollout.kv_cache_gib judge.sandbox_timeout_s judge.timeout_s algorithm.grpo.eps_high
         algorithm.grpo.adv_eps schedule.sasr.gamma schedule.sasr.kl_target trainer.lr""",
         _finite(lambda v: v > 0),
         "must be a finite number > 0",
@@ -85,7 +86,7 @@ _RANGES = (
         "must be a finite number >= 0",
     ),
     (
-        "schedule.p_sft schedule.sasr.p_min schedule.sasr.p_max",
+        "data.max_bad_fraction schedule.p_sft schedule.sasr.p_min schedule.sasr.p_max",
         _finite(lambda v: 0 <= v <= 1),
         "must be in [0, 1]",
     ),

@@ -9,6 +9,16 @@ observes the learner's statistics. Each phase is one named call, timed as ``timi
 
 Weights are synced lazily: the learner's version bumps on every optimizer step, and engines are
 brought up to it right before they generate again (CPU: one copy through Ray's object store).
+
+Exact resume: every rollout request's sampling seed derives from (run seed, step, example), the
+data order and the schedule's draws from (run seed, step), and a checkpoint holds the rest (the
+learners' weights, optimizer and RNG states, ``TrainState``). A resumed run samples the same
+tokens and takes the same steps as one that never stopped.
+
+Faults: rollout and judge actors that die are restarted by Ray and their call retried; the
+controller counts them (``faults/*``). A judge call past ``judge.timeout_s`` gives undecided
+verdicts. A dead learner rank takes its group down: the controller restarts the group from the
+latest checkpoint, at most ``trainer.max_learner_restarts`` times, then stops with how to resume.
 """
 
 from __future__ import annotations
@@ -29,18 +39,21 @@ from ray_s3ft.batches import grpo_batch, sft_batch, shard
 from ray_s3ft.checkpoints import latest_checkpoint, save_checkpoint
 from ray_s3ft.cluster import Groups
 from ray_s3ft.config import Config
+from ray_s3ft.errors import RunFailed
 from ray_s3ft.metrics import MetricsLogger, Progress
 from ray_s3ft.target_store import TargetSet
 from ray_s3ft.tasks.types import Example
 from ray_s3ft.timing import Timer
-from ray_s3ft.workers.judge import JudgeWorker
+from ray_s3ft.workers.group import ActorDied
+from ray_s3ft.workers.judge import judge_on
 from ray_s3ft.workers.learner import LearnerActor
 from ray_s3ft.workers.rollout import RolloutWorker
-from ray_s3ft.workers.types import JudgeItem, Sampling, StepStats
+from ray_s3ft.workers.types import JudgeItem, Sampling, StepStats, Verdict
 
 log = logging.getLogger(__name__)
 
 PHASES = ("batch", "sync", "rollout", "judge", "train", "probe", "reference", "checkpoint", "eval")
+FAULTS = ("rollout_restarts", "judge_restarts", "judge_timeouts", "learner_restarts")
 
 
 @dataclass
@@ -53,6 +66,14 @@ class TrainState:
     steps: dict[str, int] = field(default_factory=lambda: {"sft": 0, "grpo": 0})
     last: dict[str, float] = field(default_factory=dict)  # latest rollout/reward values
     schedule: dict = field(default_factory=dict)
+    targets: str = ""  # TargetSet.digest() of the store SFT steps train on
+    faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAULTS, 0))
+
+
+def rollout_seed(run_seed: int, step: int, example: int) -> int:
+    """The sampling seed of one prompt's group at one step (sample k draws from seed + k)."""
+    words = np.random.SeedSequence([run_seed, step, example]).generate_state(1)
+    return int(words[0]) >> 2  # room for + k within vLLM's 32-bit range
 
 
 class Controller:
@@ -73,25 +94,39 @@ class Controller:
         self.cfg, self.run_dir, self.g, self.tok = cfg, run_dir, groups, tokenizer
         self.examples, self.targets, self.evaluate = examples, targets, evaluate
         self.fractions = targets.fractions()
-        s = cfg.schedule
-        self.schedule = make_schedule(
-            s.kind, seed=cfg.trainer.seed, warmup_steps=s.warmup_steps, p_sft=s.p_sft,
+        self.schedule = self._new_schedule()
+        self.state = TrainState(targets=targets.digest())
+        self.engine_version = engine_version  # what the rollout engines serve
+        self.last_checkpoint: Path | None = None  # this run's latest complete one
+
+    def _new_schedule(self):
+        s = self.cfg.schedule
+        return make_schedule(
+            s.kind, seed=self.cfg.trainer.seed, warmup_steps=s.warmup_steps, p_sft=s.p_sft,
             **asdict(s.sasr),
         )  # fmt: skip
-        self.state = TrainState()
-        self.engine_version = engine_version  # what the rollout engines serve
 
     # ------------------------------------------------------------------------------- the loop
 
-    def restore(self) -> bool:
-        """Load the latest checkpoint of the run directory, if resuming; True if one was."""
-        ckpt = latest_checkpoint(self.run_dir) if self.cfg.trainer.resume else None
+    def restore(self, ckpt: Path | None = None) -> bool:
+        """Load ``ckpt`` (default: the run directory's latest, if ``trainer.resume``); True if
+        one was loaded."""
+        if ckpt is None and self.cfg.trainer.resume:
+            ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             return False
+        state = TrainState(**json.loads((ckpt / "trainer_state.json").read_text()))
+        if state.targets and state.targets != self.state.targets:
+            raise RunFailed(
+                f"{ckpt} was trained on another S3FT target store (digest {state.targets}, the "
+                f"store now gives {self.state.targets}: another judge, data or model built it). "
+                "Start a new run in another trainer.output_dir, or set trainer.resume=false."
+            )
         self.g.learner.call(LearnerActor.load, str(ckpt / "deepspeed"))
-        self.state = TrainState(**json.loads((ckpt / "trainer_state.json").read_text()))
-        self.schedule.load_state_dict(self.state.schedule)
-        log.warning("resumed from %s at step %d", ckpt, self.state.step)
+        self.state = state
+        self.schedule.load_state_dict(state.schedule)
+        self.last_checkpoint = ckpt
+        log.warning("resumed from %s at step %d", ckpt, state.step)
         return True
 
     def train(self) -> None:
@@ -100,12 +135,48 @@ class Controller:
         progress = Progress(t.max_steps, start=self.state.step)
         try:
             while self.state.step < t.max_steps:
-                row = self.step(self.state.step)
+                try:
+                    row = self.step(self.state.step)
+                except ActorDied as e:
+                    if e.group != "learner":  # Ray ran out of restarts for it
+                        raise RunFailed(f"{e}\n{self.how_to_resume()}") from e
+                    self.restart_learner(e)
+                    metrics.rewind(self.state.step)  # the steps after the checkpoint run again
+                    continue
                 metrics.log(row)
                 progress.update(row["step"], row["mode"], row["learner/loss"], row["reward/mean"])
         finally:
             progress.close()
             metrics.close()
+
+    def how_to_resume(self) -> str:
+        ckpt, cmd = self.last_checkpoint, f"ray-s3ft train --config {self.run_dir / 'config.yaml'}"
+        if ckpt is None:
+            return f"It has no checkpoint yet; start it again with:\n  {cmd}"
+        return f"Its latest checkpoint is {ckpt}; resume from it with:\n  {cmd}"
+
+    def restart_learner(self, error: ActorDied) -> None:
+        """A learner rank died: a new learner group continues from this run's latest
+        checkpoint (or from the base model before the first one)."""
+        n = self.state.faults["learner_restarts"] + 1
+        ckpt, step = self.last_checkpoint, self.state.step
+        if n > self.cfg.trainer.max_learner_restarts:
+            raise RunFailed(
+                f"{error}\nThe learner group failed at step {step} after {n - 1} restart(s) "
+                f"(trainer.max_learner_restarts={self.cfg.trainer.max_learner_restarts}); "
+                f"the run stopped.\n{self.how_to_resume()}"
+            ) from error
+        log.warning(
+            "%s at step %d: restarting the learner group from %s (restart %d of %d)",
+            error, step, ckpt or "the base model", n, self.cfg.trainer.max_learner_restarts,
+        )  # fmt: skip
+        faults = {**self.state.faults, "learner_restarts": n}
+        self.g.restart_learner()
+        self.state, self.schedule = TrainState(targets=self.state.targets), self._new_schedule()
+        if ckpt is not None:
+            self.restore(ckpt)
+        self.state.faults = faults
+        self.engine_version = -1  # the engines hold weights of steps that are undone
 
     def step(self, step: int) -> dict:
         timer, probe_norm = Timer(PHASES), None
@@ -123,6 +194,7 @@ class Controller:
             if decision.probe:
                 probe_norm = timer.run("probe", self.probe)
         self.observe(step, decision, stats, probe_norm)
+        self.count_restarts()
         if self.schedule.kind == "sasr" and step == self.cfg.schedule.warmup_steps - 1:
             # SASR's KL is drift from the post-warm-up policy (METHODS.md §5)
             timer.run("reference", self.g.learner.call, LearnerActor.reset_reference)
@@ -194,10 +266,11 @@ class Controller:
             top_p=c.rollout.top_p,
             max_new_tokens=c.rollout.max_new_tokens,
         )
-        prompts = [ex.prompt for ex in examples]
+        seed, step = c.trainer.seed, self.state.step
+        items = [(ex.prompt, rollout_seed(seed, step, i)) for ex, i in zip(examples, idx)]
         for _ in range(3):
             started = time.perf_counter()
-            parts = self.g.rollout.map_chunks(RolloutWorker.generate, prompts, sampling=sampling)
+            parts = self.g.rollout.map_chunks(RolloutWorker.sample, items, sampling=sampling)
             seconds = time.perf_counter() - started
             stale = [p.weights_version for p in parts if p.weights_version != self.state.version]
             if not stale:
@@ -212,6 +285,7 @@ class Controller:
         tokens = sum(p.new_tokens for p in parts)
         self.state.last["rollout/tokens_per_s"] = tokens / max(seconds, 1e-9)
         self.state.last["rollout/response_tokens"] = tokens / max(len(gens), 1)
+        self.state.last["rollout/sample_digest"] = sample_digest(gens)
         return examples, gens
 
     def judge(self, examples: list[Example], gens) -> torch.Tensor:
@@ -221,11 +295,27 @@ class Controller:
             for i, gen in enumerate(gens)
             for ex in [examples[i // G]]
         ]
-        verdicts = self.g.judge.map(JudgeWorker.judge, items)
+        verdicts = self.judge_items(items)
         self.state.last["judge/undecided"] = sum(v.correct is None for v in verdicts)
         rewards = torch.tensor([1.0 if v.correct else 0.0 for v in verdicts])  # [P*G]
         self.state.last["reward/mean"] = rewards.mean().item()
         return rewards
+
+    def judge_items(self, items: list[JudgeItem]) -> list[Verdict]:
+        """Verdicts in order; a judge actor's share past ``judge.timeout_s`` is undecided."""
+        verdicts, late = judge_on(self.g.judge, items, self.cfg.judge.timeout_s)
+        self.state.faults["judge_timeouts"] += late
+        return verdicts
+
+    def count_restarts(self) -> None:
+        """Count the rollout and judge actors Ray restarted since the last step."""
+        for name, group in (("rollout", self.g.rollout), ("judge", self.g.judge)):
+            n = group.restarts()
+            if n:
+                self.state.faults[f"{name}_restarts"] += n
+                log.warning(
+                    "%d %s actor(s) died and were restarted; their work was retried", n, name
+                )
 
     def grpo_batch(self, gens, rewards: torch.Tensor):
         grpo = self.cfg.algorithm.grpo
@@ -263,7 +353,9 @@ class Controller:
 
     def checkpoint(self) -> Path:
         self.state.schedule = self.schedule.state_dict()
-        return save_checkpoint(self.run_dir, self.state.step, self.g.learner, asdict(self.state))
+        ckpt = save_checkpoint(self.run_dir, self.state.step, self.g.learner, asdict(self.state))
+        self.last_checkpoint = ckpt
+        return ckpt
 
     def row(self, step: int, d: Decision, stats: StepStats, timer: Timer, seconds: float) -> dict:
         sched, last = self.schedule.stats(), self.state.last
@@ -291,6 +383,7 @@ class Controller:
             "rollout/response_tokens": last.get("rollout/response_tokens", 0.0),
             "weights/version": self.state.version,
             "weights/engine_version": self.engine_version,
+            **{f"faults/{k}": v for k, v in self.state.faults.items()},
         }
         if d.mode == "grpo":
             row.update({
@@ -298,10 +391,22 @@ class Controller:
                 "learner/clip_frac": stats.clip_frac,
                 "rollout/logprob_diff": stats.logprob_diff,
                 "rollout/logprob_max_diff": stats.logprob_max_diff,
+                "rollout/sample_digest": last["rollout/sample_digest"],
             })  # fmt: skip
         row.update({f"timing/{k}": v for k, v in timer.s.items()})
         row["timing/step"] = seconds
         return row
+
+
+def sample_digest(gens) -> int:
+    """A 48-bit hash of every sampled token id of a step (exact in JSON and in float64):
+    two runs that sampled the same tokens log the same digest."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for g in gens:
+        h.update(np.asarray(g.token_ids, dtype=np.int64).tobytes() + b"|")
+    return int(h.hexdigest()[:12], 16)
 
 
 def eval_metrics(scores: dict) -> dict[str, float]:

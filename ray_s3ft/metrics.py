@@ -26,13 +26,17 @@ def _clean(value):
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, first_step: int = 0) -> None:
-        self.path = run_dir / METRICS
+        self.run_dir, self.path = run_dir, run_dir / METRICS
+        self._open(first_step)
+
+    def _open(self, first_step: int) -> None:
         self._truncate_from(first_step)
         self._file = open(self.path, "a")  # noqa: SIM115 -- open for the run, closed by close()
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=first_step)
+            tb_dir = str(self.run_dir / "tensorboard")
+            self._tb = SummaryWriter(log_dir=tb_dir, purge_step=first_step)
         except ImportError:  # tensorboard is a dependency; a broken install loses only curves
             self._tb = None
 
@@ -59,6 +63,12 @@ class MetricsLogger:
             for key, value in row.items():
                 if key != "step" and isinstance(value, float):
                     self._tb.add_scalar(key, value, step)
+
+    def rewind(self, first_step: int) -> None:
+        """Forget the steps from ``first_step`` on (a learner restart goes back to its
+        checkpoint and runs them again)."""
+        self.close()
+        self._open(first_step)
 
     def close(self) -> None:
         self._file.close()

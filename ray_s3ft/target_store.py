@@ -60,6 +60,16 @@ class TargetSet:
     def fractions(self) -> dict[str, float]:
         return source_fractions(self.targets())
 
+    def digest(self) -> str:
+        """What SFT steps train on, hashed: a checkpoint records it, and a resume onto another
+        store (rebuilt with another judge, other data) is refused."""
+        import hashlib
+
+        h = hashlib.sha256(self.mode.encode())
+        for r, t in zip(self.records, self.targets(), strict=True):
+            h.update(json.dumps([r.id, r.prompt, t.text, t.source]).encode())
+        return h.hexdigest()[:16]
+
 
 # (prompts, max_new_tokens) -> greedy texts; (pairs, max_new_tokens) -> paraphrases;
 # items -> verdicts. The controller passes its actor groups' calls; tests may pass functions.

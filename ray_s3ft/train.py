@@ -42,23 +42,38 @@ class Phases(Timer):
 
 
 def _setup(cfg: Config, learners: bool):
+    """Everything before the actors start is checked first (paths, data, cluster), so a bad
+    input costs seconds, not a launch."""
+    from rich.markup import escape
     from transformers import AutoTokenizer
 
-    from ray_s3ft.cluster import launch, start_ray
+    from ray_s3ft.cluster import launch, log_dir, start_ray
     from ray_s3ft.model.paths import resolve_model_path
-    from ray_s3ft.tasks.loaders import load_eval_examples, load_train_examples
+    from ray_s3ft.preflight import check_before_ray, check_cluster
+    from ray_s3ft.tasks.loaders import load_run_data, prompt_token_counter
 
+    check_before_ray(cfg)  # model path, output directory, RAY_ADDRESS
     run_dir = Path(cfg.trainer.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     model_path = resolve_model_path(cfg.model.path)
-    examples = load_train_examples(cfg.data)  # bad data fails here, before any actor starts
-    eval_sets = load_eval_examples(cfg.data, cfg.eval) if learners else {}
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, trust_remote_code=cfg.model.trust_remote_code
     )
+    examples, eval_sets = load_run_data(  # bad data stops here, with data_report.json
+        cfg, run_dir, count_tokens=prompt_token_counter(tokenizer), with_eval=learners,
+        say=lambda line: _say(escape(line)),
+    )  # fmt: skip
     started_ray = start_ray(cfg, run_dir)
-    groups = launch(cfg, model_path, learners=learners)
+    try:
+        check_cluster(cfg, learners=learners)  # resources it lacks: an error, not a wait
+        groups = launch(cfg, model_path, learners=learners, log_dir=log_dir(run_dir))
+    except BaseException:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        raise
     return run_dir, model_path, examples, eval_sets, tokenizer, groups, started_ray
 
 
@@ -66,7 +81,7 @@ def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str)
     from rich.progress import Progress
 
     from ray_s3ft.target_store import build_targets as build
-    from ray_s3ft.workers.judge import JudgeWorker
+    from ray_s3ft.workers.judge import judge_on
     from ray_s3ft.workers.rollout import RolloutWorker
 
     n = cfg.rollout.max_new_tokens
@@ -88,7 +103,7 @@ def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str)
             paraphrase=lambda p, m: groups.rollout.map(
                 RolloutWorker.paraphrase, p, max_new_tokens=m
             ),
-            judge=lambda items: groups.judge.map(JudgeWorker.judge, items),
+            judge=lambda items: judge_on(groups.judge, items, cfg.judge.timeout_s)[0],
             max_new_tokens=n,
             on_chunk=lambda k: bar.advance(task, k),
         )
@@ -184,6 +199,7 @@ def train_and_evaluate(
         "targets": targets.fractions(),
         "targets_reused": targets.computed == 0,
         "steps": dict(ctl.state.steps),
+        "faults": dict(ctl.state.faults),
         "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -215,6 +231,7 @@ def print_summary(s: dict) -> None:
         return "-" if x is None else f"{100 * x:.1f} %"
 
     b, a = s["accuracy_before"], s["accuracy_after"]
+    faults = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s["faults"].items() if v) or "none"
     table = Table(title=f"run summary ({s['run_dir']})")
     for col in ("", "before", "after"):
         table.add_column(col, justify="left" if not col else "right")
@@ -230,6 +247,7 @@ def print_summary(s: dict) -> None:
         f"targets: self {pct(t['self'])}, paraphrase {pct(t['paraphrase'])}, gold {pct(t['gold'])}"
         f"{' (reused)' if s['targets_reused'] else ''}\n"
         f"steps: {s['steps']['sft']} SFT, {s['steps']['grpo']} GRPO\n"
+        f"faults survived: {faults}\n"
         "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["wall_s"].items()) + "\n"
         f"checkpoint: {s['checkpoint']}",
         highlight=False,

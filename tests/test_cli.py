@@ -50,3 +50,54 @@ def test_eval_on_the_builtin_model_saves_numbers(tmp_path):
         assert 0 <= s["correct"] <= s["n"] and s["accuracy"] == s["correct"] / s["n"]
     assert (out / "config.yaml").is_file()
     assert "held-out mean" in r.stdout
+
+
+def _train_fails_fast(tmp_path, *args, env=None):
+    """``ray-s3ft train`` with a bad input: exit 2, one message, no traceback, in seconds."""
+    import os
+    import time
+
+    started = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "ray_s3ft.cli", "train", *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "TMPDIR": str(tmp_path), **(env or {})},
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    return r, seconds
+
+
+def test_a_missing_model_an_unwritable_output_and_an_unreachable_ray_in_one_message(tmp_path):
+    import socket
+
+    (tmp_path / "afile").write_text("")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r, seconds = _train_fails_fast(
+        tmp_path, "model.path=/no/such/model", f"trainer.output_dir={tmp_path}/afile/run",
+        env={"RAY_ADDRESS": f"127.0.0.1:{port}"},
+    )  # fmt: skip
+    for needle in ("model.path", "/no/such/model", "trainer.output_dir", "RAY_ADDRESS"):
+        assert needle in r.stderr, (needle, r.stderr)
+    assert seconds < 60  # no Ray start, no wait for a cluster
+
+
+def test_a_data_file_with_too_many_broken_lines_stops_before_any_actor(tmp_path):
+    good = {"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}
+    lines = [json.dumps(good)] * 8 + ['{"question": "cut short', json.dumps({"question": "x"})]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    r, _ = _train_fails_fast(
+        tmp_path, "data.task=gsm8k", f"data.train_path={data}", f"data.eval_path={data}",
+        f"trainer.output_dir={out}", "data.max_bad_fraction=0.1",
+    )  # fmt: skip
+    assert f"{data}:9: invalid JSON" in r.stderr, r.stderr
+    report = json.loads((out / "data_report.json").read_text())
+    entry = report["files"][str(data)]
+    assert (entry["rows"], entry["used"], entry["bad"]) == (10, 8, 2)
+    assert entry["problems"][1].startswith(f"{data}:10: ")
+    assert not (out / "logs").exists()  # no actor was started

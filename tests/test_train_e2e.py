@@ -1,15 +1,19 @@
 """``ray-s3ft`` end to end on a private local Ray cluster with the real stack: a vLLM rollout
 engine, judge workers, two DeepSpeed ZeRO-2 learner ranks and the SASR controller.
 
-One module-scoped run, three commands, as a user would type them:
+One module-scoped run, commands as a user would type them:
   1. ``build-targets`` on a 48-example slice          -> the S3FT store, all three sources
   2. ``train`` (8 steps, sasr) in the same directory  -> reuses the store, checkpoints at 4 and 8
   3. ``train trainer.max_steps=10``                   -> resumes from step 8, runs steps 8-9
+  4. in a second directory: ``train trainer.max_steps=4``, then a checkpoint cut short (no
+     ``trainer_state.json``: a save that died), then ``train`` to 8 -> resumes from step 4 and
+     repeats run 2 exactly: the same sampled tokens, the same losses
 """
 
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,9 +66,18 @@ def run(tmp_path_factory):
     summary_1 = json.loads((out / "summary.json").read_text())
     metrics_1 = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     resumed = _cli(tmp, "train", *common, "trainer.max_steps=10")
+    cut = tmp / "cut"
+    cut.mkdir()
+    for name in ("targets.jsonl", "targets.meta.json"):
+        shutil.copy(out / name, cut / name)
+    split = [*SMALL, f"trainer.output_dir={cut}"]
+    _cli(tmp, "train", *split, "trainer.max_steps=4")
+    half = cut / "checkpoints" / "step_6"  # what a crash in the middle of a save leaves
+    shutil.copytree(cut / "checkpoints" / "step_4" / "deepspeed", half / "deepspeed")
+    second_half = _cli(tmp, "train", *split)
     return {
         "dir": out, "tmp": tmp, "built": built, "first": first, "resumed": resumed,
-        "summary_1": summary_1, "metrics_1": metrics_1,
+        "summary_1": summary_1, "metrics_1": metrics_1, "cut": cut, "second_half": second_half,
     }  # fmt: skip
 
 
@@ -181,3 +194,21 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["targets_reused"] is True
     assert (out / "checkpoints" / "step_10" / "trainer_state.json").exists()
+
+
+def test_four_steps_then_a_resume_repeat_the_straight_run_exactly(run):
+    straight = run["metrics_1"]
+    split = [json.loads(x) for x in (run["cut"] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in split] == list(range(8))
+    # the half-written step_6 was passed over for the last complete checkpoint
+    assert "resumed from" in run["second_half"].stderr
+    assert f"{run['cut']}/checkpoints/step_4 at step 4" in run["second_half"].stderr
+    after_cut = [r["mode"] for r in straight[4:]]
+    assert "sft" in after_cut and "grpo" in after_cut, after_cut
+    for a, b in zip(straight, split, strict=True):
+        assert a["mode"] == b["mode"], a["step"]
+        assert abs(a["learner/loss"] - b["learner/loss"]) <= 1e-5, (a["step"], a, b)
+        if a["mode"] == "grpo":  # the same sampled token ids, hashed per step
+            assert a["rollout/sample_digest"] == b["rollout/sample_digest"], a["step"]
+            assert abs(a["learner/pg_loss"] - b["learner/pg_loss"]) <= 1e-5, a["step"]
+            assert a["reward/mean"] == b["reward/mean"], a["step"]

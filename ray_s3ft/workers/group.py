@@ -7,11 +7,19 @@
 run in-process (``local=True``: same calls, no Ray). Each group reserves its actors' resources in
 one placement group, so a group either starts whole or fails with a message saying what it
 needed, instead of half of it waiting forever for CPUs another group holds.
+
+Faults: a call fails as soon as any actor of it dies (``ActorDied``, naming the group), not when
+the slowest rank notices. Each actor reports an incarnation id; ``restarts()`` counts the actors
+Ray has restarted since the last look, which is how a run counts the faults it survived. With
+``log_dir`` an actor's stdout and stderr (vLLM, DeepSpeed, warnings) go to
+``<log_dir>/<group>-<i>.log`` instead of the driver's console.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -32,6 +40,49 @@ class GroupStartError(RuntimeError):
     """An actor group could not be placed or constructed; the message says which and why."""
 
 
+class ActorDied(RuntimeError):
+    """An actor of ``group`` died during a call (and Ray did not, or could not, restart it)."""
+
+    def __init__(self, group: str, cause: BaseException) -> None:
+        super().__init__(f"{group}: an actor died: {type(cause).__name__}: {cause}")
+        self.group = group
+
+
+def _tracked(cls: type, log_dir: str | None) -> type:
+    """``cls`` with an incarnation id (new on every restart) and, with ``log_dir``, its output
+    in a file of its own."""
+
+    class Tracked(cls):
+        def __init__(self, *args, _log_name: str = "", **kw) -> None:
+            self._ray_s3ft_incarnation = uuid.uuid4().hex
+            if log_dir:
+                _redirect_output(os.path.join(log_dir, f"{_log_name}.log"))
+            super().__init__(*args, **kw)
+
+        def ray_s3ft_incarnation(self) -> str:
+            return self._ray_s3ft_incarnation
+
+    Tracked.__name__ = Tracked.__qualname__ = cls.__name__  # what Ray's logs and tools show
+    return Tracked
+
+
+def _redirect_output(path: str) -> None:
+    """Point this process's stdout and stderr (file descriptors: C++ and child output too) at
+    ``path``, appended, so a restarted actor continues the same file."""
+    import sys
+
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:  # e.g. a node without the run directory: keep Ray's own worker logs
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 class ActorGroup(Generic[T]):
     def __init__(
         self,
@@ -44,12 +95,14 @@ class ActorGroup(Generic[T]):
         rank_kwargs: Callable[[int], dict[str, Any]] | None = None,
         local: bool = False,
         ready_timeout_s: float = 600.0,
+        log_dir: str | None = None,
     ) -> None:
         """``kwargs`` go to every actor's constructor, ``rank_kwargs(i)`` adds actor i's own."""
         if n < 1:
             raise ValueError(f"{name}: need at least one actor, got {n}")
         self.cls, self.name, self.local = cls, name, local
         self.placement_group = None
+        self._incarnations: list[str | None] = [None] * n
         make = [{**(kwargs or {}), **(rank_kwargs(i) if rank_kwargs else {})} for i in range(n)]
         if local:
             self.actors: list[Any] = [cls(**kw) for kw in make]
@@ -70,7 +123,7 @@ class ActorGroup(Generic[T]):
                 f"(available: {ray.available_resources()}); lower resources.* or add nodes"
             ) from None
         self.placement_group = pg
-        remote_cls = ray.remote(cls)
+        remote_cls = ray.remote(_tracked(cls, log_dir))
         self.actors = [
             remote_cls.options(
                 num_cpus=resources.cpus,
@@ -82,7 +135,7 @@ class ActorGroup(Generic[T]):
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=i
                 ),
-            ).remote(**kw)
+            ).remote(**kw, _log_name=f"{name}-{i}")
             for i, kw in enumerate(make)
         ]
 
@@ -107,11 +160,20 @@ class ActorGroup(Generic[T]):
         return [getattr(self.actors[i], name).remote(*args, **kw) for i in ranks]
 
     def wait(self, futures: list) -> list:
+        """The futures' values in order; raises ``ActorDied`` as soon as one actor has died
+        (a rank blocked in a collective with a dead peer would otherwise never return)."""
         if self.local:
             return list(futures)
         import ray
 
-        return ray.get(futures)
+        try:
+            pending = list(futures)
+            while len(pending) > 1:
+                ready, pending = ray.wait(pending, num_returns=1)
+                ray.get(ready)  # raises this one's error now
+            return ray.get(futures)
+        except ray.exceptions.RayActorError as e:
+            raise ActorDied(self.name, e) from e
 
     def call(self, fn: Callable, *args: Any, **kw: Any) -> list:
         """The same call on every actor; their results in actor order."""
@@ -127,27 +189,49 @@ class ActorGroup(Generic[T]):
         name = self._method(fn)
         if self.local:
             return [getattr(a, name)(s, **kw) for a, s in zip(self.actors, shards, strict=True)]
-        import ray
-
-        return ray.get(
+        return self.wait(
             [getattr(a, name).remote(s, **kw) for a, s in zip(self.actors, shards, strict=True)]
         )
 
-    def map_chunks(self, fn: Callable, items: Sequence[Any], **kw: Any) -> list:
+    def map_chunks(
+        self, fn: Callable, items: Sequence[Any], timeout_s: float | None = None, **kw: Any
+    ) -> list:
         """Split ``items`` into one contiguous chunk per actor and call ``fn(chunk, **kw)`` on
-        each, in parallel; the per-chunk results in order (empty chunks are not sent)."""
+        each, in parallel; the per-chunk results in order (empty chunks are not sent).
+
+        ``timeout_s``: a chunk not done by then comes back as ``None`` and its actor is
+        restarted (it may be stuck for good), so the next call does not queue behind it."""
         chunks = split_evenly(list(items), len(self.actors))
         used = [i for i, c in enumerate(chunks) if c]
         name = self._method(fn)
         if self.local:
             return [getattr(self.actors[i], name)(chunks[i], **kw) for i in used]
+        futures = [getattr(self.actors[i], name).remote(chunks[i], **kw) for i in used]
+        if timeout_s is None:
+            return self.wait(futures)
         import ray
 
-        return ray.get([getattr(self.actors[i], name).remote(chunks[i], **kw) for i in used])
+        _, late = ray.wait(futures, num_returns=len(futures), timeout=timeout_s)
+        for i, f in zip(used, futures, strict=True):
+            if f in late:
+                ray.cancel(f)  # not retried on the restarted actor
+                ray.kill(self.actors[i], no_restart=False)
+        done = self.wait([f for f in futures if f not in late])
+        return [None if f in late else done.pop(0) for f in futures]
 
     def map(self, fn: Callable, items: Sequence[Any], **kw: Any) -> list:
         """``map_chunks`` for methods that return one list entry per item: the flat list."""
         return [x for part in self.map_chunks(fn, items, **kw) for x in part]
+
+    def restarts(self) -> int:
+        """How many actors came back as a new incarnation (Ray restarted them) since the last
+        call; the first call records the incarnations and returns 0."""
+        if self.local:
+            return 0
+        ids = self.wait([a.ray_s3ft_incarnation.remote() for a in self.actors])
+        new = sum(old is not None and old != now for old, now in zip(self._incarnations, ids))
+        self._incarnations = ids
+        return new
 
     def shutdown(self) -> None:
         if self.local:

@@ -117,3 +117,24 @@ class JudgeWorker:
                 self.cfg.llm_model, cfg, self.max_model_len, self.max_prompt_tokens
             )
         return self._llm
+
+
+def judge_on(group, items: Sequence[JudgeItem], timeout_s: float | None) -> tuple[list, int]:
+    """Verdicts of ``items`` from a group of judge workers, in order, and how many of them
+    timed out: an actor's share past ``timeout_s`` is undecided (``Verdict(None)``) and that
+    actor is restarted (``ActorGroup.map_chunks``)."""
+    from ray_s3ft.workers.group import split_evenly
+
+    chunks = [c for c in split_evenly(list(items), len(group)) if c]
+    parts = group.map_chunks(JudgeWorker.judge, items, timeout_s=timeout_s)
+    verdicts, late = [], 0
+    for chunk, part in zip(chunks, parts, strict=True):
+        if part is None:
+            late += len(chunk)
+            log.warning(
+                "judge: %d verdicts took longer than judge.timeout_s=%s s: undecided",
+                len(chunk), timeout_s,
+            )  # fmt: skip
+            part = [Verdict(None, "judge timeout")] * len(chunk)
+        verdicts.extend(part)
+    return verdicts, late

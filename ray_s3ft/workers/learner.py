@@ -414,9 +414,11 @@ class LearnerActor:
     def save(self, ckpt_dir: str, hf_dir: str | None) -> None:
         """DeepSpeed state (optimizer included) of every rank under ``ckpt_dir``, the HF-format
         model under ``hf_dir`` (rank 0) and the reference weights. Collective."""
+        import torch
         from safetensors.torch import save_file
 
         self.engine.save_checkpoint(ckpt_dir, tag="state")
+        torch.save(_rng_state(), Path(ckpt_dir) / f"rng_rank{self.rank}.pt")
         sd = self.full_state_dict()
         if self.rank == 0:
             if hf_dir is not None:
@@ -430,11 +432,25 @@ class LearnerActor:
             save_file(_untie(ref), str(Path(ckpt_dir) / "reference.safetensors"))
 
     def load(self, ckpt_dir: str) -> None:
+        import torch
         from safetensors.torch import load_file
 
         self.engine.load_checkpoint(ckpt_dir, tag="state")
+        rng = Path(ckpt_dir) / f"rng_rank{self.rank}.pt"
+        if rng.is_file():  # dropout (LoRA) draws continue where the saved run stopped
+            state = torch.load(rng, weights_only=True)
+            torch.set_rng_state(state["cpu"])
+            if state.get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
         ref = load_file(str(Path(ckpt_dir) / "reference.safetensors"))
         self.reference.load_state_dict(ref, strict=False)
+
+
+def _rng_state() -> dict:
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
 
 def _merged_names(state: dict) -> dict:

@@ -56,16 +56,28 @@ class RolloutWorker:
         ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
         return [x[-self.max_prompt_tokens :] for x in ids]
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling) -> RolloutResult:
-        """``len(prompts) * sampling.n`` generations, prompt-major, with per-token logprobs."""
+    def generate(
+        self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> RolloutResult:
+        """``len(prompts) * sampling.n`` generations, prompt-major, with per-token logprobs.
+        ``seeds``: one per prompt; sample k of a prompt draws from ``seed + k``, so what is
+        sampled depends on neither the batch nor the engine's history (a restarted or resumed
+        run samples the same tokens). None: the engine's own stream."""
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         started = time.perf_counter()
-        gens = self.engine.generate(self.encode_prompts(prompts), sampling, self.tokenizer)
+        ids = self.encode_prompts(prompts)
+        gens = self.engine.generate(ids, sampling, self.tokenizer, seeds)
         return RolloutResult(
             generations=gens,
             weights_version=self.version,
             seconds=time.perf_counter() - started,
             new_tokens=sum(len(g.token_ids) for g in gens),
         )
+
+    def sample(self, items: Sequence[tuple[str, int]], sampling: Sampling) -> RolloutResult:
+        """``generate`` over (prompt, seed) pairs: the form ``ActorGroup.map_chunks`` splits."""
+        return self.generate([p for p, _ in items], sampling, [s for _, s in items])
 
     def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         """Greedy response texts (S3FT's self answers, evaluation)."""
@@ -131,17 +143,23 @@ class _VLLMEngine:
             **extra,
         )
 
-    def generate(self, prompt_ids: list[list[int]], s: Sampling, tokenizer) -> list[Generation]:
+    def generate(
+        self, prompt_ids: list[list[int]], s: Sampling, tokenizer, seeds: Sequence[int] | None
+    ) -> list[Generation]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=s.n,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            max_tokens=s.max_new_tokens,
-            logprobs=0,  # the sampled token's own logprob (raw model logits, before temperature)
-            seed=s.seed,
-        )
+        def params(seed: int | None) -> SamplingParams:
+            # with a seed, vLLM gives sample k of the request its own generator seeded seed + k
+            return SamplingParams(
+                n=s.n,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_new_tokens,
+                logprobs=0,  # the sampled token's own logprob (raw logits, before temperature)
+                seed=seed,
+            )
+
+        params = [params(x) for x in seeds] if seeds is not None else params(None)
         outs = self.llm.generate(
             [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
         )
@@ -183,7 +201,20 @@ class _HFEngine:
         self.seed = cfg.seed
         self.calls = 0
 
-    def generate(self, prompt_ids: list[list[int]], s: Sampling, tokenizer) -> list[Generation]:
+    def generate(
+        self, prompt_ids: list[list[int]], s: Sampling, tokenizer, seeds: Sequence[int] | None
+    ) -> list[Generation]:
+        if seeds is None:
+            self.calls += 1
+            return self._generate(prompt_ids, s, tokenizer, self.seed + self.calls)
+        # one prompt at a time: its samples then depend on its own seed only, not on the batch
+        return [
+            g
+            for ids, seed in zip(prompt_ids, seeds, strict=True)
+            for g in self._generate([ids], s, tokenizer, seed)
+        ]
+
+    def _generate(self, prompt_ids: list[list[int]], s: Sampling, tokenizer, seed: int):
         import torch
 
         pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -193,8 +224,7 @@ class _HFEngine:
         for i, p in enumerate(prompt_ids):
             ids[i, width - len(p) :] = torch.tensor(p)
             attn[i, width - len(p) :] = 1
-        self.calls += 1
-        torch.manual_seed(self.seed + self.calls if s.seed is None else s.seed)
+        torch.manual_seed(seed)
         greedy = s.temperature == 0
         sample_kw = {} if greedy else {"temperature": s.temperature, "top_p": s.top_p}
         with torch.inference_mode():

@@ -18,7 +18,6 @@ class Sampling:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     max_new_tokens: int = 96
-    seed: int | None = None  # per-call sampling seed; None = the engine's stream
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Benchmarks of ray_s3ft against the physical limit and peer implementations (BENCHMARKS.md)."""

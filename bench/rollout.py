@@ -1,0 +1,185 @@
+"""Rollout: tokens/s through a ``RolloutWorker`` actor against the same vLLM engine called
+directly in-process, on the same prompts and sampling.
+
+Both sides build the engine with ``ray_s3ft.workers.rollout._VLLMEngine`` (the same LLM kwargs
+and environment: in-process engine core, KV cache budget, fp32, eager, seed, one OMP thread as
+``ray-s3ft train`` gives the rollout actor), get the same token ids (``encode_prompts``) and the
+same per-prompt seeded SamplingParams, so they sample the same tokens (checked). The baseline
+calls ``LLM.generate`` in a process of its own; the actor is then called as the controller calls
+it (``ActorGroup.map_chunks(RolloutWorker.sample)``, ray.get included). One engine at a time.
+Every timed call gets new prompts (no prefix-cache reuse across calls), as a training step does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import Row, encode_prompts, parser, private_ray, report, task_prompts
+
+MAX_MODEL_LEN, MAX_PROMPT_TOKENS = 512, 256  # model.max_model_len, data.max_prompt_tokens
+
+
+def _calls(args, prompts: int) -> list[list[tuple[str, int]]]:
+    """(prompt, seed) items of each call, warm-up calls first: the controller's seeds."""
+    from ray_s3ft.controller import rollout_seed
+
+    n = args.warmup + args.repeats
+    examples = task_prompts(n * prompts)
+    return [
+        [(examples[c * prompts + i].prompt, rollout_seed(0, c, i)) for i in range(prompts)]
+        for c in range(n)
+    ]
+
+
+def _digest(token_lists) -> str:
+    h = hashlib.sha256()
+    for t in token_lists:
+        h.update(json.dumps(list(t)).encode())
+    return h.hexdigest()[:16]
+
+
+def _timed(args, calls, fn) -> dict:
+    """Run ``fn(items) -> token id lists`` on every call; time the calls after the warm-up."""
+    seconds, tokens, digests = [], [], []
+    for k, items in enumerate(calls):
+        started = time.perf_counter()
+        out = fn(items)
+        elapsed = time.perf_counter() - started
+        if k >= args.warmup:
+            seconds.append(elapsed)
+            tokens.append(sum(len(t) for t in out))
+            digests.append(_digest(out))
+    return {
+        "tokens_per_s": sum(tokens) / sum(seconds),
+        "seconds": seconds,
+        "tokens": tokens,
+        "digest": _digest(digests),
+    }
+
+
+def _sampling(args):
+    from ray_s3ft.workers.types import Sampling
+
+    return Sampling(n=args.group_size, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new)
+
+
+def direct(args) -> None:
+    """The baseline, in this process: vLLM's ``LLM.generate`` on the engine ``_VLLMEngine``
+    builds; then our in-process wrapper ``_VLLMEngine.generate`` on the same engine."""
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+
+    from ray_s3ft.config import load_config
+    from ray_s3ft.model.paths import resolve_model_path
+    from ray_s3ft.workers.rollout import _VLLMEngine
+
+    path = resolve_model_path("builtin")
+    tok = AutoTokenizer.from_pretrained(path)
+    engine = _VLLMEngine(path, load_config().rollout, MAX_MODEL_LEN, False, False)
+    s = _sampling(args)
+    out = {}
+    for prompts in args.prompts:
+        calls = _calls(args, prompts)
+
+        def vllm_direct(items):
+            ids = encode_prompts(tok, [p for p, _ in items], MAX_PROMPT_TOKENS)
+            params = [
+                SamplingParams(
+                    n=s.n, temperature=s.temperature, top_p=s.top_p,
+                    max_tokens=s.max_new_tokens, logprobs=0, seed=seed,
+                )  # fmt: skip
+                for _, seed in items
+            ]
+            outs = engine.llm.generate(
+                [{"prompt_token_ids": x} for x in ids], params, use_tqdm=False
+            )
+            return [c.token_ids for o in outs for c in o.outputs]
+
+        def wrapper(items):
+            ids = encode_prompts(tok, [p for p, _ in items], MAX_PROMPT_TOKENS)
+            gens = engine.generate(ids, s, tok, [seed for _, seed in items])
+            return [g.token_ids for g in gens]
+
+        out[prompts] = {"vllm": _timed(args, calls, vllm_direct)}
+        out[prompts]["wrapper"] = _timed(args, calls, wrapper)
+    args.side_out.write_text(json.dumps(out))
+
+
+def actor(args, logs: str) -> dict:
+    from ray_s3ft.config import load_config
+    from ray_s3ft.model.paths import resolve_model_path
+    from ray_s3ft.workers.group import ActorGroup, Resources
+    from ray_s3ft.workers.rollout import RolloutWorker
+
+    group = ActorGroup(
+        RolloutWorker, 1, name="rollout", log_dir=logs,
+        resources=Resources(1.0, 0.0, {"OMP_NUM_THREADS": "1"}),  # cluster.launch's
+        kwargs=dict(model_path=resolve_model_path("builtin"), cfg=load_config().rollout,
+                    max_model_len=MAX_MODEL_LEN, max_prompt_tokens=MAX_PROMPT_TOKENS),
+    )  # fmt: skip
+    s = _sampling(args)
+
+    def call(items):
+        parts = group.map_chunks(RolloutWorker.sample, items, sampling=s)
+        return [g.token_ids for p in parts for g in p.generations]
+
+    try:
+        return {prompts: _timed(args, _calls(args, prompts), call) for prompts in args.prompts}
+    finally:
+        group.shutdown()
+
+
+def main(argv=None) -> dict:
+    ap = parser("rollout", __doc__)
+    ap.add_argument("--prompts", default="4,32", help="prompts per call, one size per row")
+    ap.add_argument("--group-size", type=int, default=4, help="samples per prompt")
+    ap.add_argument("--max-new-tokens", dest="max_new", type=int, default=96)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)  # the baseline process
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.prompts, args.group_size, args.max_new, args.repeats = "2", 2, 16, 1
+    args.prompts = [int(x) for x in str(args.prompts).split(",")]
+    if args.side_out:
+        return direct(args)
+
+    from ray_s3ft.cluster import _worker_env
+
+    with tempfile.TemporaryDirectory(prefix="rb-") as tmp:
+        side = Path(tmp) / "direct.json"
+        env = {**os.environ, **_worker_env(Path(tmp)), "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "bench.rollout", *(argv or sys.argv[1:])]
+        subprocess.run([*cmd, "--side-out", str(side)], check=True, env=env)
+        base = {int(k): v for k, v in json.loads(side.read_text()).items()}
+    with private_ray() as logs:
+        ours = actor(args, logs)
+
+    rows, details = [], {}
+    for p in args.prompts:
+        label = f"{p} prompts x {args.group_size}"
+        rows.append(
+            Row(f"actor vs vLLM direct, {label}", ours[p]["tokens_per_s"],
+                base[p]["vllm"]["tokens_per_s"], "tokens/s", (">=", 0.95))
+        )  # fmt: skip
+        rows.append(
+            Row(f"_VLLMEngine in-process vs vLLM direct, {label}",
+                base[p]["wrapper"]["tokens_per_s"], base[p]["vllm"]["tokens_per_s"], "tokens/s")
+        )  # fmt: skip
+        same = ours[p]["digest"] == base[p]["vllm"]["digest"] == base[p]["wrapper"]["digest"]
+        details[p] = {"actor": ours[p], **base[p], "same_tokens": same}
+        if not same:
+            print(f"warning: {label}: the sides sampled different tokens", file=sys.stderr)
+    return report("rollout", args, rows, details)
+
+
+if __name__ == "__main__":
+    main()

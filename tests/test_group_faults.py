@@ -1,0 +1,129 @@
+"""Actor groups under faults, on a real local Ray cluster with tiny actors (seconds, no models):
+
+- a chunk past its timeout comes back as None and its actor is restarted, so the next call
+  does not queue behind the stuck one;
+- an actor killed by its PID is restarted by Ray, its call retried, and ``restarts()`` counts it;
+- a call fails as soon as one actor of it dies, even while another actor is still busy (a rank
+  waiting in a collective for a dead peer would otherwise block the controller for good);
+- with ``log_dir`` an actor's stdout and stderr land in ``<log_dir>/<group>-<i>.log``.
+"""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from ray_s3ft.workers.group import ActorDied, ActorGroup, Resources
+
+pytestmark = pytest.mark.slow
+
+
+class Worker:
+    def __init__(self, rank: int = 0) -> None:
+        self.rank = rank
+        print(f"worker {rank} up", flush=True)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def slow_double(self, items: list, seconds: float = 0.0, slow_rank: int = -1) -> list:
+        time.sleep(seconds if self.rank == slow_rank else 0.0)
+        return [2 * x for x in items]
+
+    def die_or_wait(self, _shard, die_rank: int) -> int:
+        if self.rank == die_rank:
+            os._exit(1)
+        time.sleep(60)
+        return self.rank
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    import ray
+
+    from ray_s3ft.cluster import private_auth_token
+
+    tmp = tmp_path_factory.mktemp("ray")
+    private_auth_token(tmp)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Worker lives in tests/
+    ray.init(num_cpus=4, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _group(n, restarts, **kw):
+    return ActorGroup(
+        Worker, n, name="w", resources=Resources(cpus=0.5, max_restarts=restarts),
+        rank_kwargs=lambda i: {"rank": i}, **kw,
+    )  # fmt: skip
+
+
+def test_a_chunk_past_its_timeout_is_none_and_its_actor_is_restarted(ray_cluster):
+    g = _group(2, restarts=2)
+    assert g.restarts() == 0  # records the incarnations
+    started = time.perf_counter()
+    out = g.map_chunks(Worker.slow_double, [1, 2, 3, 4], timeout_s=2.0, seconds=30, slow_rank=1)
+    assert out == [[2, 4], None]
+    assert time.perf_counter() - started < 10
+    # the stuck actor was replaced: the next call is fast, and the replacement is counted
+    started = time.perf_counter()
+    assert g.map(Worker.slow_double, [5, 6]) == [10, 12]
+    assert time.perf_counter() - started < 30
+    assert g.restarts() == 1
+    assert g.restarts() == 0
+    g.shutdown()
+
+
+def test_an_actor_killed_by_pid_is_restarted_retried_and_counted(ray_cluster):
+    g = _group(2, restarts=1)
+    g.restarts()
+    victim = g.call_one(Worker.pid, rank=1)
+    os.kill(victim, signal.SIGKILL)
+    assert g.map(Worker.slow_double, [1, 2, 3]) == [2, 4, 6]  # rank 1's chunk was retried
+    assert g.call_one(Worker.pid, rank=1) != victim
+    assert g.restarts() == 1
+    g.shutdown()
+
+
+def test_a_call_fails_at_once_when_one_actor_dies_while_another_waits(ray_cluster):
+    g = _group(2, restarts=0)
+    started = time.perf_counter()
+    with pytest.raises(ActorDied, match="^w: an actor died"):
+        g.scatter(Worker.die_or_wait, [None, None], die_rank=1)
+    assert time.perf_counter() - started < 30  # rank 0 still sleeps its 60 s
+    g.shutdown()
+
+
+def test_actor_output_goes_to_its_log_file(ray_cluster, tmp_path):
+    g = _group(2, restarts=0, log_dir=str(tmp_path))
+    g.call(Worker.pid)  # constructed
+    assert "worker 0 up" in (tmp_path / "w-0.log").read_text()
+    assert "worker 1 up" in (tmp_path / "w-1.log").read_text()
+    g.shutdown()
+
+
+def test_a_judge_past_its_timeout_gives_undecided_verdicts_not_a_hang(ray_cluster):
+    from ray_s3ft.config import JudgeConfig
+    from ray_s3ft.workers.judge import JudgeWorker, judge_on
+    from ray_s3ft.workers.types import JudgeItem
+
+    # judge 1 gets a program that loops inside a sandbox allowed 60 s; the call may take 3 s
+    cfg = JudgeConfig(verifier="code", sandbox_timeout_s=60.0)
+    g = ActorGroup(JudgeWorker, 2, name="judge", resources=Resources(cpus=0.5, max_restarts=1),
+                   kwargs={"cfg": cfg})  # fmt: skip
+    g.restarts()
+    ok = JudgeItem(
+        "add", "def add(a, b):\n    return a + b", "", "code", ("assert add(1, 2) == 3",)
+    )
+    stuck = JudgeItem("add", "def add(a, b):\n    while True: pass", "", "code",
+                      ("assert add(1, 2) == 3",))  # fmt: skip
+    started = time.perf_counter()
+    verdicts, late = judge_on(g, [ok, ok, stuck], timeout_s=3.0)
+    assert time.perf_counter() - started < 15
+    assert [v.correct for v in verdicts] == [True, True, None] and late == 1
+    assert verdicts[2].reason == "judge timeout"
+    assert [v.correct for v in judge_on(g, [ok, ok], timeout_s=30.0)[0]] == [True, True]
+    assert g.restarts() == 1
+    g.shutdown()
