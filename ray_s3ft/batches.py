@@ -11,6 +11,7 @@ the learner predicts token t from positions < t, so it reads ``loss_mask[:, 1:]`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -63,25 +64,60 @@ def grpo_batch(
     )
 
 
-def shard(batch: TrainBatch, parts: int) -> list[TrainBatch]:
-    """``parts`` equal contiguous row slices (the config guarantees divisibility)."""
+def take_rows(batch: TrainBatch, rows: slice) -> TrainBatch:
+    """Rows ``rows`` of a right-padded batch, cut to the longest of them: the columns that are
+    padding in every one of these rows are dropped (causal attention never reads them).
+    Views, not copies."""
+    width = max(int(batch.attention_mask[rows].sum(1).max()), 1)
+
+    def cut(t: torch.Tensor | None):
+        return None if t is None else t[rows, :width]
+
+    return dataclasses.replace(
+        batch,
+        input_ids=cut(batch.input_ids),
+        attention_mask=cut(batch.attention_mask),
+        loss_mask=cut(batch.loss_mask),
+        advantages=None if batch.advantages is None else batch.advantages[rows],
+        rollout_logprobs=cut(batch.rollout_logprobs),
+    )
+
+
+def shard(batch: TrainBatch, parts: int, by_length: bool = True) -> list[TrainBatch]:
+    """``parts`` equal row slices, each cut to its own longest row (``take_rows``).
+
+    ``by_length``: rows are first ordered by length, longest first, so a shard (and each
+    micro-batch of it) holds sequences of similar length and carries little padding. The
+    step's loss is a sum normalised by the global token count, so the order changes nothing
+    but the summation order."""
     B = batch.num_sequences
     if B % parts:
         raise ValueError(f"a batch of {B} sequences does not split over {parts} ranks")
     size = B // parts
-
-    def rows(t: torch.Tensor | None, i: int):
-        return None if t is None else t[i * size : (i + 1) * size].clone()
-
-    return [
-        TrainBatch(
-            input_ids=rows(batch.input_ids, i),
-            attention_mask=rows(batch.attention_mask, i),
-            loss_mask=rows(batch.loss_mask, i),
-            global_tokens=batch.global_tokens,
-            advantages=rows(batch.advantages, i),
-            rollout_logprobs=rows(batch.rollout_logprobs, i),
-            max_new_tokens=batch.max_new_tokens,
+    if by_length:
+        order = torch.argsort(batch.attention_mask.sum(1), descending=True, stable=True)
+        batch = dataclasses.replace(
+            batch,
+            input_ids=batch.input_ids[order],
+            attention_mask=batch.attention_mask[order],
+            loss_mask=batch.loss_mask[order],
+            advantages=None if batch.advantages is None else batch.advantages[order],
+            rollout_logprobs=(
+                None if batch.rollout_logprobs is None else batch.rollout_logprobs[order]
+            ),
         )
-        for i in range(parts)
-    ]
+    out = []
+    for i in range(parts):
+        part = take_rows(batch, slice(i * size, (i + 1) * size))
+        # copies: a view would ship its whole parent tensor to the rank
+        out.append(
+            dataclasses.replace(
+                part,
+                **{
+                    f.name: getattr(part, f.name).clone()
+                    for f in dataclasses.fields(part)
+                    if isinstance(getattr(part, f.name), torch.Tensor)
+                },
+            )
+        )
+    return out

@@ -54,6 +54,15 @@ def start_ray(cfg: Config, run_dir: Path) -> bool:
     }
     if os.environ.get("RAY_ADDRESS"):
         log.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
+        if not Path(cfg.trainer.output_dir).is_absolute():
+            log.warning(
+                "trainer.output_dir=%s is relative: on a cluster it lands in the job's working "
+                "directory; give an absolute path on shared storage",
+                cfg.trainer.output_dir,
+            )
+        # Ray refuses a driver runtime_env that repeats a key the job's own runtime_env sets
+        job_env = _job_env_vars()
+        env = {k: v for k, v in env.items() if k not in job_env}
         ray.init(runtime_env={"env_vars": env}, **quiet)
         return False
     temp = run_dir / ".ray"
@@ -73,6 +82,17 @@ def start_ray(cfg: Config, run_dir: Path) -> bool:
         **quiet,
     )
     return True
+
+
+def _job_env_vars() -> dict:
+    """The env_vars of the runtime_env ``ray job submit`` gave this driver, if any."""
+    import json
+
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        return dict((job.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 def private_auth_token(temp: Path) -> None:

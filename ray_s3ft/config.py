@@ -117,6 +117,11 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5  # share of the GPU vLLM may take, in (0, 1]
     enforce_eager: bool = True  # skip CUDA-graph capture (faster start, slower decode)
     seed: int = 0  # sampling seed of the engine
+    # ``rollout.async`` in YAML and overrides (``async`` is a Python keyword): one-step
+    # off-policy GRPO, the next GRPO step's rollout runs while this step trains
+    async_: bool = False
+    max_staleness: int = 1  # async: a prefetched rollout at most this many versions old is used
+    is_cap: float = 2.0  # async: truncated importance weight cap, min(pi_old / pi_engine, cap)
 
 
 @dataclass(frozen=True)
@@ -295,9 +300,22 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     return cfg
 
 
+# YAML keys that are Python keywords -> their field names
+_ALIASES = {("rollout", "async"): "async_"}
+
+
+def _unalias(raw: dict, to_field: bool = True) -> dict:
+    for (section, key), name in _ALIASES.items():
+        old, new = (key, name) if to_field else (name, key)
+        part = raw.get(section)
+        if isinstance(part, dict) and old in part:
+            raw[section] = {(new if k == old else k): v for k, v in part.items()}
+    return raw
+
+
 def config_to_yaml(cfg: Config) -> str:
     """Every field of `cfg` as YAML; `load_config` of it gives back an equal Config."""
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+    return yaml.safe_dump(_unalias(dataclasses.asdict(cfg), to_field=False), sort_keys=False)
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
@@ -360,6 +378,7 @@ def _parse_override(item: str) -> dict:
 
 def _combine(raw: dict, origin: dict[str, str], new: dict, source: str) -> None:
     """Check `new` against the schema, then merge it into `raw` (mappings merge, others replace)."""
+    new = _unalias(new)
     problems = _shape_problems(new, Config, "")
     if problems:
         raise ConfigError([f"{p} ({source})" for p in problems])

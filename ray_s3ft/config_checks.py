@@ -58,7 +58,7 @@ _RANGES = (
         judge.llm_max_new_tokens judge.batch_size learner.micro_batch_size
         algorithm.grpo.group_size resources.rollout_workers
         resources.judge_workers resources.learner_ranks trainer.max_steps trainer.sft_batch_size
-        trainer.grpo_prompts_per_step trainer.checkpoint_every eval.task_size eval.heldout_size eval.every_size
+        trainer.grpo_prompts_per_step trainer.checkpoint_every rollout.max_staleness eval.task_size eval.heldout_size eval.every_size
         eval.max_new_tokens eval.batch_size""",
         _finite(lambda v: v >= 1),
         "must be >= 1",
@@ -72,7 +72,8 @@ _RANGES = (
     # a Python interpreter needs tens of MiB of address space just to start
     ("judge.sandbox_memory_mb", _finite(lambda v: v >= 64), "must be >= 64 (MiB)"),
     (
-        """rollout.kv_cache_gib judge.sandbox_timeout_s judge.timeout_s algorithm.grpo.eps_high
+        """rollout.kv_cache_gib rollout.is_cap judge.sandbox_timeout_s judge.timeout_s
+        algorithm.grpo.eps_high
         algorithm.grpo.adv_eps schedule.sasr.gamma schedule.sasr.kl_target trainer.lr""",
         _finite(lambda v: v > 0),
         "must be a finite number > 0",

@@ -23,6 +23,7 @@ latest checkpoint, at most ``trainer.max_learner_restarts`` times, then stops wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -52,7 +53,10 @@ from ray_s3ft.workers.types import JudgeItem, Sampling, StepStats, Verdict
 
 log = logging.getLogger(__name__)
 
-PHASES = ("batch", "sync", "rollout", "judge", "train", "probe", "reference", "checkpoint", "eval")
+PHASES = (
+    "batch", "sync", "rollout", "judge", "prefetch", "train", "probe", "reference",
+    "checkpoint", "eval",
+)  # fmt: skip
 FAULTS = ("rollout_restarts", "judge_restarts", "judge_timeouts", "learner_restarts")
 
 
@@ -68,6 +72,17 @@ class TrainState:
     schedule: dict = field(default_factory=dict)
     targets: str = ""  # TargetSet.digest() of the store SFT steps train on
     faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAULTS, 0))
+
+
+@dataclass
+class Prefetch:
+    """A rollout started one step early (``rollout.async``)."""
+
+    futures: list  # RolloutResult futures (one per engine chunk), then the weight transfer's
+    results: int  # how many of the futures are RolloutResults
+    cursor: int  # the GRPO data cursor its batch starts at
+    version: int  # the weights version it samples with
+    started: float  # perf_counter at launch
 
 
 def rollout_seed(run_seed: int, step: int, example: int) -> int:
@@ -98,6 +113,7 @@ class Controller:
         self.state = TrainState(targets=targets.digest())
         self.engine_version = engine_version  # what the rollout engines serve
         self.last_checkpoint: Path | None = None  # this run's latest complete one
+        self.pending: Prefetch | None = None  # rollout.async: the next GRPO batch, in flight
 
     def _new_schedule(self):
         s = self.cfg.schedule
@@ -146,6 +162,7 @@ class Controller:
                 metrics.log(row)
                 progress.update(row["step"], row["mode"], row["learner/loss"], row["reward/mean"])
         finally:
+            self.drain()
             progress.close()
             metrics.close()
 
@@ -171,6 +188,7 @@ class Controller:
             error, step, ckpt or "the base model", n, self.cfg.trainer.max_learner_restarts,
         )  # fmt: skip
         faults = {**self.state.faults, "learner_restarts": n}
+        self.drain()
         self.g.restart_learner()
         self.state, self.schedule = TrainState(targets=self.state.targets), self._new_schedule()
         if ckpt is not None:
@@ -186,10 +204,13 @@ class Controller:
             batch = timer.run("batch", self.sft_batch, advance=True)
             stats = timer.run("train", self.train_on, batch, "sft")
         else:
-            timer.run("sync", self.sync_weights)
-            examples, rollout = timer.run("rollout", self.rollout)
+            examples, rollout, staleness = self.rollout(timer)
+            self.state.last["rollout/staleness"] = staleness
             rewards = timer.run("judge", self.judge, examples, rollout)
-            batch = timer.run("batch", self.grpo_batch, rollout, rewards)
+            self.count_restarts()  # engines and judges idle now
+            batch = timer.run("batch", self.grpo_batch, rollout, rewards, staleness)
+            if self.cfg.rollout.async_:
+                timer.run("prefetch", self.prefetch, step)
             stats = timer.run("train", self.train_on, batch, "grpo")
             if decision.probe:
                 probe_norm = timer.run("probe", self.probe)
@@ -238,55 +259,115 @@ class Controller:
         )
         return shard(batch, len(self.g.learner))
 
-    def sync_weights(self) -> None:
+    def sync_weights(self, wait: bool = True) -> list:
         """Bring the rollout engines to the learner's version: rank 0's weights go into the
-        object store once and every engine reads that one copy."""
+        object store once and every engine reads that one copy.
+
+        ``wait=False`` (CPU path): only queue the transfer; the engines' futures are returned.
+        Each actor runs its calls in order, so a learner step queued next starts after its
+        weights were read, and a generation queued next samples with the new weights."""
         if self.engine_version == self.state.version:
-            return
+            return []
         if self.g.nccl_meta is not None:  # GPU: one broadcast, both sides at once
             sent = self.g.learner.submit(LearnerActor.nccl_broadcast)
             meta = self.g.nccl_meta
             self.g.rollout.call(RolloutWorker.nccl_update, self.state.version, meta)
             self.g.learner.wait(sent)
             self.engine_version = self.state.version
-            return
+            return []
         refs = self.g.learner.submit(LearnerActor.full_state_dict)  # collective under ZeRO-3
-        self.g.rollout.call(RolloutWorker.update_weights, self.state.version, refs[0])
-        self.g.learner.wait(refs[1:])
+        loads = self.g.rollout.submit(RolloutWorker.update_weights, self.state.version, refs[0])
         self.engine_version = self.state.version
+        if not wait:  # a dead learner rank surfaces at its next step
+            return loads
+        self.g.rollout.wait(loads)
+        self.g.learner.wait(refs[1:])
+        return []
 
-    def rollout(self):
+    def _rollout_request(self, step: int):
+        """The next GRPO batch's example indices (the cursor is not moved), its examples and
+        the (prompt, seed) items to sample for ``step``."""
         c = self.cfg
         idx = self._take("grpo", c.trainer.grpo_prompts_per_step)
-        self.state.cursors["grpo"] += len(idx)
         examples = [self.examples[i] for i in idx]
-        sampling = Sampling(
+        seed = c.trainer.seed
+        items = [(ex.prompt, rollout_seed(seed, step, i)) for ex, i in zip(examples, idx)]
+        return idx, examples, items
+
+    def _sampling(self) -> Sampling:
+        c = self.cfg
+        return Sampling(
             n=c.algorithm.grpo.group_size,
             temperature=c.rollout.temperature,
             top_p=c.rollout.top_p,
             max_new_tokens=c.rollout.max_new_tokens,
         )
-        seed, step = c.trainer.seed, self.state.step
-        items = [(ex.prompt, rollout_seed(seed, step, i)) for ex, i in zip(examples, idx)]
+
+    def rollout(self, timer: Timer):
+        """This GRPO step's samples: the prefetched ones (``rollout.async``) when they start at
+        this cursor and are at most ``rollout.max_staleness`` versions old, else sampled now
+        with the current weights. Returns (examples, generations, staleness)."""
+        cursor = self.state.cursors["grpo"]
+        idx, examples, items = self._rollout_request(self.state.step)
+        self.state.cursors["grpo"] += len(idx)
+        p, self.pending = self.pending, None
+        if p is not None:
+            done = timer.run("rollout", self.g.rollout.wait, p.futures)  # the exposed wait
+            parts = done[: p.results]
+            staleness = self.state.version - p.version
+            fresh = p.cursor == cursor and 0 <= staleness <= self.cfg.rollout.max_staleness
+            if fresh and all(part.weights_version == p.version for part in parts):
+                return examples, self._gens(parts, time.perf_counter() - p.started), staleness
+            self.state.last["rollout/discarded"] = self.state.last.get("rollout/discarded", 0) + 1
+        timer.run("sync", self.sync_weights)
+        parts, seconds = timer.run("rollout", self._sample_now, items)
+        return examples, self._gens(parts, seconds), 0
+
+    def _sample_now(self, items):
         for _ in range(3):
             started = time.perf_counter()
-            parts = self.g.rollout.map_chunks(RolloutWorker.sample, items, sampling=sampling)
+            parts = self.g.rollout.map_chunks(
+                RolloutWorker.sample, items, sampling=self._sampling()
+            )
             seconds = time.perf_counter() - started
             stale = [p.weights_version for p in parts if p.weights_version != self.state.version]
             if not stale:
-                break
+                return parts, seconds
             # a restarted engine came back with the base weights: resync it and sample again
             log.warning("engine versions %s, expected %d: resyncing", stale, self.state.version)
             self.engine_version = -1
             self.sync_weights()
-        else:
-            raise RuntimeError("rollout engines keep losing their weights; see the actor logs")
+        raise RuntimeError("rollout engines keep losing their weights; see the actor logs")
+
+    def prefetch(self, step: int) -> None:
+        """``rollout.async``: before step ``step`` trains, start sampling the next GRPO batch
+        with the current weights, so the engines generate while the learners train. Only when
+        the schedule's next step is GRPO (as far as it can tell now)."""
+        if self.schedule.decide(step + 1).mode != "grpo" or step + 1 >= self.cfg.trainer.max_steps:
+            return
+        synced = self.sync_weights(wait=False)  # overlaps the learners' step as well
+        _, _, items = self._rollout_request(step + 1)
+        futures = self.g.rollout.submit_chunks(
+            RolloutWorker.sample, items, sampling=self._sampling()
+        )
+        cursor = self.state.cursors["grpo"]
+        self.pending = Prefetch(
+            futures + synced, len(futures), cursor, self.state.version, time.perf_counter()
+        )
+
+    def drain(self) -> None:
+        """Wait for a prefetched rollout nobody will use (engines idle again)."""
+        p, self.pending = self.pending, None
+        if p is not None:
+            self.g.rollout.wait(p.futures)
+
+    def _gens(self, parts, seconds: float):
         gens = [g for p in parts for g in p.generations]
         tokens = sum(p.new_tokens for p in parts)
         self.state.last["rollout/tokens_per_s"] = tokens / max(seconds, 1e-9)
         self.state.last["rollout/response_tokens"] = tokens / max(len(gens), 1)
         self.state.last["rollout/sample_digest"] = sample_digest(gens)
-        return examples, gens
+        return gens
 
     def judge(self, examples: list[Example], gens) -> torch.Tensor:
         G = self.cfg.algorithm.grpo.group_size
@@ -308,8 +389,12 @@ class Controller:
         return verdicts
 
     def count_restarts(self) -> None:
-        """Count the rollout and judge actors Ray restarted since the last step."""
-        for name, group in (("rollout", self.g.rollout), ("judge", self.g.judge)):
+        """Count the rollout and judge actors Ray restarted since the last look. Not the
+        engines while a prefetched rollout runs: the question would wait for it."""
+        groups = [("judge", self.g.judge)]
+        if self.pending is None:
+            groups.insert(0, ("rollout", self.g.rollout))
+        for name, group in groups:
             n = group.restarts()
             if n:
                 self.state.faults[f"{name}_restarts"] += n
@@ -317,7 +402,7 @@ class Controller:
                     "%d %s actor(s) died and were restarted; their work was retried", n, name
                 )
 
-    def grpo_batch(self, gens, rewards: torch.Tensor):
+    def grpo_batch(self, gens, rewards: torch.Tensor, staleness: int = 0):
         grpo = self.cfg.algorithm.grpo
         adv = group_advantages(
             rewards, grpo.group_size, scale_by_std=grpo.loss_agg != "dr_grpo", eps=grpo.adv_eps
@@ -326,6 +411,8 @@ class Controller:
         batch = grpo_batch(
             gens, adv.advantages, self.tok.pad_token_id, self.cfg.rollout.max_new_tokens
         )
+        if staleness > 0:  # sampled by an older policy: truncated importance weights
+            batch = dataclasses.replace(batch, is_cap=self.cfg.rollout.is_cap)
         return shard(batch, len(self.g.learner))
 
     def train_on(self, shards, mode: str) -> StepStats:
@@ -381,6 +468,7 @@ class Controller:
             "judge/undecided": last.get("judge/undecided", 0),
             "rollout/tokens_per_s": last.get("rollout/tokens_per_s", 0.0),
             "rollout/response_tokens": last.get("rollout/response_tokens", 0.0),
+            "rollout/discarded": last.get("rollout/discarded", 0),
             "weights/version": self.state.version,
             "weights/engine_version": self.engine_version,
             **{f"faults/{k}": v for k, v in self.state.faults.items()},
@@ -392,6 +480,9 @@ class Controller:
                 "rollout/logprob_diff": stats.logprob_diff,
                 "rollout/logprob_max_diff": stats.logprob_max_diff,
                 "rollout/sample_digest": last["rollout/sample_digest"],
+                "rollout/staleness": last["rollout/staleness"],
+                "rollout/is_weight": stats.is_weight,
+                "rollout/is_clip_frac": stats.is_clip_frac,
             })  # fmt: skip
         row.update({f"timing/{k}": v for k, v in timer.s.items()})
         row["timing/step"] = seconds

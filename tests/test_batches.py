@@ -1,5 +1,8 @@
 """Batch layout: the learner must score exactly the sampled tokens at the right positions."""
 
+import dataclasses
+
+import pytest
 import torch
 
 from ray_s3ft.batches import grpo_batch, shard
@@ -25,8 +28,29 @@ def test_grpo_batch_aligns_tokens_mask_and_engine_logprobs():
 def test_shard_splits_rows_and_keeps_the_global_token_count():
     gens = [_gen([1], [2] * (i + 1), [-0.1] * (i + 1)) for i in range(4)]
     b = grpo_batch(gens, torch.arange(4.0), pad_id=0, max_new_tokens=8)
-    parts = shard(b, 2)
+    parts = shard(b, 2, by_length=False)
     assert [p.num_sequences for p in parts] == [2, 2]
     assert parts[1].advantages.tolist() == [2.0, 3.0]
     assert all(p.global_tokens == 1 + 2 + 3 + 4 for p in parts)
-    assert torch.equal(torch.cat([p.input_ids for p in parts]), b.input_ids)
+    assert torch.equal(parts[1].input_ids, b.input_ids[2:])
+    # rows 0-1 are 2 and 3 tokens long: their shard drops the two all-padding columns
+    assert torch.equal(parts[0].input_ids, b.input_ids[:2, :3])
+
+
+def test_shard_by_length_groups_similar_rows_and_moves_every_field_with_its_row():
+    gens = [_gen([1], [2] * n, [-0.1 * n] * n) for n in (1, 4, 2, 3)]  # lengths 2, 5, 3, 4
+    b = grpo_batch(gens, torch.tensor([0.0, 1.0, 2.0, 3.0]), pad_id=0, max_new_tokens=8)
+    long, short = shard(b, 2)
+    assert long.advantages.tolist() == [1.0, 3.0] and short.advantages.tolist() == [2.0, 0.0]
+    assert long.input_ids.shape == (2, 5) and short.input_ids.shape == (2, 3)
+    assert short.rollout_logprobs[1].tolist() == pytest.approx([0.0, -0.1, 0.0])
+    assert short.loss_mask.tolist() == [[0, 1, 1], [0, 1, 0]]
+    assert long.global_tokens == short.global_tokens == 10
+
+
+def test_shard_keeps_the_batch_wide_fields():
+    gens = [_gen([1], [2], [-0.1]) for _ in range(4)]
+    b = dataclasses.replace(
+        grpo_batch(gens, torch.zeros(4), pad_id=0, max_new_tokens=8), is_cap=2.0
+    )
+    assert all((p.is_cap, p.max_new_tokens) == (2.0, 8) for p in shard(b, 2))

@@ -167,17 +167,19 @@ def test_grpo_step_moves_logprobs_along_the_advantages(ray_cluster, model):
         ).generations  # fmt: skip
         adv = torch.tensor([1.0, -1.0, 1.0, -1.0])  # four different prompts, one sample each
         batch = grpo_batch(gens, adv, tok.pad_token_id, 48)
-        shards = shard(batch, 2)
-        mask = batch.loss_mask[:, 1:]
-        before = torch.cat(group.scatter(LearnerActor.logprobs, shards))  # [4, T-1]
-        # the hf engine's logprobs are the learner's own (same weights, fp32)
-        assert torch.allclose(before * mask, batch.rollout_logprobs[:, 1:], atol=PARITY_TOL)
+        shards = shard(batch, 2)  # rows ordered by length, each shard cut to its own width
+        before = group.scatter(LearnerActor.logprobs, shards)  # per rank [2, T_r - 1]
+        for s, b in zip(shards, before, strict=True):
+            # the hf engine's logprobs are the learner's own (same weights, fp32)
+            mask = s.loss_mask[:, 1:]
+            assert torch.allclose(b * mask, s.rollout_logprobs[:, 1:], atol=PARITY_TOL)
         stats = group.scatter(LearnerActor.train_step, shards, mode="grpo")[0]
-        after = torch.cat(group.scatter(LearnerActor.logprobs, shards))
-        seq_change = ((after - before) * mask).sum(1)  # [4] change of log p(response)
-        assert (seq_change * adv > 0).all(), seq_change
+        after = group.scatter(LearnerActor.logprobs, shards)
+        for s, b, a in zip(shards, before, after, strict=True):
+            seq_change = ((a - b) * s.loss_mask[:, 1:]).sum(1)  # [2] change of log p(response)
+            assert (seq_change * s.advantages > 0).all(), seq_change
         assert stats.kl == pytest.approx(0.0, abs=1e-6)  # measured before the update
-        assert stats.tokens == int(mask.sum())
+        assert stats.tokens == int(batch.loss_mask[:, 1:].sum())
     finally:
         group.shutdown()
         rollout.shutdown()
@@ -195,9 +197,12 @@ def test_vllm_logprobs_match_the_learner_after_a_weight_sync(ray_cluster, model)
 
         def diff(result):
             b = grpo_batch(result.generations, torch.zeros(32), tok.pad_token_id, 32)
-            learner = torch.cat(group.scatter(LearnerActor.logprobs, shard(b, 2)))
-            mask = b.loss_mask[:, 1:]
-            return ((learner - b.rollout_logprobs[:, 1:]).abs() * mask).max().item()
+            shards = shard(b, 2)
+            learner = group.scatter(LearnerActor.logprobs, shards)
+            return max(
+                ((lp - s.rollout_logprobs[:, 1:]).abs() * s.loss_mask[:, 1:]).max().item()
+                for s, lp in zip(shards, learner, strict=True)
+            )
 
         stale = diff(rollout.call_one(RolloutWorker.generate, prompts, sampling))
         refs = group.submit(LearnerActor.full_state_dict)

@@ -151,3 +151,19 @@ def test_grpo_loss_errors():
         grpo_loss(logp, old, adv, mask, beta=0.1, ref_logprobs=None, agg="grpo", **kw)
     with pytest.raises(ValueError, match="advantages"):
         grpo_loss(logp, old, adv[:1], mask, beta=0.0, ref_logprobs=None, agg="grpo", **kw)
+
+
+def test_truncated_is_weights_scale_each_tokens_surrogate_and_its_gradient():
+    import torch
+
+    from ray_s3ft.algo.grpo import grpo_loss
+
+    logp = torch.zeros(1, 2, requires_grad=True)  # r = 1 on both tokens, A = 1
+    out = grpo_loss(
+        logp, torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2), eps_low=0.2, eps_high=0.2,
+        beta=0.0, ref_logprobs=None, agg="dapo", is_weights=torch.tensor([[0.5, 2.0]]),
+    )  # fmt: skip
+    assert out.loss.item() == pytest.approx(-(0.5 + 2.0) / 2)  # -(w1 r A + w2 r A) / tokens
+    out.loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([-0.25, -1.0])  # -w_t / 2
+    assert out.clip_frac == 0.0

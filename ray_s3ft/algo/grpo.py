@@ -115,6 +115,7 @@ def grpo_loss(
     ref_logprobs: Tensor | None,
     agg: str,
     max_len: int | None = None,
+    is_weights: Tensor | None = None,
 ) -> GRPOLossOutput:
     """Clipped GRPO objective, negated for minimisation (DeepSeekMath eq. 3, DAPO eq. 8).
 
@@ -122,6 +123,10 @@ def grpo_loss(
     Asymmetric eps is DAPO's clip-higher (eps_high=0.28): it lets unlikely tokens with positive
     advantage grow. ``beta > 0`` needs ``ref_logprobs``; a reference given with beta = 0 is only
     used to report ``kl``. ``max_len`` is used by ``agg='dr_grpo'`` only.
+
+    ``is_weights`` [B, T]: per-token importance weights of off-policy samples (truncated IS,
+    ``min(pi_old / pi_behaviour, cap)``, computed by the caller), multiplying the surrogate; the
+    ratio r stays against ``old_logprobs``, so the clip works as on-policy.
     """
     if agg not in AGGREGATIONS:
         raise ValueError(f"unknown agg {agg!r}; allowed: {', '.join(AGGREGATIONS)}")
@@ -144,6 +149,10 @@ def grpo_loss(
     unclipped = ratio * adv  # [B, T]
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv  # [B, T]
     surrogate = torch.minimum(unclipped, clipped)  # [B, T]
+    if is_weights is not None:
+        if is_weights.shape != logprobs.shape:
+            raise ValueError("is_weights must share the [B, T] shape of logprobs")
+        surrogate = surrogate * is_weights.detach().to(logprobs.dtype)  # [B, T]
     per_token = -surrogate  # [B, T]
 
     kl_value = 0.0
@@ -155,7 +164,7 @@ def grpo_loss(
 
     with torch.no_grad():
         # The clipped branch "wins" where it is strictly smaller: there the gradient is zero.
-        was_clipped = (clipped < unclipped).to(mask.dtype)  # [B, T]
+        was_clipped = (clipped < unclipped).to(mask.dtype)  # [B, T]  (before IS weighting)
         pg_value = _aggregate(-surrogate, mask, agg, max_len).item()
         clip_frac = _masked_item(was_clipped, mask)
         ratio_mean = _masked_item(ratio, mask)

@@ -201,13 +201,8 @@ class ActorGroup(Generic[T]):
 
         ``timeout_s``: a chunk not done by then comes back as ``None`` and its actor is
         restarted (it may be stuck for good), so the next call does not queue behind it."""
-        chunks = split_evenly(list(items), len(self.actors))
-        used = [i for i, c in enumerate(chunks) if c]
-        name = self._method(fn)
-        if self.local:
-            return [getattr(self.actors[i], name)(chunks[i], **kw) for i in used]
-        futures = [getattr(self.actors[i], name).remote(chunks[i], **kw) for i in used]
-        if timeout_s is None:
+        used, futures = self._chunk_calls(fn, items, kw)
+        if self.local or timeout_s is None:
             return self.wait(futures)
         import ray
 
@@ -218,6 +213,18 @@ class ActorGroup(Generic[T]):
                 ray.kill(self.actors[i], no_restart=False)
         done = self.wait([f for f in futures if f not in late])
         return [None if f in late else done.pop(0) for f in futures]
+
+    def submit_chunks(self, fn: Callable, items: Sequence[Any], **kw: Any) -> list:
+        """``map_chunks`` without waiting: futures for ``wait`` (values when local)."""
+        return self._chunk_calls(fn, items, kw)[1]
+
+    def _chunk_calls(self, fn: Callable, items: Sequence[Any], kw: dict) -> tuple[list, list]:
+        chunks = split_evenly(list(items), len(self.actors))
+        used = [i for i, c in enumerate(chunks) if c]
+        name = self._method(fn)
+        if self.local:
+            return used, [getattr(self.actors[i], name)(chunks[i], **kw) for i in used]
+        return used, [getattr(self.actors[i], name).remote(chunks[i], **kw) for i in used]
 
     def map(self, fn: Callable, items: Sequence[Any], **kw: Any) -> list:
         """``map_chunks`` for methods that return one list entry per item: the flat list."""

@@ -204,6 +204,7 @@ class LearnerActor:
 
         from ray_s3ft.algo.grpo import grpo_loss, kl_k3
         from ray_s3ft.algo.losses import entropy_from_logits, masked_nll
+        from ray_s3ft.batches import take_rows
 
         if mode not in ("sft", "grpo"):
             raise ValueError(f"mode must be 'sft' or 'grpo', got {mode!r}")
@@ -213,16 +214,17 @@ class LearnerActor:
             group["lr"] = self.lr_by_mode[mode]
         n_micro = math.ceil(batch.num_sequences / micro)
         engine.set_train_batch_size(micro * n_micro * self.world_size)
-        # sums over this rank: objective, kl*tok, entropy*tok, tokens, seqs, pg, clip*tok, |dlogp|
-        acc = torch.zeros(8, dtype=torch.float64)
+        # sums over this rank: objective, kl*tok, entropy*tok, tokens, seqs, pg, clip*tok, |dlogp|,
+        # IS weight*tok, IS capped tokens
+        acc = torch.zeros(10, dtype=torch.float64)
         max_diff = torch.zeros(1, dtype=torch.float64)  # max |learner logp - engine logp|
         global_seqs = batch.num_sequences * self.world_size
         for i in range(n_micro):
-            rows = slice(i * micro, (i + 1) * micro)
-            mask = batch.loss_mask[rows, 1:].to(self.device)  # [b, T-1]
-            logp, logits = self._logprobs(engine, batch, rows)
+            mb = take_rows(batch, slice(i * micro, (i + 1) * micro))  # its own length
+            mask = mb.loss_mask[:, 1:].to(self.device)  # [b, T-1]
+            logp, logits = self._logprobs(engine, mb, slice(None))
             with torch.no_grad():
-                ref_logp, _ = self._logprobs(self.reference, batch, rows)
+                ref_logp, _ = self._logprobs(self.reference, mb, slice(None))
                 kl_tok = kl_k3(logp, ref_logp) * mask  # [b, T-1]
                 ent = entropy_from_logits(logits.detach(), mask) * mask.sum()
             tokens = mask.sum()
@@ -230,10 +232,17 @@ class LearnerActor:
                 loss = masked_nll(logp, mask, normalizer=batch.global_tokens)  # share of global
                 pg = clip = 0.0
             else:
+                weights = None
+                if batch.is_cap is not None:  # samples of an older policy (async rollout)
+                    behaviour = mb.rollout_logprobs[:, 1:].to(self.device)
+                    raw = torch.exp(logp.detach() - behaviour)  # pi_old / pi_behaviour
+                    weights = raw.clamp(max=batch.is_cap)  # [b, T-1]
+                    acc[8] += (weights * mask).sum().item()
+                    acc[9] += ((raw > batch.is_cap).float() * mask).sum().item()
                 out = grpo_loss(
                     logp,
                     logp.detach(),  # one update per rollout batch: pi_old is pi_theta itself
-                    batch.advantages[rows].to(self.device),
+                    mb.advantages.to(self.device),
                     mask,
                     eps_low=self.grpo.eps_low,
                     eps_high=self.grpo.eps_high,
@@ -241,6 +250,7 @@ class LearnerActor:
                     ref_logprobs=ref_logp,
                     agg=self.grpo.loss_agg,
                     max_len=batch.max_new_tokens,
+                    is_weights=weights,
                 )
                 # grpo_loss averages within the micro-batch; rescale to its share of the step
                 share = (
@@ -251,7 +261,7 @@ class LearnerActor:
                 loss = out.loss * share
                 pg, clip = out.pg_loss * share, out.clip_frac * tokens.item()
                 if batch.rollout_logprobs is not None:
-                    engine_logp = batch.rollout_logprobs[rows, 1:].to(self.device)
+                    engine_logp = mb.rollout_logprobs[:, 1:].to(self.device)
                     diff = (logp.detach() - engine_logp).abs() * mask  # [b, T-1]
                     acc[7] += diff.sum().item()
                     max_diff = torch.maximum(max_diff, diff.max().double().cpu())
@@ -288,6 +298,8 @@ class LearnerActor:
             clip_frac=acc[6].item() / tok,
             logprob_diff=acc[7].item() / tok,
             logprob_max_diff=max_diff.item(),
+            is_weight=acc[8].item() / tok if batch.is_cap is not None else 1.0,
+            is_clip_frac=acc[9].item() / tok,
         )
 
     def _stage0_grad_norm(self) -> float | None:
@@ -316,6 +328,7 @@ class LearnerActor:
         import torch
 
         from ray_s3ft.algo.losses import masked_nll
+        from ray_s3ft.batches import take_rows
 
         if self.cfg.zero_stage == 3:
             raise RuntimeError("grad_probe needs full parameters on each rank (zero_stage <= 2)")
@@ -323,9 +336,9 @@ class LearnerActor:
         total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
         micro = self.cfg.micro_batch_size
         for start in range(0, batch.num_sequences, micro):
-            rows = slice(start, start + micro)
-            logp, _ = self._logprobs(self.engine.module, batch, rows)
-            loss = masked_nll(logp, batch.loss_mask[rows, 1:].to(self.device), batch.global_tokens)
+            mb = take_rows(batch, slice(start, start + micro))
+            logp, _ = self._logprobs(self.engine.module, mb, slice(None))
+            loss = masked_nll(logp, mb.loss_mask[:, 1:].to(self.device), batch.global_tokens)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for acc, g in zip(total, grads, strict=True):
                 if g is not None:

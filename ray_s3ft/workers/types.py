@@ -64,6 +64,7 @@ class TrainBatch:
     advantages: torch.Tensor | None = None  # [B] float32, GRPO only
     rollout_logprobs: torch.Tensor | None = None  # [B, T] float32, engine logprobs, GRPO only
     max_new_tokens: int = 0  # generation budget, the Dr. GRPO normaliser
+    is_cap: float | None = None  # off-policy rollouts: truncated importance weights, this cap
 
     @property
     def num_sequences(self) -> int:
@@ -84,3 +85,5 @@ class StepStats:
     clip_frac: float = 0.0  # GRPO: share of tokens where the clip was active
     logprob_diff: float = 0.0  # GRPO: mean |learner logp - engine logp| before the update
     logprob_max_diff: float = 0.0  # GRPO: the largest such difference over the batch
+    is_weight: float = 1.0  # async GRPO: mean truncated importance weight over response tokens
+    is_clip_frac: float = 0.0  # async GRPO: share of tokens whose weight hit the cap
