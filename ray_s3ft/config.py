@@ -149,6 +149,9 @@ class LearnerConfig:
     micro_batch_size: int = 8  # sequences per forward/backward on one rank
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     bf16: bool = False  # DeepSpeed bf16 mixed precision (fp32 master weights)
+    # learner/kl on SFT steps too: a reference forward each SFT step (a third of its time), for
+    # a metric only; GRPO steps always compute it (their loss and SASR's gate use it)
+    sft_kl: bool = False
 
 
 @dataclass(frozen=True)

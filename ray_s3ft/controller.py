@@ -275,7 +275,7 @@ class Controller:
             self.g.learner.wait(sent)
             self.engine_version = self.state.version
             return []
-        refs = self.g.learner.submit(LearnerActor.full_state_dict)  # collective under ZeRO-3
+        refs = self.g.learner.submit(LearnerActor.engine_weights)  # collective under ZeRO-3
         loads = self.g.rollout.submit(RolloutWorker.update_weights, self.state.version, refs[0])
         self.engine_version = self.state.version
         if not wait:  # a dead learner rank surfaces at its next step

@@ -205,7 +205,7 @@ def test_vllm_logprobs_match_the_learner_after_a_weight_sync(ray_cluster, model)
             )
 
         stale = diff(rollout.call_one(RolloutWorker.generate, prompts, sampling))
-        refs = group.submit(LearnerActor.full_state_dict)
+        refs = group.submit(LearnerActor.engine_weights)
         assert rollout.call(RolloutWorker.update_weights, 7, refs[0]) == [7]
         assert group.wait(refs[1:]) == [None]
         result = rollout.call_one(RolloutWorker.generate, prompts, sampling)

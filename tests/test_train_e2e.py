@@ -105,8 +105,11 @@ def test_every_step_logs_the_required_keys_with_finite_values(run):
     for row in rows:
         missing = [k for k in REQUIRED if k not in row]
         assert not missing, (row["step"], missing)
-        bad = [k for k in REQUIRED if k != "mode" and not math.isfinite(row[k])]
+        # KL is measured on GRPO steps (learner.sft_kl is off): null on SFT rows
+        skip = {"mode"} | ({"learner/kl"} if row["mode"] == "sft" else set())
+        bad = [k for k in REQUIRED if k not in skip and not math.isfinite(row[k])]
         assert not bad, (row["step"], bad)
+        assert row["mode"] == "grpo" or row["learner/kl"] is None
     modes = [r["mode"] for r in rows]
     assert modes[:2] == ["sft", "sft"]  # warm-up
     assert "grpo" in modes and "sft" in modes[2:], modes  # SASR took both kinds after it

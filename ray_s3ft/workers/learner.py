@@ -209,6 +209,7 @@ class LearnerActor:
         if mode not in ("sft", "grpo"):
             raise ValueError(f"mode must be 'sft' or 'grpo', got {mode!r}")
         engine, micro = self.engine, self.cfg.micro_batch_size
+        with_kl = mode == "grpo" or self.cfg.sft_kl  # SFT steps: KL only as a metric
         engine.train()
         for group in engine.optimizer.param_groups:  # Adam's moments are shared by both modes
             group["lr"] = self.lr_by_mode[mode]
@@ -224,8 +225,10 @@ class LearnerActor:
             mask = mb.loss_mask[:, 1:].to(self.device)  # [b, T-1]
             logp, logits = self._logprobs(engine, mb, slice(None))
             with torch.no_grad():
-                ref_logp, _ = self._logprobs(self.reference, mb, slice(None))
-                kl_tok = kl_k3(logp, ref_logp) * mask  # [b, T-1]
+                ref_logp = None  # the reference forward costs a third of an SFT step
+                if with_kl:
+                    ref_logp, _ = self._logprobs(self.reference, mb, slice(None))
+                kl_tok = kl_k3(logp, ref_logp) * mask if with_kl else torch.zeros(1)
                 ent = entropy_from_logits(logits.detach(), mask) * mask.sum()
             tokens = mask.sum()
             if mode == "sft":
@@ -290,7 +293,7 @@ class LearnerActor:
         return StepStats(
             loss=acc[0].item(),
             grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-            kl=acc[1].item() / tok,
+            kl=acc[1].item() / tok if with_kl else float("nan"),
             entropy=acc[2].item() / tok,
             tokens=int(acc[3].item()),
             sequences=int(acc[4].item()),
@@ -367,6 +370,21 @@ class LearnerActor:
         with self._gathered(), torch.no_grad():
             return self._hf_state() if self.rank == 0 else None
 
+    def engine_weights(self):
+        """``full_state_dict`` packed for the rollout engines (``workers/weights.py``): numpy
+        views, one copy into Ray's object store. Without ZeRO-3 or LoRA they are views of the
+        live parameters, not clones: Ray serialises an actor's return value before the actor
+        runs its next call. Collective under ZeRO-3."""
+        import torch
+
+        from ray_s3ft.workers.weights import pack
+
+        with self._gathered(), torch.no_grad():
+            if self.rank != 0:
+                return None
+            live = self.cfg.zero_stage != 3 and not self.model_cfg.lora.enabled
+            return pack(self._hf_state(copy=not live))
+
     def reset_reference(self) -> None:
         """Make the current policy the KL reference (SASR's post-warm-up reference)."""
         import torch
@@ -385,7 +403,7 @@ class LearnerActor:
         params = list(self.engine.module.parameters())
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
-    def _hf_state(self, device: str = "cpu") -> dict:
+    def _hf_state(self, device: str = "cpu", copy: bool = True) -> dict:
         import torch
 
         module, dtype = self.engine.module, getattr(torch, self.model_cfg.dtype)
@@ -397,8 +415,10 @@ class LearnerActor:
                 module.unmerge_adapter()
         else:
             state = module.state_dict()
-        # clone: the result must not alias live parameters the next step overwrites
-        return {k: v.detach().to(device, dtype).clone() for k, v in state.items()}
+        # copy: the result must not alias live parameters the next step overwrites (or gathered
+        # ZeRO-3 buffers, or LoRA-merged weights that are unmerged right after)
+        out = {k: v.detach().to(device, dtype) for k, v in state.items()}
+        return {k: v.clone() for k, v in out.items()} if copy else out
 
     # GPU weight sync (written against vLLM's weight-transfer API; not run on CPU machines):
     # rank 0 joins one NCCL group with every vLLM worker and broadcasts the merged HF weights.

@@ -92,9 +92,12 @@ class RolloutWorker:
     # ------------------------------------------------------------------------------- weights
 
     def update_weights(self, version: int, weights: dict) -> int:
-        """Load a full HF-named state dict (CPU path: it arrives through Ray's object store and
-        is copied once, into the engine's own parameters). Returns the version now served."""
-        self.engine.load_weights(weights)
+        """Load a full HF-named state dict, or one packed by ``LearnerActor.engine_weights``
+        (CPU path: read in place from Ray's object store and copied once, into the engine's own
+        parameters). Returns the version now served."""
+        from ray_s3ft.workers.weights import is_packed, unpack
+
+        self.engine.load_weights(unpack(weights) if is_packed(weights) else weights)
         self.version = version
         return version
 
