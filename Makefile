@@ -29,8 +29,8 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check ray_s3ft tests
-	$(BIN)/ruff format --check ray_s3ft tests
+	$(BIN)/ruff check ray_s3ft tests bench
+	$(BIN)/ruff format --check ray_s3ft tests bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -60,13 +60,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap = parser("step_anatomy", __doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40, help="GRPO steps per run")
     ap.add_argument("--skip", type=int, default=3, help="first steps left out of the figures")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="sync/async runs, alternated (noise evens out)"
+    )
     args = ap.parse_args(argv)
     if args.smoke:
-        args.steps, args.skip = 4, 1
+        args.steps, args.skip, args.rounds = 4, 1, 1
     samples = 4 * 4  # trainer.grpo_prompts_per_step x algorithm.grpo.group_size (defaults)
+    sync, overlap = [], []
     with tempfile.TemporaryDirectory(prefix="rb-step-") as tmp:
-        sync = run(Path(tmp) / "sync", args.steps, [])[args.skip :]
-        overlap = run(Path(tmp) / "async", args.steps, ["rollout.async=true"])[args.skip :]
+        for i in range(args.rounds):
+            sync += run(Path(tmp) / f"sync{i}", args.steps, [])[args.skip :]
+            overlap += run(Path(tmp) / f"async{i}", args.steps, ["rollout.async=true"])[args.skip :]
     a, b = anatomy(sync, samples), anatomy(overlap, samples)
     rows = [
         Row("sync: step wall / longest phase", a["wall_over_longest"], 1.0, "x", ("<=", 1.2)),
@@ -79,7 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, x in (("sync", a), ("async", b)):
         shares = ", ".join(f"{p} {100 * v:.0f} %" for p, v in x["share"].items() if v >= 0.005)
         print(f"{name}: step {x['step_s']:.3f} s = {shares}; overhead {x['overhead_s']:.4f} s")
-    return report("step_anatomy", args, rows, {"sync": a, "async": b, "skip": args.skip})
+    details = {"sync": a, "async": b, "skip": args.skip, "rounds": args.rounds}
+    return report("step_anatomy", args, rows, details)
 
 
 if __name__ == "__main__":

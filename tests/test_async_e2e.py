@@ -10,28 +10,19 @@ sampled while the current step trains, with the weights from before that step.
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from _e2e import SHORT_GRPO, cli_env
 
 pytestmark = pytest.mark.slow
 
-COMMON = [
-    "schedule.kind=grpo",
-    "data.train_size=32",
-    "eval.task_size=16",
-    "eval.heldout_size=8",
-    "eval.every=0",
-    "trainer.max_steps=6",
-    "trainer.checkpoint_every=6",
-]
+COMMON = [*SHORT_GRPO, "trainer.max_steps=6", "trainer.checkpoint_every=6"]
 
 
 def _train(tmp, out, *extra):
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "vllm-cache"), TMPDIR=str(tmp))
-    env.pop("RAY_ADDRESS", None)
+    env = cli_env(tmp)
     r = subprocess.run(
         [sys.executable, "-m", "ray_s3ft.cli", "train", *COMMON, *extra,
          f"trainer.output_dir={out}"],

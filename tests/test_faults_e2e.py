@@ -21,17 +21,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _e2e import SHORT_GRPO, cli_env
 
 pytestmark = pytest.mark.slow
 
-COMMON = [
-    "schedule.kind=grpo",
-    "data.train_size=32",
-    "eval.task_size=16",
-    "eval.heldout_size=8",
-    "eval.every=0",
-    "trainer.checkpoint_every=4",
-]
+COMMON = [*SHORT_GRPO, "trainer.checkpoint_every=4"]
 
 
 def _actor_pids(root: int, role: str) -> list[int]:
@@ -56,8 +50,7 @@ def _rows(run_dir: Path) -> list[dict]:
 def _run_with_kills(tmp: Path, run_dir: Path, kills: list[tuple[int, str, int]], *extra):
     """Run the CLI; when ``metrics.jsonl`` has ``after`` rows, SIGKILL actor ``index`` (by
     PID order) of ``role``. Returns the finished process and what was killed."""
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "vllm-cache"), TMPDIR=str(tmp))
-    env.pop("RAY_ADDRESS", None)
+    env = cli_env(tmp)
     args = [sys.executable, "-m", "ray_s3ft.cli", "train", *COMMON, *extra,
             f"trainer.output_dir={run_dir}"]  # fmt: skip
     proc = subprocess.Popen(
