@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -127,7 +128,13 @@ def machine() -> dict:
                 return metadata.version(name)
         return None
 
+    def git(*cmd: str) -> str:
+        r = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip()
+
     return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", "ray_s3ft")),  # others' edits
         "cpus": os.cpu_count(),
         "memory_gib": round(mem, 1),
         "cpu": cpu,

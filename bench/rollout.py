@@ -93,9 +93,13 @@ def direct(args) -> None:
             ids = encode_prompts(tok, [p for p, _ in items], MAX_PROMPT_TOKENS)
             params = [
                 SamplingParams(
-                    n=s.n, temperature=s.temperature, top_p=s.top_p,
-                    max_tokens=s.max_new_tokens, logprobs=0, seed=seed,
-                )  # fmt: skip
+                    n=s.n,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    max_tokens=s.max_new_tokens,
+                    logprobs=0,
+                    seed=seed,
+                )
                 for _, seed in items
             ]
             outs = engine.llm.generate(
@@ -126,20 +130,27 @@ def actor(args, logs: str) -> dict:
                     max_model_len=MAX_MODEL_LEN, max_prompt_tokens=MAX_PROMPT_TOKENS),
     )  # fmt: skip
     s = _sampling(args)
+    inside: list[float] = []  # RolloutResult.seconds: the call as the actor timed it
 
     def call(items):
         parts = group.map_chunks(RolloutWorker.sample, items, sampling=s)
+        inside.append(sum(p.seconds for p in parts))
         return [g.token_ids for p in parts for g in p.generations]
 
+    out = {}
     try:
-        return {prompts: _timed(args, _calls(args, prompts), call) for prompts in args.prompts}
+        for prompts in args.prompts:
+            inside.clear()
+            out[prompts] = _timed(args, _calls(args, prompts), call)
+            out[prompts]["in_actor_s"] = inside[args.warmup :]
+        return out
     finally:
         group.shutdown()
 
 
 def main(argv=None) -> dict:
     ap = parser("rollout", __doc__)
-    ap.add_argument("--prompts", default="4,32", help="prompts per call, one size per row")
+    ap.add_argument("--prompts", default="4,16", help="prompts per call, one size per row")
     ap.add_argument("--group-size", type=int, default=4, help="samples per prompt")
     ap.add_argument("--max-new-tokens", dest="max_new", type=int, default=96)
     ap.add_argument("--warmup", type=int, default=1)
@@ -158,7 +169,9 @@ def main(argv=None) -> dict:
         side = Path(tmp) / "direct.json"
         env = {**os.environ, **_worker_env(Path(tmp)), "OMP_NUM_THREADS": "1"}
         cmd = [sys.executable, "-m", "bench.rollout", *(argv or sys.argv[1:])]
-        subprocess.run([*cmd, "--side-out", str(side)], check=True, env=env)
+        r = subprocess.run([*cmd, "--side-out", str(side)], env=env, capture_output=True)
+        if r.returncode:
+            sys.exit(f"the baseline process failed:\n{r.stderr.decode()[-4000:]}")
         base = {int(k): v for k, v in json.loads(side.read_text()).items()}
     with private_ray() as logs:
         ours = actor(args, logs)

@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
         Row("controller overhead share (sync)", a["overhead_s"] / a["step_s"], 1.0, "share"),
         Row("GRPO samples/s: async vs sync", b["samples_per_s"], a["samples_per_s"], "samples/s"),
         Row("GRPO tokens/s: async vs sync", b["tokens_per_s"], a["tokens_per_s"], "tokens/s"),
-        Row("mean reward: async vs sync", b["reward_mean"], a["reward_mean"], "reward"),
     ]
     for name, x in (("sync", a), ("async", b)):
         shares = ", ".join(f"{p} {100 * v:.0f} %" for p, v in x["share"].items() if v >= 0.005)
-        print(f"{name}: step {x['step_s']:.3f} s = {shares}; overhead {x['overhead_s']:.4f} s")
+        print(f"{name}: step {x['step_s']:.3f} s = {shares}; overhead {x['overhead_s']:.4f} s; "
+              f"mean reward {x['reward_mean']:.3f}")  # fmt: skip
     details = {"sync": a, "async": b, "skip": args.skip, "rounds": args.rounds}
     return report("step_anatomy", args, rows, details)
 

@@ -53,7 +53,9 @@ def test_learner(tmp_path):
 def test_weight_sync(tmp_path):
     d = _smoke("weight_sync", tmp_path)["details"]["tiny"]
     assert d["copy"]["bytes"] > 0
-    assert len(d["sync_s"]) == len(d["learner_side_s"]) == len(d["engine_side_s"]) >= 1
+    for how in ("torch", "numpy"):  # the sync before and after weights went as numpy views
+        s = d[how]
+        assert len(s["sync_s"]) == len(s["learner_side_s"]) == len(s["engine_side_s"]) >= 1
 
 
 def test_e2e_trl(tmp_path):
@@ -66,3 +68,10 @@ def test_e2e_trl(tmp_path):
 def test_startup(tmp_path):
     run = _smoke("startup", tmp_path)["details"]["runs"]["fresh"][0]
     assert 0 < run["phases_s"]["startup"] < run["to_first_step_s"] < run["total_s"]
+
+
+def test_step_anatomy(tmp_path):
+    d = _smoke("step_anatomy", tmp_path)["details"]
+    # the asynchronous run prefetched; the synchronous one synced and sampled inside its steps
+    assert d["sync"]["phases_s"]["prefetch"] == 0 < d["async"]["phases_s"]["prefetch"]
+    assert d["sync"]["phases_s"]["sync"] > 0
