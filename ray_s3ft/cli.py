@@ -81,11 +81,10 @@ def _forwarded(command: str):
 def _cmd_eval(args) -> int:
     from ray_s3ft.config import load_config, save_config
     from ray_s3ft.evaluate import evaluate, print_report, save_report
-    from ray_s3ft.preflight import check_model_path, check_writable_dir
+    from ray_s3ft.preflight import check_model_path
 
     cfg = load_config(args.config, args.overrides)
     check_model_path(args.model or cfg.model.path, "--model" if args.model else "model.path")
-    check_writable_dir(cfg.eval.output_dir, "eval.output_dir")
     report = evaluate(cfg, model_path=args.model)
     print_report(report)
     path = save_report(report, cfg.eval.output_dir)
