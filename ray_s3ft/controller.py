@@ -23,12 +23,11 @@ latest checkpoint, at most ``trainer.max_learner_restarts`` times, then stops wi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -412,7 +411,7 @@ class Controller:
             gens, adv.advantages, self.tok.pad_token_id, self.cfg.rollout.max_new_tokens
         )
         if staleness > 0:  # sampled by an older policy: truncated importance weights
-            batch = dataclasses.replace(batch, is_cap=self.cfg.rollout.is_cap)
+            batch = replace(batch, is_cap=self.cfg.rollout.is_cap)
         return shard(batch, len(self.g.learner))
 
     def train_on(self, shards, mode: str) -> StepStats:
