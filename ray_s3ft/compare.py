@@ -112,8 +112,10 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
         _setup,
         _shutdown,
         build_targets,
+        eval_options,
         evaluate_on_engines,
         train_and_evaluate,
+        with_drift,
     )
     from ray_s3ft.workers.learner import LearnerActor
 
@@ -134,11 +136,12 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
     )
     try:
         n_eval = base.eval.max_new_tokens
+        eval_sets = with_drift(base, groups, eval_sets, run_dir, model_path)
         before = phases.run(
             "eval_before",
             _cached_eval,
             run_dir / "eval_before.json",
-            lambda: evaluate_on_engines(groups, eval_sets, n_eval),
+            lambda: evaluate_on_engines(groups, eval_sets, n_eval, **eval_options(base)),
         )
         # one store serves every mode: build it with all rungs (s3ft)
         s3ft = dataclasses.replace(
@@ -183,7 +186,9 @@ def _finish(config, overrides, methods, seeds, out: Path, before, store, started
 
 
 def _heldout(acc: dict) -> dict[str, float]:
-    return {k: v["accuracy"] for k, v in acc.items() if k not in ("task", "heldout_mean")}
+    from ray_s3ft.evaluate import heldout_sets
+
+    return {k: v["accuracy"] for k, v in heldout_sets(acc).items()}
 
 
 def cell_row(method: str, seed: int, summary: dict | None, before: dict) -> dict:

@@ -39,6 +39,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 TASKS = ("builtin", "gsm8k", "mbpp", "nq")
 ENGINES = ("vllm", "hf")
 VERIFIERS = ("auto", "steps", "math", "code", "llm")
+MATH_EXTRACT = ("flexible", "strict")
+LLM_JUDGE_MODES = ("loglik", "generate")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 TARGET_KINDS = ("gold", "ssr", "s3ft")
 LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
@@ -104,6 +106,14 @@ class DataConfig:
     # a data file with a larger share of bad rows (see data_report.json) stops the run before
     # any actor starts; in [0, 1], 0 = no bad row allowed
     max_bad_fraction: float = 0.05
+    # the user message of every example: a template with {question}, the same at target
+    # building, rollout, training and evaluation; null = the task's own (ray_s3ft/prompts.py:
+    # GSM8K step by step ending in "The answer is N", MBPP code in a ```python block, NQ a
+    # short answer; the built-in task its bare question)
+    prompt_template: str | None = None
+    # S3FT's paraphrase prompt, with {question} (the templated prompt) and {reference} (the
+    # gold answer); null = the task's own, which keeps the answer format the prompt asks for
+    paraphrase_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,13 +141,21 @@ class JudgeConfig:
     )
     llm_model: str = "base"  # LLM judge: "base" = the run's initial model, as in S3FT; else path/id
     llm_backend: str = "vllm"  # ENGINES: engine of the LLM judge
-    llm_max_new_tokens: int = 16  # verdict budget of the LLM judge (tokens)
+    llm_max_new_tokens: int = 16  # verdict budget of the LLM judge (tokens), llm_mode generate
+    # how the LLM judge's verdict is read: "loglik" = the likelier of its two verdict replies
+    # (never unparseable: small models rank the two even when they would not write either);
+    # "generate" = its greedy reply, parsed strictly (anything but one verdict line: undecided)
+    llm_mode: str = "loglik"
     batch_size: int = 64  # items per judge call
     sandbox_timeout_s: float = 10.0  # wall-clock limit of one code-test run (seconds)
     sandbox_memory_mb: int = 512  # address-space limit of one code-test run (MiB)
     # wall-clock limit of one judge actor's share of a step (seconds): later, its verdicts
     # count as undecided (None) and the actor is restarted, so a stuck verifier never hangs a run
     timeout_s: float = 300.0
+    # math answers: "flexible" reads "The answer is N", "#### N" or \\boxed{N}, else the last
+    # number of the response (lm-evaluation-harness's flexible-extract for GSM8K); "strict"
+    # reads the explicit markers only (a response without one is undecided)
+    math_extract: str = "flexible"
 
 
 @dataclass(frozen=True)
@@ -162,6 +180,9 @@ class GRPOConfig:
     beta: float = 0.04  # weight of the k3 KL-to-reference loss term
     loss_agg: str = "dapo"  # LOSS_AGGS: how token losses are averaged (METHODS.md section 4)
     adv_eps: float = 1e-6  # eps in A_i = (R_i - mean R) / (std R + eps)
+    # reward of a sample the judge could not decide (no final answer, sandbox timeout, an
+    # unparseable LLM verdict), in [0, 1]; a correct one is 1, a wrong one 0
+    undecided_reward: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -247,6 +268,13 @@ class EvalConfig:
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_include_path: str | None = None
     lm_eval_limit: int | None = None  # examples per lm-eval task; null = all
+    # multiple-choice sets are scored by log-likelihood of each choice given the prompt: of its
+    # text ("text", as lm-eval's ARC / HellaSwag) or of its letter ("letter", as lm-eval's MMLU)
+    choice_target: str = "text"
+    # drift: mean per-token KL(base || policy) on the base model's greedy answers to general
+    # prompts (ray_s3ft/tasks/drift.py), the first drift_size of them; no labels needed
+    drift: bool = False
+    drift_size: int = 32
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from ray_s3ft.config import (
     DIST_BACKENDS,
     DTYPES,
     ENGINES,
+    LLM_JUDGE_MODES,
     LOSS_AGGS,
+    MATH_EXTRACT,
     SCHEDULE_KINDS,
     TARGET_KINDS,
     TASK_VERIFIERS,
@@ -29,6 +31,7 @@ from ray_s3ft.config import (
 )
 from ray_s3ft.tasks.benchmarks import is_choice_file
 from ray_s3ft.tasks.builtin import HELDOUT_SKILLS
+from ray_s3ft.tasks.humaneval import is_humaneval_entry
 
 _CHOICES = {
     "model.dtype": DTYPES,
@@ -37,12 +40,15 @@ _CHOICES = {
     "rollout.dtype": DTYPES,
     "judge.verifier": VERIFIERS,
     "judge.llm_backend": ENGINES,
+    "judge.math_extract": MATH_EXTRACT,
+    "judge.llm_mode": LLM_JUDGE_MODES,
     "learner.zero_stage": (0, 1, 2, 3),
     "learner.backend": DIST_BACKENDS,
     "algorithm.targets": TARGET_KINDS,
     "algorithm.grpo.loss_agg": LOSS_AGGS,
     "schedule.kind": SCHEDULE_KINDS,
     "eval.backend": ENGINES,
+    "eval.choice_target": ("text", "letter"),
 }
 
 
@@ -59,7 +65,7 @@ _RANGES = (
         algorithm.grpo.group_size resources.rollout_workers
         resources.judge_workers resources.learner_ranks trainer.max_steps trainer.sft_batch_size
         trainer.grpo_prompts_per_step trainer.checkpoint_every rollout.max_staleness eval.task_size eval.heldout_size eval.every_size
-        eval.max_new_tokens eval.batch_size""",
+        eval.max_new_tokens eval.batch_size eval.drift_size""",
         _finite(lambda v: v >= 1),
         "must be >= 1",
     ),
@@ -87,7 +93,8 @@ _RANGES = (
         "must be a finite number >= 0",
     ),
     (
-        "data.max_bad_fraction schedule.p_sft schedule.sasr.p_min schedule.sasr.p_max",
+        """data.max_bad_fraction schedule.p_sft schedule.sasr.p_min schedule.sasr.p_max
+        algorithm.grpo.undecided_reward""",
         _finite(lambda v: 0 <= v <= 1),
         "must be in [0, 1]",
     ),
@@ -104,6 +111,24 @@ _RANGES = (
 )
 
 _NONEMPTY_STRINGS = ("model.path", "judge.llm_model", "trainer.output_dir", "eval.output_dir")
+
+
+def _template_problem(template: str | None, fields: tuple[str, ...]) -> str | None:
+    """Why a prompt template is unusable (None when it is fine, or null = the task's own)."""
+    import string
+
+    if template is None:
+        return None
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:  # a lone "{" or "}"
+        return f"is not a valid template ({e}; write a literal brace as {{{{ or }}}})"
+    want = ", ".join("{" + f + "}" for f in fields)
+    if missing := [f for f in fields if f not in names]:
+        return f"must contain {want} (missing {', '.join('{' + f + '}' for f in missing)})"
+    if extra := sorted(names - set(fields)):
+        return f"may only use {want}, not {', '.join('{' + f + '}' for f in extra)}"
+    return None
 
 
 def _get(cfg: Config, key: str):
@@ -138,17 +163,28 @@ def validate(cfg: Config) -> None:
         elif need_one and not items:
             bad(key, "must name at least one module")
         elif key == "eval.heldout" and (
-            odd := [x for x in items if x not in HELDOUT_SKILLS and not is_choice_file(x)]
+            odd := [
+                x
+                for x in items
+                if x not in HELDOUT_SKILLS and not is_choice_file(x) and not is_humaneval_entry(x)
+            ]
         ):
             bad(
                 key,
-                f"entries must be built-in skills ({', '.join(HELDOUT_SKILLS)}) or paths to "
-                f"multiple-choice .jsonl files, not {', '.join(map(repr, odd))}",
+                f"entries must be built-in skills ({', '.join(HELDOUT_SKILLS)}), paths to "
+                "multiple-choice .jsonl files, humaneval or a HumanEval .jsonl / .jsonl.gz "
+                f"file, not {', '.join(map(repr, odd))}",
             )
     if cfg.eval.lm_eval_limit is not None and not _finite(lambda v: v >= 1)(cfg.eval.lm_eval_limit):
         bad("eval.lm_eval_limit", "must be null (every example) or >= 1")
     if cfg.trainer.grpo_lr is not None and not _finite(lambda v: v > 0)(cfg.trainer.grpo_lr):
         bad("trainer.grpo_lr", "must be null (= trainer.lr) or a finite number > 0")
+    for key, fields in (
+        ("data.prompt_template", ("question",)),
+        ("data.paraphrase_template", ("question", "reference")),
+    ):
+        if (why := _template_problem(_get(cfg, key), fields)) is not None:
+            bad(key, why)
     if problems:  # the cross-section rules below assume sane single values
         raise ConfigError(problems)
 

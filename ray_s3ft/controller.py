@@ -71,6 +71,10 @@ class TrainState:
     schedule: dict = field(default_factory=dict)
     targets: str = ""  # TargetSet.digest() of the store SFT steps train on
     faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAULTS, 0))
+    # GRPO samples over the run: judged, their reward sum, and those the judge could not decide
+    judged: dict[str, float] = field(
+        default_factory=lambda: {"samples": 0, "reward_sum": 0.0, "undecided": 0}
+    )
 
 
 @dataclass
@@ -376,8 +380,14 @@ class Controller:
             for ex in [examples[i // G]]
         ]
         verdicts = self.judge_items(items)
-        self.state.last["judge/undecided"] = sum(v.correct is None for v in verdicts)
-        rewards = torch.tensor([1.0 if v.correct else 0.0 for v in verdicts])  # [P*G]
+        undecided = sum(v.correct is None for v in verdicts)
+        self.state.last["judge/undecided"] = undecided
+        self.state.last["judge/undecided_frac"] = undecided / max(len(verdicts), 1)
+        rewards = torch.tensor([reward(v, self.cfg.algorithm.grpo) for v in verdicts])  # [P*G]
+        judged = self.state.judged
+        judged["samples"] += len(verdicts)
+        judged["reward_sum"] += rewards.sum().item()
+        judged["undecided"] += undecided
         self.state.last["reward/mean"] = rewards.mean().item()
         return rewards
 
@@ -408,7 +418,11 @@ class Controller:
         )
         self.state.last["reward/zero_std_groups"] = adv.zero_std_groups
         batch = grpo_batch(
-            gens, adv.advantages, self.tok.pad_token_id, self.cfg.rollout.max_new_tokens
+            gens,
+            adv.advantages,
+            self.tok.pad_token_id,
+            self.cfg.rollout.max_new_tokens,
+            temperature=self.cfg.rollout.temperature,  # the learner scores logits / T
         )
         if staleness > 0:  # sampled by an older policy: truncated importance weights
             batch = replace(batch, is_cap=self.cfg.rollout.is_cap)
@@ -465,6 +479,7 @@ class Controller:
             "reward/mean": last.get("reward/mean", 0.0),
             "reward/zero_std_groups": last.get("reward/zero_std_groups", 0),
             "judge/undecided": last.get("judge/undecided", 0),
+            "judge/undecided_frac": last.get("judge/undecided_frac", 0.0),
             "rollout/tokens_per_s": last.get("rollout/tokens_per_s", 0.0),
             "rollout/response_tokens": last.get("rollout/response_tokens", 0.0),
             "rollout/discarded": last.get("rollout/discarded", 0),
@@ -488,6 +503,13 @@ class Controller:
         return row
 
 
+def reward(verdict: Verdict, grpo) -> float:
+    """A verdict's GRPO reward: 1 correct, 0 wrong, ``grpo.undecided_reward`` undecided."""
+    if verdict.correct is None:
+        return float(grpo.undecided_reward)
+    return 1.0 if verdict.correct else 0.0
+
+
 def sample_digest(gens) -> int:
     """A 48-bit hash of every sampled token id of a step (exact in JSON and in float64):
     two runs that sampled the same tokens log the same digest."""
@@ -501,11 +523,18 @@ def sample_digest(gens) -> int:
 
 def eval_metrics(scores: dict) -> dict[str, float]:
     """``evaluate_on_engines`` output -> metrics keys: ``eval/task_accuracy``,
-    ``eval/heldout_mean`` and ``eval/heldout/<set>``."""
+    ``eval/heldout_mean``, ``eval/heldout/<set>`` (and ``eval/heldout/<set>_acc_norm`` for a
+    multiple-choice set), ``eval/drift_kl`` and ``eval/drift_k3`` with ``eval.drift``."""
+    from ray_s3ft.evaluate import heldout_sets
+
     out = {"eval/task_accuracy": scores["task"]["accuracy"]}
     if scores.get("heldout_mean") is not None:
         out["eval/heldout_mean"] = scores["heldout_mean"]
-    for name, v in scores.items():
-        if name not in ("task", "heldout_mean"):
-            out[f"eval/heldout/{name}"] = v["accuracy"]
+    for name, v in heldout_sets(scores).items():
+        out[f"eval/heldout/{name}"] = v["accuracy"]
+        if v.get("acc_norm") is not None:
+            out[f"eval/heldout/{name}_acc_norm"] = v["acc_norm"]
+    for key in ("kl", "k3"):
+        if (scores.get("drift") or {}).get(key) is not None:
+            out[f"eval/drift_{key}"] = scores["drift"][key]
     return out

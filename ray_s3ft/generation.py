@@ -21,11 +21,11 @@ def generate_greedy_hf(
     """Chat-format each prompt, decode greedily with ``transformers.generate``; the response
     texts. ``on_batch(n)`` is called after each batch of n prompts (progress display)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from ray_s3ft.model.encoding import render_prompt
+    from ray_s3ft.model.encoding import load_tokenizer, render_prompt
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     model.eval()

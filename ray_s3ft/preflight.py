@@ -59,9 +59,17 @@ def _looks_local(path: str) -> bool:
 
 
 def check_model_path(path: str, key: str) -> None:
-    """``builtin`` must be shipped; a local path must be a model directory. Hub ids pass."""
-    from ray_s3ft.model.paths import BUILTIN, resolve_model_path
+    """``builtin`` must be shipped; a known model name (``ray-s3ft fetch-model``) is fetched now
+    if it is not cached yet; a local path must be a model directory. Hub ids pass."""
+    from ray_s3ft.model.fetch import FetchError
+    from ray_s3ft.model.paths import BUILTIN, is_known_model, resolve_model_path
 
+    if is_known_model(path):
+        try:
+            resolve_model_path(path)
+        except FetchError as e:
+            raise PreflightError(f"{key}={path}: {e}") from None
+        return
     if path == BUILTIN:
         try:
             resolve_model_path(path)

@@ -84,7 +84,7 @@ class Run:
 
     def heldout_names(self) -> list[str]:
         ev = self.summary.get("accuracy_before") or {}
-        return [k for k, v in ev.items() if k != "task" and isinstance(v, dict)]
+        return [k for k, v in ev.items() if k != "task" and isinstance(v, dict) and "accuracy" in v]
 
     def targets(self) -> list[float | None]:
         t = self.summary.get("targets") or {}

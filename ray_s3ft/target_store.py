@@ -60,6 +60,16 @@ class TargetSet:
     def fractions(self) -> dict[str, float]:
         return source_fractions(self.targets())
 
+    def undecided(self) -> dict[str, int]:
+        """Verdicts the judge could not decide (no final answer found, a sandbox timeout, an
+        unparseable LLM verdict), per rung: each one made that example fall to the next rung."""
+        return {
+            "self": sum(r.self_response is not None and r.self_ok is None for r in self.records),
+            "paraphrase": sum(
+                r.paraphrase is not None and r.paraphrase_ok is None for r in self.records
+            ),
+        }
+
     def digest(self) -> str:
         """What SFT steps train on, hashed: a checkpoint records it, and a resume onto another
         store (rebuilt with another judge, other data) is refused."""

@@ -45,9 +45,9 @@ def _setup(cfg: Config, learners: bool):
     """Everything before the actors start is checked first (paths, data, cluster), so a bad
     input costs seconds, not a launch."""
     from rich.markup import escape
-    from transformers import AutoTokenizer
 
     from ray_s3ft.cluster import launch, log_dir, start_ray
+    from ray_s3ft.model.encoding import load_tokenizer
     from ray_s3ft.model.paths import resolve_model_path
     from ray_s3ft.preflight import check_before_ray, check_cluster
     from ray_s3ft.tasks.loaders import load_run_data, prompt_token_counter
@@ -57,9 +57,7 @@ def _setup(cfg: Config, learners: bool):
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     model_path = resolve_model_path(cfg.model.path)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_path, trust_remote_code=cfg.model.trust_remote_code
-    )
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     examples, eval_sets = load_run_data(  # bad data stops here, with data_report.json
         cfg, run_dir, count_tokens=prompt_token_counter(tokenizer), with_eval=learners,
         say=lambda line: _say(escape(line)),
@@ -80,17 +78,20 @@ def _setup(cfg: Config, learners: bool):
 def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str):
     from rich.progress import Progress
 
+    from ray_s3ft.prompts import paraphrase_template
     from ray_s3ft.target_store import build_targets as build
     from ray_s3ft.workers.judge import judge_on
     from ray_s3ft.workers.rollout import RolloutWorker
 
     n = cfg.rollout.max_new_tokens
-    fingerprint = {
+    template = paraphrase_template(cfg.data.task, cfg.data.paraphrase_template)
+    fingerprint = {  # the prompts are in the examples' digest
         "model": model_path,
         "task": cfg.data.task,
         "train_size": len(examples),
         "max_new_tokens": n,
         "judge": asdict(resolved_judge(cfg)),
+        "paraphrase_template": template,
     }
     with Progress(transient=True) as bar:
         task = bar.add_task("S3FT targets", total=len(examples))
@@ -101,33 +102,92 @@ def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str)
             fingerprint=fingerprint,
             greedy=lambda p, m: groups.rollout.map(RolloutWorker.greedy, p, max_new_tokens=m),
             paraphrase=lambda p, m: groups.rollout.map(
-                RolloutWorker.paraphrase, p, max_new_tokens=m
+                RolloutWorker.paraphrase, p, max_new_tokens=m, template=template
             ),
             judge=lambda items: judge_on(groups.judge, items, cfg.judge.timeout_s)[0],
             max_new_tokens=n,
             on_chunk=lambda k: bar.advance(task, k),
         )
-    frac = result.fractions()
+    frac, und = result.fractions(), result.undecided()
     _say(
         f"targets ({cfg.algorithm.targets}): {result.computed} built, {result.reused} reused; "
-        f"self {frac['self']:.1%}, paraphrase {frac['paraphrase']:.1%}, gold {frac['gold']:.1%}"
+        f"self {frac['self']:.1%}, paraphrase {frac['paraphrase']:.1%}, gold {frac['gold']:.1%}; "
+        f"undecided verdicts: self {und['self']}, paraphrase {und['paraphrase']} "
+        f"of {len(result.records)}"
     )
     return result
 
 
-def evaluate_on_engines(groups, eval_sets: dict, max_new_tokens: int) -> dict:
-    from ray_s3ft.evaluate import score_set
+def evaluate_on_engines(
+    groups,
+    eval_sets: dict,
+    max_new_tokens: int,
+    *,
+    choice_target: str = "text",
+    judge_timeout_s: float | None = None,
+    math_extract: str = "flexible",
+) -> dict:
+    """Every eval set scored on the rollout engines (the weights being trained): greedy answers,
+    multiple choice by log-likelihood, code in the sandbox and llm answers by the LLM judge on
+    the judge workers (``evaluate.score_sets``); the ``drift`` set (``with_drift``) as
+    ``{"kl", "k3", "tokens", "n"}``. ``{set: scores, "heldout_mean": ..., "drift": ...}``."""
+    from ray_s3ft.evaluate import heldout_sets, score_sets
+    from ray_s3ft.tasks import drift
+    from ray_s3ft.workers.judge import judge_on
     from ray_s3ft.workers.rollout import RolloutWorker
 
-    prompts = [ex.prompt for exs in eval_sets.values() for ex in exs]
-    texts = groups.rollout.map(RolloutWorker.greedy, prompts, max_new_tokens=max_new_tokens)
-    out, i = {}, 0
-    for name, exs in eval_sets.items():
-        out[name] = asdict(score_set(exs, texts[i : i + len(exs)]))
-        i += len(exs)
-    heldout = [v["accuracy"] for k, v in out.items() if k != "task"]
+    out, _ = score_sets(
+        {k: v for k, v in eval_sets.items() if k != drift.NAME},
+        greedy=lambda p: groups.rollout.map(RolloutWorker.greedy, p, max_new_tokens=max_new_tokens),
+        loglik=lambda pairs: groups.rollout.map(RolloutWorker.loglikelihoods, pairs),
+        judge=lambda items: judge_on(groups.judge, items, judge_timeout_s, by_item=True)[0],
+        choice_target=choice_target,
+        math_extract=math_extract,
+    )
+    heldout = [v["accuracy"] for v in heldout_sets(out).values()]
     out["heldout_mean"] = sum(heldout) / len(heldout) if heldout else None
+    if eval_sets.get(drift.NAME):
+        items = eval_sets[drift.NAME]
+        pairs = [(it.prompt_ids, it.token_ids) for it in items]
+        out[drift.NAME] = drift.drift_score(
+            items, groups.rollout.map(RolloutWorker.token_logprobs, pairs)
+        )
     return out
+
+
+def eval_options(cfg: Config) -> dict:
+    """``evaluate_on_engines``' options from a config."""
+    return {
+        "choice_target": cfg.eval.choice_target,
+        "judge_timeout_s": cfg.judge.timeout_s,
+        "math_extract": cfg.judge.math_extract,
+    }
+
+
+def with_drift(cfg: Config, groups, eval_sets: dict, run_dir: Path, model_path: str) -> dict:
+    """``eval_sets`` plus the ``drift`` set when ``eval.drift`` is on: the base model's greedy
+    answers to the shipped general prompts and their base logprobs, made on the engines while
+    they serve the base weights (call before any weight sync) and kept in
+    ``run_dir/drift_base.json``."""
+    from ray_s3ft.tasks import drift
+    from ray_s3ft.tasks.loaders import DataError
+    from ray_s3ft.workers.rollout import RolloutWorker
+
+    if not cfg.eval.drift:
+        return eval_sets
+    if drift.NAME in eval_sets:
+        raise DataError(f"eval set name {drift.NAME!r} is taken; eval.drift needs it")
+    n, prompts = cfg.eval.max_new_tokens, list(drift.PROMPTS[: cfg.eval.drift_size])
+    items = drift.load_or_make_base(
+        run_dir / "drift_base.json",
+        drift.fingerprint(model_path, prompts, n),
+        lambda: drift.make_base(
+            prompts,
+            lambda p: groups.rollout.map(RolloutWorker.greedy_tokens, p, max_new_tokens=n),
+            lambda pairs: groups.rollout.map(RolloutWorker.token_logprobs, pairs),
+        ),
+    )
+    return {**eval_sets, drift.NAME: items}
 
 
 def _cached_eval(path: Path, fn):
@@ -144,11 +204,14 @@ def train(cfg: Config) -> dict:
         "startup", _setup, cfg, True
     )
     try:
+        eval_sets = with_drift(cfg, groups, eval_sets, run_dir, model_path)
         before = phases.run(
             "eval_before",
             _cached_eval,
             run_dir / "eval_before.json",
-            lambda: evaluate_on_engines(groups, eval_sets, cfg.eval.max_new_tokens),
+            lambda: evaluate_on_engines(
+                groups, eval_sets, cfg.eval.max_new_tokens, **eval_options(cfg)
+            ),
         )
         targets = phases.run("targets", build_targets, cfg, groups, examples, run_dir, model_path)
         summary = train_and_evaluate(
@@ -181,14 +244,16 @@ def train_and_evaluate(
     head = {name: exs[: cfg.eval.every_size] for name, exs in eval_sets.items()}
     ctl = Controller(
         cfg, run_dir, groups, tok, examples, targets,
-        evaluate=lambda: evaluate_on_engines(groups, head, n_eval),
+        evaluate=lambda: evaluate_on_engines(groups, head, n_eval, **eval_options(cfg)),
         engine_version=engine_version,
     )  # fmt: skip
     ctl.restore()
     phases.run("train", ctl.train)
     ckpt = phases.run("checkpoint", ctl.checkpoint)
     phases.run("sync", ctl.sync_weights)
-    after = phases.run("eval_after", evaluate_on_engines, groups, eval_sets, n_eval)
+    after = phases.run(
+        "eval_after", evaluate_on_engines, groups, eval_sets, n_eval, **eval_options(cfg)
+    )
     (run_dir / "eval_after.json").write_text(json.dumps(after, indent=2) + "\n")
     phases.s["total"] = time.perf_counter() - started
     summary = {
@@ -197,7 +262,9 @@ def train_and_evaluate(
         "accuracy_before": before,
         "accuracy_after": after,
         "targets": targets.fractions(),
+        "targets_undecided": targets.undecided(),
         "targets_reused": targets.computed == 0,
+        "grpo": _grpo_summary(ctl.state.judged),
         "steps": dict(ctl.state.steps),
         "faults": dict(ctl.state.faults),
         "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
@@ -206,11 +273,23 @@ def train_and_evaluate(
     return summary
 
 
+def _grpo_summary(judged: dict) -> dict:
+    n = int(judged["samples"])
+    return {
+        "samples": n,
+        "mean_reward": judged["reward_sum"] / n if n else None,
+        "undecided": int(judged["undecided"]),
+    }
+
+
 def build_targets_only(cfg: Config) -> dict:
     run_dir, model_path, examples, _, _, groups, started_ray = _setup(cfg, learners=False)
     try:
         result = build_targets(cfg, groups, examples, run_dir, model_path)
-        return {"computed": result.computed, "reused": result.reused, **result.fractions()}
+        return {
+            "computed": result.computed, "reused": result.reused, **result.fractions(),
+            "undecided": result.undecided(),
+        }  # fmt: skip
     finally:
         _shutdown(groups, started_ray)
 
@@ -227,6 +306,8 @@ def print_summary(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ray_s3ft.evaluate import heldout_sets
+
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -236,17 +317,37 @@ def print_summary(s: dict) -> None:
     for col in ("", "before", "after"):
         table.add_column(col, justify="left" if not col else "right")
     table.add_row("task accuracy", pct(b["task"]["accuracy"]), pct(a["task"]["accuracy"]))
-    for name in b:
-        if name not in ("task", "heldout_mean"):
-            table.add_row(f"held-out: {name}", pct(b[name]["accuracy"]), pct(a[name]["accuracy"]))
+    if "strict_accuracy" in b["task"]:  # math: each way of reading the final answer
+        for mode in ("strict", "flexible"):
+            key = f"{mode}_accuracy"
+            table.add_row(f"  {mode} extraction", pct(b["task"][key]), pct(a["task"].get(key)))
+    table.add_row("  undecided", str(b["task"]["unparsed"]), str(a["task"]["unparsed"]))
+    for name in heldout_sets(b):
+        table.add_row(f"held-out: {name}", pct(b[name]["accuracy"]), pct(a[name]["accuracy"]))
     table.add_row("held-out mean", pct(b["heldout_mean"]), pct(a["heldout_mean"]))
+    if "drift" in b or "drift" in a:
+
+        def kl(ev):
+            v = (ev.get("drift") or {}).get("kl")
+            return "-" if v is None else f"{v:.4f}"
+
+        table.add_row("drift KL from base (nats/token)", kl(b), kl(a))
     console = Console()
     console.print(table)
-    t = s["targets"]
+    t, u = s["targets"], s.get("targets_undecided", {})
+    g = s.get("grpo") or {}
+    grpo = ""
+    if g.get("samples"):
+        grpo = (
+            f"GRPO: {g['samples']} samples, mean reward {g['mean_reward']:.3f}, "
+            f"undecided {g['undecided']} ({g['undecided'] / g['samples']:.1%})\n"
+        )
     console.print(
         f"targets: self {pct(t['self'])}, paraphrase {pct(t['paraphrase'])}, gold {pct(t['gold'])}"
-        f"{' (reused)' if s['targets_reused'] else ''}\n"
+        f"{' (reused)' if s['targets_reused'] else ''}; undecided verdicts: "
+        f"self {u.get('self', 0)}, paraphrase {u.get('paraphrase', 0)}\n"
         f"steps: {s['steps']['sft']} SFT, {s['steps']['grpo']} GRPO\n"
+        f"{grpo}"
         f"faults survived: {faults}\n"
         "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["wall_s"].items()) + "\n"
         f"checkpoint: {s['checkpoint']}",

@@ -54,3 +54,12 @@ def test_shard_keeps_the_batch_wide_fields():
         grpo_batch(gens, torch.zeros(4), pad_id=0, max_new_tokens=8), is_cap=2.0
     )
     assert all((p.is_cap, p.max_new_tokens) == (2.0, 8) for p in shard(b, 2))
+
+
+def test_grpo_batch_carries_the_sampling_temperature_and_refuses_greedy_rollouts():
+    gens = [_gen([1], [2], [-0.1]) for _ in range(4)]
+    b = grpo_batch(gens, torch.zeros(4), pad_id=0, max_new_tokens=8, temperature=0.7)
+    assert b.temperature == 0.7 and all(p.temperature == 0.7 for p in shard(b, 2))
+    assert grpo_batch(gens, torch.zeros(4), pad_id=0, max_new_tokens=8).temperature == 1.0
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        grpo_batch(gens, torch.zeros(4), pad_id=0, max_new_tokens=8, temperature=0.0)

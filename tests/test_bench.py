@@ -75,3 +75,15 @@ def test_step_anatomy(tmp_path):
     # the asynchronous run prefetched; the synchronous one synced and sampled inside its steps
     assert d["sync"]["phases_s"]["prefetch"] == 0 < d["async"]["phases_s"]["prefetch"]
     assert d["sync"]["phases_s"]["sync"] > 0
+
+
+def test_bf16(tmp_path):
+    d = _smoke("bf16", tmp_path)["details"]
+    cells = d["cells"]
+    assert set(cells) == {"fp32_full", "bf16_full", "fp32_lora", "bf16_lora"}
+    # the same first batch, before any update: the same loss, up to bf16 rounding
+    first = {name: c["losses"][0] for name, c in cells.items()}
+    assert first["fp32_lora"] == pytest.approx(first["fp32_full"], rel=1e-5)  # lora_B = 0
+    assert first["bf16_full"] == pytest.approx(first["fp32_full"], rel=2e-2)
+    assert first["bf16_lora"] == pytest.approx(first["bf16_full"], rel=1e-3)
+    assert cells["fp32_lora"]["trainable_params"] < cells["fp32_full"]["trainable_params"] / 10

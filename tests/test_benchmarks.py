@@ -68,6 +68,7 @@ def test_broken_lines_are_skipped_counted_and_named(tmp_path, caplog):
             gold="B",
             answer="B",
             verifier="choice",
+            choices=("a", "b"),
         ),
         Example(
             id="mmlu_mini-00004",
@@ -76,6 +77,7 @@ def test_broken_lines_are_skipped_counted_and_named(tmp_path, caplog):
             gold="C",
             answer="C",
             verifier="choice",
+            choices=tuple(four),
         ),
         Example(
             id="mmlu_mini-00011",
@@ -84,6 +86,7 @@ def test_broken_lines_are_skipped_counted_and_named(tmp_path, caplog):
             gold="J",
             answer="J",
             verifier="choice",
+            choices=tuple("0123456789"),
         ),
     ]
     assert "J. 9\nAnswer with" in exs[2].prompt

@@ -232,6 +232,15 @@ REJECTIONS = [
     (["data.max_prompt_tokens=450"], ["model.max_model_len", "= 578"]),
     (["rollout.max_new_tokens=200"], ["rollout.max_new_tokens", "max_response_tokens (128)"]),
     (["eval.max_new_tokens=300"], ["eval.max_new_tokens", "(256)"]),
+    (["judge.math_extract=loose"], ["judge.math_extract", "flexible, strict"]),
+    (["algorithm.grpo.undecided_reward=1.5"], ["algorithm.grpo.undecided_reward", "[0, 1]"]),
+    (["data.prompt_template=Solve it."], ["data.prompt_template", "must contain {question}"]),
+    (["data.prompt_template='{question} {answer}'"], ["data.prompt_template", "not {answer}"]),
+    (["data.prompt_template='{question'"], ["data.prompt_template", "literal brace"]),
+    (
+        ["data.paraphrase_template='{question} again'"],
+        ["data.paraphrase_template", "missing {reference}"],
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ import pytest
 from ray_s3ft.tasks.loaders import DataError, DataReport, load_examples
 
 GOOD = {"question": "Tom has 2 + 3 apples?", "answer": "2+3=<<2+3=5>>5\n#### 5"}
+BARE = "{question}"  # the converter's prompt as is, without the task's template
 
 
 def _jsonl(path, rows):
@@ -54,7 +55,7 @@ def test_every_kind_of_bad_line_is_named_by_its_line(tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     report = DataReport(1.0, max_prompt_tokens=10, count_tokens=lambda p: len(p.split()))
-    exs = load_examples("gsm8k", str(path), "train", report=report)
+    exs = load_examples("gsm8k", str(path), "train", report=report, template=BARE)
     assert [(e.id, e.answer) for e in exs] == [
         ("train-00000", "5"),
         ("train-00002", "3"),
@@ -85,7 +86,7 @@ def test_mbpp_keeps_tests(tmp_path):
         {"text": "Mul.", "code": "def mul(a, b): return a * b", "test_list": []},
     ])  # fmt: skip
     report = DataReport()
-    (ex,) = load_examples("mbpp", src, "train", report=report)
+    (ex,) = load_examples("mbpp", src, "train", report=report, template=BARE)
     assert ex.verifier == "code" and ex.tests == ("assert add(1, 2) == 3",)
     assert "assert add(1, 2) == 3" in ex.prompt
     assert report.files[src].problems == [
@@ -103,7 +104,7 @@ def test_nq_answers_may_be_numbers_or_lists(tmp_path):
         {"question": "Where?"},
     ])  # fmt: skip
     report = DataReport()
-    a, b = load_examples("nq", src, "train", report=report)
+    a, b = load_examples("nq", src, "train", report=report, template=BARE)
     assert (a.gold, a.answer, a.prompt) == ("1945", "1945", "When did it end?")
     assert (b.gold, b.answer) == ("Ada", "Ada | Lovelace")
     assert b.prompt == "A passage.\n\nQuestion: Who?"
@@ -244,7 +245,7 @@ def test_csv_rows_are_named_by_the_line_they_start_on(tmp_path):
         b",#### 8\n"  # 8
     )
     report = DataReport()
-    exs = load_examples("gsm8k", str(path), "train", report=report)
+    exs = load_examples("gsm8k", str(path), "train", report=report, template=BARE)
     assert [(e.prompt, e.answer) for e in exs] == [("Two\nlines?", "2"), ("ok?", "7")]
     assert report.files[str(path)].problems == [
         f"{path}:4: 1 fields, the header has 2",
@@ -284,3 +285,35 @@ def test_saved_dataset_rows_are_named_by_split_and_row(tmp_path):
     assert report.files[f"{path}[test]"].problems == [f"{path}[test]:2: 'answer' is null"]
     with pytest.raises(DataError, match=r"saved: no split 'train'; it has test"):
         load_examples("gsm8k", str(path), "train")
+
+
+def test_each_task_prompt_template_wraps_the_question_and_an_override_replaces_it(tmp_path):
+    from ray_s3ft.config import load_config
+    from ray_s3ft.prompts import TASK_PROMPTS
+    from ray_s3ft.tasks.loaders import load_eval_examples, load_train_examples
+
+    src = _jsonl(tmp_path / "g.jsonl", [GOOD])
+    (ex,) = load_examples("gsm8k", src, "train")
+    assert ex.prompt == TASK_PROMPTS["gsm8k"].format(question=GOOD["question"])
+    assert ex.prompt.endswith("\n\nTom has 2 + 3 apples?") and '"The answer is N."' in ex.prompt
+    # the same template at training and at evaluation; an override for both
+    cfg = load_config(overrides=[
+        "data.task=gsm8k", f"data.train_path={src}", f"data.eval_path={src}", "eval.heldout=[]",
+        r'data.prompt_template="Q: {question}\nA step at a time."',  # YAML reads the \n
+    ])  # fmt: skip
+    (train,) = load_train_examples(cfg.data)
+    (test,) = load_eval_examples(cfg.data, cfg.eval)["task"]
+    assert train.prompt == test.prompt == "Q: Tom has 2 + 3 apples?\nA step at a time."
+    # the built-in task keeps its bare question: the built-in model was pretrained on it
+    builtin = load_train_examples(load_config().data)
+    assert "step by step" not in builtin[0].prompt and builtin[0].prompt.endswith("?")
+
+
+def test_prompt_length_is_checked_after_the_template(tmp_path):
+    src = _jsonl(tmp_path / "g.jsonl", [GOOD])
+    words = len(GOOD["question"].split())  # 6
+    ok = DataReport(1.0, max_prompt_tokens=words, count_tokens=lambda p: len(p.split()))
+    assert len(load_examples("gsm8k", src, "train", report=ok, template=BARE)) == 1
+    with pytest.raises(DataError, match="prompt is 11 tokens > data.max_prompt_tokens 6"):
+        load_examples("gsm8k", src, "train", report=DataReport(1.0, words, ok.count_tokens),
+                      template="one two three four five {question}")  # fmt: skip

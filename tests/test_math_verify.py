@@ -117,3 +117,35 @@ def test_power_towers_are_refused_quickly(answer):
 )  # fmt: skip
 def test_plain_numbers_compare_exactly_and_expressions_still_verify(response, gold, expected):
     assert verify_math(response, gold) is expected
+
+
+@pytest.mark.parametrize(
+    "text, flexible",
+    [
+        # a real instruct model's prose: no marker, the last number is the answer
+        ("So, she now has 7 + 4 = 11 shells.", "11"),
+        ("Ana has 7 - 4 = 3 pens.", "3"),
+        ("It costs $1,234.50 in total.", "1234.50"),
+        ("He is left with -3 points.", "-3"),
+        ("12 / 4 = 3, so each gets 3 cards", "3"),
+        # a marker still wins over a later number
+        ("The answer is 5. (I checked it 2 times.)", "5"),
+        # the prompt's "The answer is N." copied: no digit, so the last number counts
+        ("So 7 - 4 = 3 marbles. The answer is N.", "3"),
+        ("no number at all", None),
+    ],
+)
+def test_flexible_extraction_falls_back_to_the_last_number_and_strict_does_not(text, flexible):
+    assert extract_answer(text, "flexible") == flexible
+    strict = extract_answer(text)
+    assert strict == (flexible if "answer is 5" in text else "N" if "is N" in text else None)
+
+
+def test_verify_math_in_each_extraction_mode():
+    prose = "So, she now has 7 + 4 = 11 shells."
+    assert verify_math(prose, "11") is None  # strict: undecided
+    assert verify_math(prose, "11", "flexible") is True
+    assert verify_math(prose, "12", "flexible") is False
+    assert verify_math(prose, "#### 11", "flexible") is True
+    with pytest.raises(ValueError, match="strict, flexible"):
+        extract_answer(prose, "loose")

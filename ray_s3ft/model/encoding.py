@@ -11,6 +11,22 @@ from collections.abc import Sequence
 import torch
 
 
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token: many (Mistral's, Llama's) have none, and batches
+    need one to fill their rows. It is the end-of-sequence token then; padding is masked out of
+    every loss and attention, so which id fills it does not matter."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        if tok.eos_token is None:
+            raise ValueError(
+                f"{path}: the tokenizer has neither a pad nor an end-of-sequence token"
+            )
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def render_prompt(tokenizer, user_text: str) -> str:
     """The chat-formatted prompt, ending where the assistant's answer begins."""
     return tokenizer.apply_chat_template(

@@ -3,7 +3,10 @@
 An ``eval.heldout`` entry that ends in ``.jsonl`` is such a file, one JSON
 object a line: ``{"question": str, "choices": [str, ...], "answer": 1 or "B"}`` with 2 to 10
 choices and an optional ``"subject"``. The set is named by the file's stem; its prompts list the
-choices as ``A. ...`` lines, and the ``choice`` verifier reads the letter the model answers.
+choices as ``A. ...`` lines. They are scored by log-likelihood, as lm-evaluation-harness scores
+MMLU and ARC (``ray_s3ft.evaluate.score_choices``): the choice whose continuation the model finds
+likeliest is its answer; ``read_choice`` (a letter read from a generated answer) remains for
+responses that were generated.
 
 The file is read line by line here rather than with ``datasets``, so that each broken line (not
 JSON, not UTF-8, a missing question, bad choices, an answer out of range) is skipped and reported
@@ -67,6 +70,7 @@ def _example(row, skill: str, id: str) -> Example:
         gold=letter,
         answer=letter,
         verifier="choice",
+        choices=tuple(c.strip() for c in choices),
     )
 
 
@@ -76,28 +80,37 @@ def load_choice_file(path: str | Path, size: int) -> list[Example]:
     if not path.is_file():
         raise DataError(f"{source}: no such multiple-choice file")
     skill = path.stem
-    out, broken = [], []
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if len(out) >= size:
-                break
-            try:
-                text = raw.decode("utf-8")
-                if not text.strip():
-                    continue
-                row = json.loads(text)
-                out.append(_example(row, skill, f"{skill}-{lineno:05d}"))
-            except UnicodeDecodeError:
-                broken.append((lineno, "not UTF-8"))
-            except json.JSONDecodeError as e:
-                broken.append((lineno, f"invalid JSON ({e.msg})"))
-            except ValueError as e:
-                broken.append((lineno, str(e)))
+        return read_json_lines(
+            f, size, lambda row, n: _example(row, skill, f"{skill}-{n:05d}"), source,
+            "multiple-choice",
+        )  # fmt: skip
+
+
+def read_json_lines(f, size: int, convert, source: str, what: str) -> list[Example]:
+    """The first ``size`` usable lines of an open binary JSON-lines file, each through
+    ``convert(row, line_number)`` (a ValueError names a broken row). Broken lines are skipped
+    and named in a warning; a file with none usable is a DataError naming ``source``."""
+    out, broken = [], []
+    for lineno, raw in enumerate(f, start=1):
+        if len(out) >= size:
+            break
+        try:
+            text = raw.decode("utf-8")
+            if not text.strip():
+                continue
+            out.append(convert(json.loads(text), lineno))
+        except UnicodeDecodeError:
+            broken.append((lineno, "not UTF-8"))
+        except json.JSONDecodeError as e:
+            broken.append((lineno, f"invalid JSON ({e.msg})"))
+        except ValueError as e:
+            broken.append((lineno, str(e)))
     shown = [f"{source}:{n}: {why}" for n, why in broken[:_SHOWN]]
     if broken:
         more = f"; and {len(broken) - _SHOWN} more" if len(broken) > _SHOWN else ""
         log.warning("skipped %d broken line(s): %s%s", len(broken), "; ".join(shown), more)
     if not out:
         first = f"; first: {shown[0]}" if broken else ""
-        raise DataError(f"{source}: no usable multiple-choice lines ({len(broken)} broken{first})")
+        raise DataError(f"{source}: no usable {what} lines ({len(broken)} broken{first})")
     return out

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -448,15 +449,21 @@ def load_examples(
     limit: int | None = None,
     *,
     report: DataReport | None = None,
+    template: str | None = None,
 ) -> list[Example]:
     """The first `limit` usable rows of `source` as Examples, ids ``{split}-{row index:05d}``.
 
+    ``template``: the prompt template (``{question}``) each example's prompt goes through; None
+    = the task's own (``prompts.TASK_PROMPTS``). Prompt lengths are checked after it.
     Bad rows are recorded in `report` (without one: logged, and only a file with no usable row
     is an error); DataError for an unreadable, empty, unusable or too broken file.
     """
+    from ray_s3ft.prompts import task_prompt_template
+
     if task not in CONVERTERS:
         raise DataError(f"no loader for task {task!r}; known: {', '.join(CONVERTERS)}")
     convert = CONVERTERS[task]
+    template = task_prompt_template(task, template)
     report = DataReport(warn=True) if report is None else report
     name, rows = _open(source, split)
     file, out = FileReport(name), []
@@ -470,7 +477,7 @@ def load_examples(
                 raise row
             if not isinstance(row, dict):
                 raise RowError(f"not a JSON object (got {_kind(row)})")
-            example = convert(row, f"{split}-{i:05d}")
+            example = apply_template(convert(row, f"{split}-{i:05d}"), template)
             report.check_prompt(example.prompt)
             out.append(example)
         except RowError as e:
@@ -480,31 +487,54 @@ def load_examples(
     return out
 
 
+def apply_template(example: Example, template: str) -> Example:
+    """The example with its prompt put through a ``{question}`` template."""
+    if template == "{question}":
+        return example
+    return dataclasses.replace(example, prompt=template.format(question=example.prompt))
+
+
 def load_train_examples(data, report: DataReport | None = None) -> list[Example]:
     """The training split described by a ``DataConfig``, held to its rules."""
+    from ray_s3ft.prompts import task_prompt_template
     from ray_s3ft.tasks import builtin
 
     if data.task == "builtin":
-        return builtin.task_split("train", data.train_size, data.seed)
+        template = task_prompt_template("builtin", data.prompt_template)
+        examples = builtin.task_split("train", data.train_size, data.seed)
+        return [apply_template(ex, template) for ex in examples]
     report = DataReport.for_config(data, warn=True) if report is None else report
-    return load_examples(data.task, data.train_path, "train", limit=data.train_size, report=report)
+    return load_examples(
+        data.task, data.train_path, "train", limit=data.train_size, report=report,
+        template=data.prompt_template,
+    )  # fmt: skip
 
 
 def load_eval_examples(
     data, eval_cfg, report: DataReport | None = None
 ) -> dict[str, list[Example]]:
     """``{"task": eval split, <set>: held-out examples, ...}`` for a data and eval section. A
-    held-out set is a built-in skill, or a multiple-choice ``.jsonl`` file named by its stem."""
-    from ray_s3ft.tasks import benchmarks, builtin
+    held-out set is a built-in skill, a multiple-choice ``.jsonl`` file named by its stem, or
+    HumanEval (``humaneval``, or a HumanEval-format ``.jsonl`` / ``.jsonl.gz`` file)."""
+    from ray_s3ft.prompts import task_prompt_template
+    from ray_s3ft.tasks import benchmarks, builtin, humaneval
 
     if data.task == "builtin":
-        sets = {"task": builtin.task_split("eval", eval_cfg.task_size, data.seed)}
+        template = task_prompt_template("builtin", data.prompt_template)
+        examples = builtin.task_split("eval", eval_cfg.task_size, data.seed)
+        sets = {"task": [apply_template(ex, template) for ex in examples]}
     else:
         report = DataReport.for_config(data, warn=True) if report is None else report
-        task = load_examples(data.task, data.eval_path, "test", eval_cfg.task_size, report=report)
+        task = load_examples(
+            data.task, data.eval_path, "test", eval_cfg.task_size, report=report,
+            template=data.prompt_template,
+        )  # fmt: skip
         sets = {"task": task}
     for entry in eval_cfg.heldout:
-        if benchmarks.is_choice_file(entry):
+        if humaneval.is_humaneval_entry(entry):
+            name = humaneval.set_name(entry)
+            examples = humaneval.load_humaneval(entry, eval_cfg.heldout_size)
+        elif benchmarks.is_choice_file(entry):
             name = Path(entry).stem
             examples = benchmarks.load_choice_file(entry, eval_cfg.heldout_size)
         else:

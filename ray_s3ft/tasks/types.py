@@ -17,3 +17,4 @@ class Example:
     answer: str  # the final answer the verifier compares against
     verifier: str = "math"  # one of VERIFIERS
     tests: tuple[str, ...] = field(default=())  # code tasks: assert statements
+    choices: tuple[str, ...] = field(default=())  # choice tasks: the options, in letter order

@@ -2,6 +2,11 @@
 
 Responses state their answer in one of three ways: "The answer is N" (the prompt format of the
 S3FT paper, arXiv 2502.08130), "#### N" (GSM8K gold solutions) and ``\\boxed{N}`` (MATH).
+A real instruct model often states none of them ("So she has 7 + 4 = 11 shells."): in
+``flexible`` extraction (``judge.math_extract``) a response without a marker is read by its
+last number, as lm-evaluation-harness's "flexible-extract" filter for GSM8K does, and so is
+one whose marker states no digit at all ("The answer is N.", the prompt's instruction copied);
+``strict`` reads the markers only and leaves the first undecided.
 Equivalence (14 == 14.0, 7/2 == 3.5, \\frac{1}{2} == 0.5) is left to math-verify.
 
 math-verify guards ``parse`` and ``verify`` with ``signal.alarm`` timeouts, which raise outside
@@ -14,8 +19,12 @@ nested powers, exponents of 4+ digits or over ``MAX_ANSWER_CHARS`` characters ar
 
 from __future__ import annotations
 
+import logging
 import re
 from fractions import Fraction
+
+# math-verify warns on every parse that its timeout is off; it is off on purpose (above)
+logging.getLogger("math_verify.parser").setLevel(logging.ERROR)
 
 MAX_ANSWER_CHARS = 512
 # A power whose exponent holds another power (9^{9^9}, 2**3**4) or has 4+ digits (10^{1000}).
@@ -32,13 +41,19 @@ _NUMBER_ONLY = re.compile(_NUMBER)
 _NUMBER_THEN_WORDS = re.compile(rf"({_NUMBER})\s+[A-Za-z]")
 _SENTENCE_END = re.compile(r"\.(?=\s|$)")
 _CURRENCY = re.compile(r"^(-?)\\?\$\s*(?=\d)")
+# flexible extraction: any number, "$1,234.50" and "-3" included; a trailing "." is a full stop
+_ANY_NUMBER = re.compile(rf"(?<![\w.])\$?({_NUMBER})")
+EXTRACT_MODES = ("strict", "flexible")
 
 
-def extract_answer(text: str) -> str | None:
+def extract_answer(text: str, mode: str = "strict") -> str | None:
     """The final answer stated in ``text``, or None when it states none. Never raises.
 
     Of several stated answers the last one in the text wins: models often correct themselves.
+    ``mode="flexible"``: a text that states no answer by a marker gives its last number.
     """
+    if mode not in EXTRACT_MODES:
+        raise ValueError(f"extraction mode must be one of {', '.join(EXTRACT_MODES)}: {mode!r}")
     if not isinstance(text, str):
         return None
     found: list[tuple[int, str | None]] = []
@@ -50,17 +65,28 @@ def extract_answer(text: str) -> str | None:
         content = _balanced(text, m.end())
         found.append((m.start(), _clean(content) if content is not None else None))
     if not found:
-        return None
-    return max(found, key=lambda item: item[0])[1]
+        return last_number(text) if mode == "flexible" else None
+    answer = max(found, key=lambda item: item[0])[1]
+    if mode == "flexible" and not any(ch.isdigit() for ch in answer or ""):
+        # "The answer is N." copied from the prompt's instruction: not an answer
+        return last_number(text)
+    return answer
 
 
-def verify_math(response: str, gold: str) -> bool | None:
+def last_number(text: str) -> str | None:
+    """The last number written in ``text`` ("... = 11 shells." -> "11"), separators removed."""
+    numbers = _ANY_NUMBER.findall(text)
+    return numbers[-1].replace(",", "").replace(" ", "") if numbers else None
+
+
+def verify_math(response: str, gold: str, extract: str = "strict") -> bool | None:
     """True / False when the response's answer is / is not equivalent to the gold answer.
 
     None when either side has no parseable answer, or math-verify fails: the caller counts
-    unparseable responses separately instead of scoring them as wrong.
+    unparseable responses separately instead of scoring them as wrong. ``extract``: how the
+    response's answer is found (``strict`` markers only, or ``flexible``: else its last number).
     """
-    predicted = extract_answer(response)
+    predicted = extract_answer(response, extract)
     if predicted is None or not isinstance(gold, str):
         return None
     reference = extract_answer(gold)

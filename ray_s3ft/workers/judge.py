@@ -41,15 +41,18 @@ class JudgeWorker:
         self.max_model_len, self.max_prompt_tokens = max_model_len, max_prompt_tokens
         self._llm = None  # the LLM judge's engine, started on first use
 
-    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+    def judge(self, items: Sequence[JudgeItem], by_item: bool = False) -> list[Verdict]:
         """One verdict per item, in order. Items are routed by their own verifier, except that
         ``judge.verifier=llm`` sends every item to the LLM judge and ``steps`` takes the math
-        items (the built-in task's step-by-step check)."""
+        items (the built-in task's step-by-step check). ``by_item``: every item by its own
+        verifier, whatever ``judge.verifier`` says (evaluation: each example's own metric)."""
         verdicts: list[Verdict | None] = [None] * len(items)
         llm_idx = []
         for i, item in enumerate(items):
             kind = item.verifier
-            if self.cfg.verifier == "llm" or (self.cfg.verifier == "steps" and kind == "math"):
+            if not by_item and (
+                self.cfg.verifier == "llm" or (self.cfg.verifier == "steps" and kind == "math")
+            ):
                 kind = self.cfg.verifier
             if kind == "llm":
                 llm_idx.append(i)
@@ -66,7 +69,7 @@ class JudgeWorker:
             if kind == "math":
                 from ray_s3ft.verifiers.math import verify_math
 
-                ok = verify_math(item.response, item.answer)
+                ok = verify_math(item.response, item.answer, self.cfg.math_extract)
                 return Verdict(ok, "" if ok is not None else "no final answer found")
             if kind == "steps":
                 from ray_s3ft.verifiers.steps import verify_steps
@@ -97,6 +100,8 @@ class JudgeWorker:
 
         prompts = [build_judge_prompt(it.prompt, it.answer, it.response) for it in items]
         try:
+            if self.cfg.llm_mode == "loglik":
+                return self._loglik_verdicts(prompts)
             texts = self._engine().greedy(prompts, self.cfg.llm_max_new_tokens)
         except Exception as e:
             log.warning("judge: LLM judge failed on %d items: %s", len(items), e)
@@ -105,6 +110,21 @@ class JudgeWorker:
         for text in texts:
             ok = parse_verdict(text)
             out.append(Verdict(ok, "" if ok is not None else "unparseable verdict"))
+        return out
+
+    def _loglik_verdicts(self, prompts: list[str]) -> list[Verdict]:
+        """``judge.llm_mode=loglik``: the verdict the judge model finds likelier as its whole
+        reply, "Verdict: correct" or "Verdict: incorrect" (a choice between the two, scored
+        as lm-evaluation-harness scores multiple choice). A small model that would not write a
+        clean verdict line still ranks the two; a tie is undecided."""
+        from ray_s3ft.verifiers.llm_judge import VERDICT_CORRECT, VERDICT_INCORRECT
+
+        pairs = [(p, v) for p in prompts for v in (VERDICT_CORRECT, VERDICT_INCORRECT)]
+        lps = self._engine().loglikelihoods(pairs)
+        out = []
+        for yes, no in zip(lps[0::2], lps[1::2], strict=True):
+            ok = None if yes == no else yes > no
+            out.append(Verdict(ok, f"log-likelihood margin {yes - no:+.3f}"))
         return out
 
     def _engine(self):
@@ -119,14 +139,14 @@ class JudgeWorker:
         return self._llm
 
 
-def judge_on(group, items: Sequence[JudgeItem], timeout_s: float | None) -> tuple[list, int]:
+def judge_on(group, items: Sequence[JudgeItem], timeout_s: float | None, **kw) -> tuple[list, int]:
     """Verdicts of ``items`` from a group of judge workers, in order, and how many of them
     timed out: an actor's share past ``timeout_s`` is undecided (``Verdict(None)``) and that
-    actor is restarted (``ActorGroup.map_chunks``)."""
+    actor is restarted (``ActorGroup.map_chunks``). ``kw`` goes to ``JudgeWorker.judge``."""
     from ray_s3ft.workers.group import split_evenly
 
     chunks = [c for c in split_evenly(list(items), len(group)) if c]
-    parts = group.map_chunks(JudgeWorker.judge, items, timeout_s=timeout_s)
+    parts = group.map_chunks(JudgeWorker.judge, items, timeout_s=timeout_s, **kw)
     verdicts, late = [], 0
     for chunk, part in zip(chunks, parts, strict=True):
         if part is None:

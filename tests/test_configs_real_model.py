@@ -1,0 +1,154 @@
+"""Every shipped config runs, end to end, on a real pretrained model on this CPU machine.
+
+Each config in ``configs/`` is trained as written, with only what this machine cannot give
+replaced: the model (SmolLM2-135M-Instruct, fetched through the package index), the data (local
+GSM8K-format, MBPP-format and NQ-format rows instead of hub data sets), the devices (CPU actors,
+fp32) and the sizes (a few examples and steps). Its task, prompt, judge, LoRA, ZeRO stage,
+gradient checkpointing and schedule stay the config's own. Every phase runs: startup, eval,
+the S3FT store, SFT and GRPO steps, the checkpoint and the eval after.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _e2e import cli_env
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDPROBLEMS = ROOT / "ray_s3ft" / "assets" / "data" / "wordproblems"
+# what a CPU machine can run: one engine, one judge, small budgets, fp32
+CPU = [
+    "model.dtype=float32", "rollout.dtype=float32", "learner.bf16=false",
+    "model.max_model_len=640", "data.max_prompt_tokens=320", "data.max_response_tokens=64",
+    "rollout.max_new_tokens=48", "eval.max_new_tokens=48", "rollout.enforce_eager=true",
+    "rollout.kv_cache_gib=1", "judge.batch_size=64",
+    "data.train_size=4", "eval.task_size=2", "eval.heldout=[]", "eval.lm_eval_tasks=[]",
+    "eval.every=0", "eval.backend=vllm",
+    "resources.rollout_workers=1", "resources.judge_workers=1", "resources.learner_ranks=1",
+    "resources.cpus_per_rollout=1", "resources.gpus_per_rollout=0",
+    "resources.cpus_per_judge=0.5", "resources.gpus_per_judge=0",
+    "resources.cpus_per_learner=1", "resources.gpus_per_learner=0",
+    "learner.micro_batch_size=2", "trainer.sft_batch_size=4", "trainer.grpo_prompts_per_step=2",
+    "algorithm.grpo.group_size=2", "trainer.max_steps=2", "schedule.warmup_steps=1",
+    "trainer.checkpoint_every=100",
+]  # fmt: skip
+
+MBPP_ROWS = [
+    {"text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b",
+     "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]},
+    {"text": "Write a function to return the square of a number.",
+     "code": "def square(x):\n    return x * x",
+     "test_list": ["assert square(3) == 9", "assert square(-2) == 4"]},
+    {"text": "Write a function to return the larger of two numbers.",
+     "code": "def larger(a, b):\n    return a if a > b else b",
+     "test_list": ["assert larger(3, 5) == 5", "assert larger(7, 2) == 7"]},
+    {"text": "Write a function to reverse a string.", "code": "def rev(s):\n    return s[::-1]",
+     "test_list": ["assert rev('abc') == 'cba'", "assert rev('') == ''"]},
+]  # fmt: skip
+NQ_ROWS = [
+    {"question": "What is the capital of France?", "answer": ["Paris"]},
+    {"question": "How many legs does a spider have?", "answer": ["eight", "8"]},
+    {"question": "What colour is the sky on a clear day?", "answer": ["blue"]},
+    {"question": "Which planet do we live on?", "answer": ["Earth"]},
+]
+
+
+def _write(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _data(tmp: Path, task: str) -> list[str]:
+    if task == "gsm8k":
+        train, test = WORDPROBLEMS / "train.jsonl", WORDPROBLEMS / "test.jsonl"
+    else:
+        rows = MBPP_ROWS if task == "mbpp" else NQ_ROWS
+        train = test = _write(tmp / f"{task}.jsonl", rows)
+    return [f"data.train_path={train}", f"data.eval_path={test}"]
+
+
+def _without_pad_token(model_dir: str, tmp: Path) -> str:
+    """The model with a tokenizer that has no pad token, as Mistral's and Llama's."""
+    out = tmp / "no-pad-model"
+    out.mkdir()
+    for f in Path(model_dir).iterdir():
+        if f.name not in ("tokenizer_config.json", "config.json", "generation_config.json"):
+            (out / f.name).symlink_to(f)
+    for name, key in (
+        ("tokenizer_config.json", "pad_token"),
+        ("config.json", "pad_token_id"),
+        ("generation_config.json", "pad_token_id"),
+    ):
+        d = json.loads((Path(model_dir) / name).read_text())
+        d.pop(key, None)
+        (out / name).write_text(json.dumps(d))
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).pad_token_id is None
+    return str(out)
+
+
+# config -> (its file, the data it reads, whether its tokenizer lacks a pad token)
+CONFIGS = {
+    "smollm2-135m-gsm8k": ("configs/smollm2-135m-gsm8k.yaml", "gsm8k", False),
+    "qwen-gsm8k-sasr": ("configs/gpu/qwen2.5-0.5b-gsm8k-sasr.yaml", "gsm8k", False),
+    "mistral-gsm8k": ("configs/gpu/s3ft-paper-mistral7b-gsm8k.yaml", "gsm8k", True),
+    "mistral-mbpp": ("configs/gpu/s3ft-paper-mistral7b-mbpp.yaml", "mbpp", False),
+    "mistral-nq": ("configs/gpu/s3ft-paper-mistral7b-nq.yaml", "nq", False),
+}
+
+
+def test_every_shipped_config_is_covered():
+    shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")}
+    assert shipped - {"configs/default.yaml"} == {path for path, _, _ in CONFIGS.values()}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_shipped_config_trains_the_real_model(name, smollm2_dir, tmp_path):
+    from ray_s3ft.config import load_config
+
+    path, task, no_pad = CONFIGS[name]
+    model = _without_pad_token(smollm2_dir, tmp_path) if no_pad else smollm2_dir
+    out = tmp_path / "run"
+    overrides = [
+        f"model.path={model}", *CPU, *_data(tmp_path, task),
+        f"trainer.output_dir={out}", f"eval.output_dir={out / 'eval'}",
+    ]  # fmt: skip
+    cfg = load_config(ROOT / path, overrides)
+    r = subprocess.run(
+        [sys.executable, "-m", "ray_s3ft.cli", "train", "--config", str(ROOT / path), *overrides],
+        capture_output=True, text=True, env=cli_env(tmp_path), cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 1]
+    if cfg.schedule.kind == "sft":
+        assert summary["steps"] == {"sft": 2, "grpo": 0}
+    else:  # the warm-up step, then the gate at p_sft 0.5 (a seeded draw: this run takes GRPO)
+        assert [row["mode"] for row in rows] == ["sft", "grpo"]
+        grpo = summary["grpo"]
+        assert grpo["samples"] == 4
+        assert 0 <= grpo["mean_reward"] <= 1 and 0 <= grpo["undecided"] <= grpo["samples"]
+    # the judge this task needs ruled on the store; its undecided verdicts are counted
+    meta = json.loads((out / "targets.meta.json").read_text())
+    assert meta["judge"]["verifier"] == {"gsm8k": "math", "mbpp": "code", "nq": "llm"}[task]
+    store = [json.loads(x) for x in (out / "targets.jsonl").read_text().splitlines()]
+    assert len(store) == 4
+    und = summary["targets_undecided"]
+    assert und["self"] == sum(rec["self_ok"] is None for rec in store)
+    assert sum(rec["self_ok"] is not None for rec in store) >= 1  # the judge decided something
+    for key in ("accuracy_before", "accuracy_after"):
+        assert summary[key]["task"]["n"] == 2
+    assert "Solve the following math problem" in store[0]["prompt"] or task != "gsm8k"
+    hf = Path(summary["checkpoint"]) / "hf"
+    assert (hf / "config.json").is_file() and (hf / "model.safetensors").is_file()
+    if cfg.model.lora.enabled:
+        assert "lora" not in (hf / "model.safetensors").read_bytes()[:200_000].decode("latin-1")
+    assert "Traceback" not in r.stdout + r.stderr

@@ -1,0 +1,29 @@
+"""The GSM8K-format word problems shipped for real-model runs (``ray_s3ft/tasks/wordproblems.py``)."""
+
+import json
+import re
+
+from ray_s3ft.tasks import wordproblems
+from ray_s3ft.tasks.loaders import DataReport, load_examples
+
+
+def test_the_shipped_files_are_what_the_generator_writes(tmp_path):
+    for path in wordproblems.write(tmp_path):
+        shipped = wordproblems.DATA_DIR / path.name
+        assert shipped.read_text() == path.read_text(), f"regenerate {shipped}"
+
+
+def test_gsm8k_format_with_right_calculator_annotations_and_disjoint_splits():
+    train = [json.loads(x) for x in (wordproblems.DATA_DIR / "train.jsonl").open()]
+    test = [json.loads(x) for x in (wordproblems.DATA_DIR / "test.jsonl").open()]
+    assert (len(train), len(test)) == (256, 128)
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    for row in train + test:
+        calcs = re.findall(r"<<(\d+)([+-])(\d+)=(\d+)>>", row["answer"])
+        assert 1 <= len(calcs) <= 2
+        for a, op, b, c in calcs:
+            assert (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c)
+        assert row["answer"].endswith(f"#### {calcs[-1][3]}")
+    report = DataReport(0.0)
+    exs = load_examples("gsm8k", str(wordproblems.DATA_DIR / "test.jsonl"), "test", report=report)
+    assert len(exs) == 128 and "<<" not in exs[0].gold  # annotations are not prose
