@@ -103,8 +103,12 @@ def test_prompts_too_long_for_the_tokenizer_are_bad_rows(tmp_path):
     assert len(examples) == 30
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["max_prompt_tokens"] == 256
+    # the length is the templated prompt's: the question's 300 words and the task template's
+    from ray_s3ft.prompts import TASK_PROMPTS
+
+    words = 300 + len(TASK_PROMPTS["gsm8k"].format(question="").split())
     assert report["files"][train]["problems"] == [
-        f"{train}:31: prompt is 300 tokens > data.max_prompt_tokens 256"
+        f"{train}:31: prompt is {words} tokens > data.max_prompt_tokens 256"
     ]
 
 
