@@ -83,8 +83,9 @@ class Run:
         return float(v) if _num(v) else None
 
     def heldout_names(self) -> list[str]:
-        ev = self.summary.get("accuracy_before") or {}
-        return [k for k, v in ev.items() if k != "task" and isinstance(v, dict) and "accuracy" in v]
+        from ray_s3ft.evaluate import heldout_sets
+
+        return list(heldout_sets(self.summary.get("accuracy_before") or {}))
 
     def targets(self) -> list[float | None]:
         t = self.summary.get("targets") or {}
