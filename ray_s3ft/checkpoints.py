@@ -2,6 +2,8 @@
 
     hf/                   the policy in Hugging Face format (transformers and vLLM load it as is)
     deepspeed/            every learner rank's engine, optimizer and RNG state, the KL reference
+                          (and with learner.optimizer_state=per_mode the other mode's Adam state)
+    pending_rollout.json  rollout.async: the prefetched GRPO batch that was in flight
     trainer_state.json    the controller's state (step, weights version, data cursors, schedule,
                           the target store's digest, fault counts), written last
 
@@ -28,11 +30,16 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step}"
 
 
-def save_checkpoint(run_dir: Path, step: int, learners, state: dict) -> Path:
-    """Collective over the learner group; returns the checkpoint directory."""
+def save_checkpoint(
+    run_dir: Path, step: int, learners, state: dict, files: dict[str, str] | None = None
+) -> Path:
+    """Collective over the learner group; returns the checkpoint directory. ``files``: more
+    of the controller's state (name -> text), written before ``trainer_state.json``."""
     ckpt = checkpoint_dir(run_dir, step)
     ckpt.mkdir(parents=True, exist_ok=True)
     learners.call(LearnerActor.save, str(ckpt / "deepspeed"), str(ckpt / "hf"))
+    for name, text in (files or {}).items():
+        (ckpt / name).write_text(text)
     tmp = ckpt / f"{STATE}.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     os.replace(tmp, ckpt / STATE)

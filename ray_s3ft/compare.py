@@ -33,8 +33,11 @@ from pathlib import Path
 from ray_s3ft.config import ConfigError, load_config, save_config
 from ray_s3ft.target_store import STORE, TargetSet, read_store
 
-# Each method is a set of overrides of controller-level keys (schedule.*, algorithm.targets):
-# the actors are shared by every cell, so a method may not change what they were built with.
+# Each method is a set of overrides of the keys a cell may change (CELL_KEYS): the actors are
+# shared by every cell, so a method may not change what they were built with. The learners take
+# the cell's learner.optimizer_state and algorithm.grpo.* when they reset (LearnerActor.reset).
+CELL_KEYS = ("schedule.", "algorithm.", "learner.optimizer_state=")
+_SASR = ["schedule.kind=sasr", "algorithm.targets=s3ft"]
 METHODS: dict[str, tuple[str, list[str]]] = {
     "base": ("the base model, no training", []),
     "sft_gold": ("SFT on the gold answers", ["schedule.kind=sft", "algorithm.targets=gold"]),
@@ -62,7 +65,40 @@ METHODS: dict[str, tuple[str, list[str]]] = {
         "SASR + KL term in the gate (ours)",
         ["schedule.kind=sasr", "algorithm.targets=s3ft", "schedule.sasr.lam=1.0"],
     ),
-}
+    "sasr_base_ref": (
+        "SASR with the base model as KL reference (the old baselines' rule)",
+        [*_SASR, "schedule.reference=base"],
+    ),
+    "sasr_per_mode": (
+        "SASR, one Adam state per mode",
+        [*_SASR, "learner.optimizer_state=per_mode"],
+    ),
+    "sasr_ppo2": (
+        "SASR, 2 PPO updates per rollout batch",
+        [*_SASR, "algorithm.grpo.updates_per_batch=2"],
+    ),
+    "sasr_ppo4": (
+        "SASR, 4 PPO updates per rollout batch",
+        [*_SASR, "algorithm.grpo.updates_per_batch=4"],
+    ),
+    "sasr_dynamic": (
+        "SASR, DAPO dynamic sampling of flat groups",
+        [*_SASR, "algorithm.grpo.dynamic_sampling=true"],
+    ),
+    "sasr_all": (
+        "SASR, per-mode Adam + 2 PPO updates + dynamic sampling",
+        [*_SASR, "learner.optimizer_state=per_mode", "algorithm.grpo.updates_per_batch=2",
+         "algorithm.grpo.dynamic_sampling=true"],
+    ),  # fmt: skip
+    "fixed_ratio_per_mode": (
+        "fixed_ratio, one Adam state per mode",
+        ["schedule.kind=fixed_ratio", "algorithm.targets=s3ft", "learner.optimizer_state=per_mode"],
+    ),
+    "grpo_ppo2": ("GRPO only, 2 PPO updates per rollout batch",
+                  ["schedule.kind=grpo", "algorithm.grpo.updates_per_batch=2"]),
+    "grpo_dynamic": ("GRPO only, DAPO dynamic sampling",
+                     ["schedule.kind=grpo", "algorithm.grpo.dynamic_sampling=true"]),
+}  # fmt: skip
 DEFAULT_METHODS = (
     "base", "sft_gold", "ssr", "s3ft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr_gold", "sasr",
 )  # fmt: skip
@@ -155,7 +191,7 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
             save_config(cfg, cell_dir / "config.yaml")
             (cell_dir / "eval_before.json").write_text(json.dumps(before, indent=2) + "\n")
             cell_started = time.perf_counter()
-            groups.learner.call(LearnerActor.reset, cell.seed)
+            groups.learner.call(LearnerActor.reset, cell.seed, cfg.learner, cfg.algorithm.grpo)
             targets = dataclasses.replace(store, mode=cfg.algorithm.targets, computed=0)
             summary = train_and_evaluate(
                 cfg, cell_dir, groups, tok, examples, eval_sets, targets, before,
@@ -215,6 +251,8 @@ def cell_row(method: str, seed: int, summary: dict | None, before: dict) -> dict
             sft_steps=summary["steps"]["sft"],
             grpo_steps=summary["steps"]["grpo"],
             wall_s=summary["wall_s"].get("total"),
+            # reward per GRPO sample over the run (every sample judged, extra rounds included)
+            grpo_reward=(summary.get("grpo") or {}).get("mean_reward"),
         )
     return row
 
@@ -231,7 +269,7 @@ def _mean_std(values: list[float]) -> dict[str, float | None]:
 
 _AGG = (
     "task_accuracy", "task_gain", "heldout_mean", "heldout_drop", "sft_steps", "grpo_steps",
-    "wall_s",
+    "wall_s", "grpo_reward",
 )  # fmt: skip
 
 
@@ -284,8 +322,8 @@ def results_markdown(r: dict) -> str:
         "Held-out drop = base held-out mean minus the method's, in points (positive = forgot).",
         "",
         "| method | task accuracy | task gain (pts) | held-out mean | held-out drop (pts) "
-        "| self / para / gold % | SFT / GRPO steps | wall s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| self / para / gold % | SFT / GRPO steps | GRPO reward | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for a in r["summary"]:
         t = a["targets"]
@@ -298,11 +336,13 @@ def results_markdown(r: dict) -> str:
             else f"{a['sft_steps']['mean']:.1f} / {a['grpo_steps']['mean']:.1f}"
         )
         wall = "-" if a["wall_s"]["mean"] is None else f"{a['wall_s']['mean']:.0f}"
+        reward = (a.get("grpo_reward") or {}).get("mean")
+        reward = "-" if reward is None else f"{reward:.3f}"
         lines.append(
             f"| {a['method']} | {_pct(a['task_accuracy']['mean'], a['task_accuracy']['std'])} "
             f"| {_pts(a['task_gain'])} "
             f"| {_pct(a['heldout_mean']['mean'], a['heldout_mean']['std'])} "
-            f"| {_pts(a['heldout_drop'])} | {src} | {steps} | {wall} |"
+            f"| {_pts(a['heldout_drop'])} | {src} | {steps} | {reward} | {wall} |"
         )
     names = list(r["summary"][0]["heldout"]) if r["summary"] else []
     if names:

@@ -45,6 +45,8 @@ DIST_BACKENDS = ("auto", "gloo", "nccl")
 TARGET_KINDS = ("gold", "ssr", "s3ft")
 LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
 SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
+REFERENCES = ("base", "after_warmup")
+OPTIMIZER_STATES = ("shared", "per_mode")
 # Verifiers that can judge each task's answers; the first is what "auto" picks.
 TASK_VERIFIERS = {
     "builtin": ("steps", "math", "llm"),  # steps: every written step checked (verifiers/steps.py)
@@ -172,6 +174,10 @@ class LearnerConfig:
     # learner/kl on SFT steps too: a reference forward each SFT step (a third of its time), for
     # a metric only; GRPO steps always compute it (their loss and SASR's gate use it)
     sft_kl: bool = False
+    # OPTIMIZER_STATES: one Adam state (moments, step count) for SFT and GRPO steps together,
+    # or one per mode over the same parameters, so that each mode's updates carry only its own
+    # momentum and trainer.grpo_lr sets the size of a GRPO update
+    optimizer_state: str = "shared"
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,15 @@ class GRPOConfig:
     # reward of a sample the judge could not decide (no final answer, sandbox timeout, an
     # unparseable LLM verdict), in [0, 1]; a correct one is 1, a wrong one 0
     undecided_reward: float = 0.0
+    # optimizer steps per rollout batch: the batch is cut into this many mini-batches after
+    # one pass scores it with the policy that sampled it (pi_old); from the second mini-batch
+    # on the ratio pi / pi_old moves off 1 and the clip acts (verl's ppo_mini_batch_size)
+    updates_per_batch: int = 1
+    # DAPO's dynamic sampling: groups whose rewards are all equal carry no advantage; drop
+    # them and sample groups of new prompts in their place, at most max_extra_rollouts more
+    # rollout rounds per step (then the batch is filled with the flat groups it has)
+    dynamic_sampling: bool = False
+    max_extra_rollouts: int = 2
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,10 @@ class ScheduleConfig:
     kind: str = "sasr"  # SCHEDULE_KINDS
     warmup_steps: int = 20  # W: SFT warm-up of sasr; the switch step of sft_then_grpo
     p_sft: float = 0.5  # fixed_ratio: probability that a step is SFT
+    # REFERENCES: the KL reference of GRPO steps, one rule for every schedule: the base model,
+    # or the policy at the end of the SFT warm-up (SASR's rule; for sft_then_grpo the switch
+    # step, for fixed_ratio its warm-up; a schedule without a warm-up keeps the base)
+    reference: str = "after_warmup"
     sasr: SASRConfig = field(default_factory=SASRConfig)
 
 

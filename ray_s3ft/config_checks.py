@@ -20,6 +20,8 @@ from ray_s3ft.config import (
     LLM_JUDGE_MODES,
     LOSS_AGGS,
     MATH_EXTRACT,
+    OPTIMIZER_STATES,
+    REFERENCES,
     SCHEDULE_KINDS,
     TARGET_KINDS,
     TASK_VERIFIERS,
@@ -47,6 +49,8 @@ _CHOICES = {
     "algorithm.targets": TARGET_KINDS,
     "algorithm.grpo.loss_agg": LOSS_AGGS,
     "schedule.kind": SCHEDULE_KINDS,
+    "schedule.reference": REFERENCES,
+    "learner.optimizer_state": OPTIMIZER_STATES,
     "eval.backend": ENGINES,
     "eval.choice_target": ("text", "letter"),
 }
@@ -62,7 +66,7 @@ _RANGES = (
         """model.max_model_len model.lora.r model.lora.alpha data.train_size
         data.max_prompt_tokens data.max_response_tokens rollout.max_new_tokens
         judge.llm_max_new_tokens judge.batch_size learner.micro_batch_size
-        algorithm.grpo.group_size resources.rollout_workers
+        algorithm.grpo.group_size algorithm.grpo.updates_per_batch resources.rollout_workers
         resources.judge_workers resources.learner_ranks trainer.max_steps trainer.sft_batch_size
         trainer.grpo_prompts_per_step trainer.checkpoint_every rollout.max_staleness eval.task_size eval.heldout_size eval.every_size
         eval.max_new_tokens eval.batch_size eval.drift_size""",
@@ -71,7 +75,7 @@ _RANGES = (
     ),
     (
         """data.seed rollout.seed trainer.seed schedule.warmup_steps schedule.sasr.probe_every
-        eval.every trainer.max_learner_restarts""",
+        eval.every trainer.max_learner_restarts algorithm.grpo.max_extra_rollouts""",
         _finite(lambda v: v >= 0),
         "must be >= 0",
     ),
@@ -254,6 +258,14 @@ def validate(cfg: Config) -> None:
         what = f"it * algorithm.grpo.group_size = {size}"
         batches.append(("trainer.grpo_prompts_per_step", what, size))
     ranks = res.learner_ranks
+    k = alg.grpo.updates_per_batch
+    if takes_grpo and k > 1 and (t.grpo_prompts_per_step * alg.grpo.group_size) % (ranks * k):
+        size = t.grpo_prompts_per_step * alg.grpo.group_size
+        bad(
+            "algorithm.grpo.updates_per_batch",
+            f"must divide each rank's GRPO batch ({size} sequences / "
+            f"resources.learner_ranks {ranks}) into whole mini-batches",
+        )
     for key, what, size in batches:
         if size % ranks:
             bad(key, f"{what} must be divisible by resources.learner_ranks ({ranks})")

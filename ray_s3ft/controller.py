@@ -12,8 +12,9 @@ brought up to it right before they generate again (CPU: one copy through Ray's o
 
 Exact resume: every rollout request's sampling seed derives from (run seed, step, example), the
 data order and the schedule's draws from (run seed, step), and a checkpoint holds the rest (the
-learners' weights, optimizer and RNG states, ``TrainState``). A resumed run samples the same
-tokens and takes the same steps as one that never stopped.
+learners' weights, optimizer and RNG states, ``TrainState``, and under ``rollout.async`` the
+prefetched batch in flight). A resumed run samples the same tokens and takes the same steps as
+one that never stopped.
 
 Faults: rollout and judge actors that die are restarted by Ray and their call retried; the
 controller counts them (``faults/*``). A judge call past ``judge.timeout_s`` gives undecided
@@ -57,6 +58,7 @@ PHASES = (
     "checkpoint", "eval",
 )  # fmt: skip
 FAULTS = ("rollout_restarts", "judge_restarts", "judge_timeouts", "learner_restarts")
+PENDING = "pending_rollout.json"  # a checkpoint's prefetched rollout (rollout.async)
 
 
 @dataclass
@@ -86,11 +88,14 @@ class Prefetch:
     cursor: int  # the GRPO data cursor its batch starts at
     version: int  # the weights version it samples with
     started: float  # perf_counter at launch
+    done: list | None = None  # its RolloutResults once waited for (a checkpoint saves them)
 
 
-def rollout_seed(run_seed: int, step: int, example: int) -> int:
-    """The sampling seed of one prompt's group at one step (sample k draws from seed + k)."""
-    words = np.random.SeedSequence([run_seed, step, example]).generate_state(1)
+def rollout_seed(run_seed: int, step: int, example: int, round: int = 0) -> int:
+    """The sampling seed of one prompt's group at one step (sample k draws from seed + k);
+    ``round`` > 0: a dynamic-sampling round's (``Controller.refill``)."""
+    key = [run_seed, step, example] + ([round] if round else [])
+    words = np.random.SeedSequence(key).generate_state(1)
     return int(words[0]) >> 2  # room for + k within vLLM's 32-bit range
 
 
@@ -143,6 +148,12 @@ class Controller:
             )
         self.g.learner.call(LearnerActor.load, str(ckpt / "deepspeed"))
         self.state = state
+        self.pending = None
+        if (ckpt / PENDING).is_file():  # saved by a rollout.async run
+            if self.cfg.rollout.async_:
+                self.restore_pending(json.loads((ckpt / PENDING).read_text()))
+            else:
+                log.warning("%s holds a prefetched rollout; rollout.async=false drops it", ckpt)
         self.schedule.load_state_dict(state.schedule)
         self.last_checkpoint = ckpt
         log.warning("resumed from %s at step %d", ckpt, state.step)
@@ -210,6 +221,8 @@ class Controller:
             examples, rollout, staleness = self.rollout(timer)
             self.state.last["rollout/staleness"] = staleness
             rewards = timer.run("judge", self.judge, examples, rollout)
+            if self.cfg.algorithm.grpo.dynamic_sampling:
+                examples, rollout, rewards = self.refill(timer, step, examples, rollout, rewards)
             self.count_restarts()  # engines and judges idle now
             batch = timer.run("batch", self.grpo_batch, rollout, rewards, staleness)
             if self.cfg.rollout.async_:
@@ -219,8 +232,8 @@ class Controller:
                 probe_norm = timer.run("probe", self.probe)
         self.observe(step, decision, stats, probe_norm)
         self.count_restarts()
-        if self.schedule.kind == "sasr" and step == self.cfg.schedule.warmup_steps - 1:
-            # SASR's KL is drift from the post-warm-up policy (METHODS.md §5)
+        if step == self.reference_step():
+            # the KL reference becomes the post-warm-up policy (SASR's rule, METHODS.md §5)
             timer.run("reference", self.g.learner.call, LearnerActor.reset_reference)
         self.state.step = step + 1
         if self.state.step % self.cfg.trainer.checkpoint_every == 0:
@@ -232,6 +245,10 @@ class Controller:
             row.update(timer.run("eval", self.eval_in_loop))
             row["timing/eval"] = timer.s["eval"]
         return row
+
+    def reference_step(self) -> int | None:
+        """The step after which the KL reference becomes the current policy (None: never)."""
+        return reference_reset_step(self.cfg.schedule.reference, self.schedule.warmup_steps)
 
     # --------------------------------------------------------------------------------- phases
 
@@ -315,7 +332,9 @@ class Controller:
         self.state.cursors["grpo"] += len(idx)
         p, self.pending = self.pending, None
         if p is not None:
-            done = timer.run("rollout", self.g.rollout.wait, p.futures)  # the exposed wait
+            done = p.done
+            if done is None:
+                done = timer.run("rollout", self.g.rollout.wait, p.futures)  # the exposed wait
             parts = done[: p.results]
             staleness = self.state.version - p.version
             fresh = p.cursor == cursor and 0 <= staleness <= self.cfg.rollout.max_staleness
@@ -361,8 +380,34 @@ class Controller:
     def drain(self) -> None:
         """Wait for a prefetched rollout nobody will use (engines idle again)."""
         p, self.pending = self.pending, None
-        if p is not None:
+        if p is not None and p.done is None:
             self.g.rollout.wait(p.futures)
+
+    def pending_record(self) -> dict | None:
+        """The prefetched rollout in flight (``rollout.async``), waited for and made JSON-plain:
+        a checkpoint holds it, so a resumed run trains its next GRPO step on the same stale
+        samples as a run that never stopped."""
+        p = self.pending
+        if p is None:
+            return None
+        if p.done is None:
+            p.done = self.g.rollout.wait(p.futures)
+        return {
+            "parts": [asdict(part) for part in p.done[: p.results]],
+            "cursor": p.cursor,
+            "version": p.version,
+            "seconds": time.perf_counter() - p.started,
+        }
+
+    def restore_pending(self, record: dict) -> None:
+        from ray_s3ft.workers.types import Generation, RolloutResult
+
+        parts = [
+            RolloutResult(**{**r, "generations": [Generation(**g) for g in r["generations"]]})
+            for r in record["parts"]
+        ]
+        started = time.perf_counter() - record["seconds"]
+        self.pending = Prefetch([], len(parts), record["cursor"], record["version"], started, parts)
 
     def _gens(self, parts, seconds: float):
         gens = [g for p in parts for g in p.generations]
@@ -390,6 +435,47 @@ class Controller:
         judged["undecided"] += undecided
         self.state.last["reward/mean"] = rewards.mean().item()
         return rewards
+
+    def refill(self, timer: Timer, step: int, examples: list[Example], gens, rewards):
+        """DAPO's dynamic sampling (arXiv 2503.14476 §3.2): a group whose rewards are all equal
+        has zero advantage and only dilutes the batch's normalisers. Drop such groups and
+        sample groups of the next prompts in their place, with the current weights, at most
+        ``algorithm.grpo.max_extra_rollouts`` rounds; if groups are still missing then, the
+        batch is filled with flat groups (its size stays the same). Returns the batch's
+        (examples, generations, rewards), informative groups first."""
+        grpo, G = self.cfg.algorithm.grpo, self.cfg.algorithm.grpo.group_size
+        P = len(examples)
+        kept, flat = split_flat_groups(examples, gens, rewards, G)
+        rounds, all_rewards = 0, [rewards]
+        while len(kept) < P and rounds < grpo.max_extra_rollouts:
+            rounds += 1
+            need = P - len(kept)
+            idx = self._take("grpo", need)
+            self.state.cursors["grpo"] += need
+            exs = [self.examples[i] for i in idx]
+            seed = self.cfg.trainer.seed
+            items = [(ex.prompt, rollout_seed(seed, step, i, rounds)) for ex, i in zip(exs, idx)]
+            timer.run("sync", self.sync_weights)
+            parts, seconds = timer.run("rollout", self._sample_now, items)
+            more = [g for p in parts for g in p.generations]
+            r = timer.run("judge", self.judge, exs, more)
+            all_rewards.append(r)
+            k, f = split_flat_groups(exs, more, r, G)
+            kept, flat = kept + k, flat + f
+        batch = (kept + flat)[:P]
+        dropped = len(kept) + len(flat) - len(batch)  # flat groups left out (and no others)
+        last = self.state.last
+        last["rollout/dynamic_rounds"] = rounds
+        last["rollout/dynamic_dropped"] = dropped
+        judged = self.state.judged
+        judged["extra_rounds"] = judged.get("extra_rounds", 0) + rounds
+        judged["dropped_groups"] = judged.get("dropped_groups", 0) + dropped
+        last["reward/mean"] = torch.cat(all_rewards).mean().item()  # every sample of the step
+        return (
+            [ex for ex, _, _ in batch],
+            [g for _, gs, _ in batch for g in gs],
+            torch.cat([r for _, _, r in batch]),
+        )
 
     def judge_items(self, items: list[JudgeItem]) -> list[Verdict]:
         """Verdicts in order; a judge actor's share past ``judge.timeout_s`` is undecided."""
@@ -453,7 +539,11 @@ class Controller:
 
     def checkpoint(self) -> Path:
         self.state.schedule = self.schedule.state_dict()
-        ckpt = save_checkpoint(self.run_dir, self.state.step, self.g.learner, asdict(self.state))
+        pending = self.pending_record()
+        files = {} if pending is None else {PENDING: json.dumps(pending)}
+        ckpt = save_checkpoint(
+            self.run_dir, self.state.step, self.g.learner, asdict(self.state), files
+        )
         self.last_checkpoint = ckpt
         return ckpt
 
@@ -491,6 +581,8 @@ class Controller:
             row.update({
                 "learner/pg_loss": stats.pg_loss,
                 "learner/clip_frac": stats.clip_frac,
+                "learner/updates": stats.updates,
+                "learner/ratio_dev": stats.ratio_dev,
                 "rollout/logprob_diff": stats.logprob_diff,
                 "rollout/logprob_max_diff": stats.logprob_max_diff,
                 "rollout/sample_digest": last["rollout/sample_digest"],
@@ -498,9 +590,33 @@ class Controller:
                 "rollout/is_weight": stats.is_weight,
                 "rollout/is_clip_frac": stats.is_clip_frac,
             })  # fmt: skip
+            if self.cfg.algorithm.grpo.dynamic_sampling:
+                row["rollout/dynamic_rounds"] = last["rollout/dynamic_rounds"]
+                row["rollout/dynamic_dropped"] = last["rollout/dynamic_dropped"]
         row.update({f"timing/{k}": v for k, v in timer.s.items()})
         row["timing/step"] = seconds
         return row
+
+
+def reference_reset_step(rule: str, warmup_steps: int) -> int | None:
+    """``schedule.reference``: under ``after_warmup`` the KL reference is reset to the policy
+    after the last warm-up step, W - 1, whatever the schedule (sasr's warm-up, sft_then_grpo's
+    switch, fixed_ratio's warm-up); a schedule without a warm-up (W = 0, the pure sft and grpo
+    ones) and the ``base`` rule keep the base model (None)."""
+    if rule == "after_warmup" and warmup_steps > 0:
+        return warmup_steps - 1
+    return None
+
+
+def split_flat_groups(examples: list, gens: list, rewards: torch.Tensor, group_size: int):
+    """Groups (example, its G generations, its G rewards) split into those with some reward
+    spread (kept) and those whose rewards are all equal (flat: zero advantage), in order."""
+    kept, flat = [], []
+    for j, ex in enumerate(examples):
+        r = rewards[j * group_size : (j + 1) * group_size]
+        group = (ex, gens[j * group_size : (j + 1) * group_size], r)
+        (flat if bool((r == r[0]).all()) else kept).append(group)
+    return kept, flat
 
 
 def reward(verdict: Verdict, grpo) -> float:

@@ -266,6 +266,8 @@ def train_and_evaluate(
         "targets_reused": targets.computed == 0,
         "grpo": _grpo_summary(ctl.state.judged),
         "steps": dict(ctl.state.steps),
+        # the KL reference of the GRPO steps: the base model, or the policy after this step
+        "reference": {"rule": cfg.schedule.reference, "reset_after_step": ctl.reference_step()},
         "faults": dict(ctl.state.faults),
         "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
     }
@@ -275,11 +277,15 @@ def train_and_evaluate(
 
 def _grpo_summary(judged: dict) -> dict:
     n = int(judged["samples"])
-    return {
+    out = {
         "samples": n,
         "mean_reward": judged["reward_sum"] / n if n else None,
         "undecided": int(judged["undecided"]),
     }
+    if "extra_rounds" in judged:  # algorithm.grpo.dynamic_sampling
+        out["extra_rounds"] = int(judged["extra_rounds"])
+        out["dropped_groups"] = int(judged["dropped_groups"])
+    return out
 
 
 def build_targets_only(cfg: Config) -> dict:

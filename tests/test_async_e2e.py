@@ -6,10 +6,14 @@ sampled while the current step trains, with the weights from before that step.
 - the engine logprobs of a stale batch differ from the learner's (they come from the previous
   policy) while the on-policy first step still matches to 1e-4: the weights really are one
   step behind, not re-synced behind the controller's back;
-- the same prompts and seeds as the synchronous run: step 0 samples identical tokens.
+- the same prompts and seeds as the synchronous run: step 0 samples identical tokens;
+- exact resume: the checkpoint at step 3 holds the batch that was being prefetched for step 3,
+  so a run resumed from it (the later checkpoint gone, as after a crash) trains steps 3-5 on
+  the same stale samples, with the same losses, as the run that never stopped.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +22,7 @@ from _e2e import SHORT_GRPO, cli_env
 
 pytestmark = pytest.mark.slow
 
-COMMON = [*SHORT_GRPO, "trainer.max_steps=6", "trainer.checkpoint_every=6"]
+COMMON = [*SHORT_GRPO, "trainer.max_steps=6", "trainer.checkpoint_every=3"]
 
 
 def _train(tmp, out, *extra):
@@ -47,3 +51,16 @@ def test_async_rollout_trains_on_one_step_old_samples_with_is_weights(tmp_path):
     assert max(r["rollout/logprob_max_diff"] for r in rows[1:]) > 1e-3
     assert rows[0]["rollout/sample_digest"] == sync[0]["rollout/sample_digest"]
     assert rows[0]["learner/loss"] == pytest.approx(sync[0]["learner/loss"], abs=1e-6)
+
+    # a crash after the checkpoint at step 3: resume from it
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "async", cut)
+    shutil.rmtree(cut / "checkpoints" / "step_6")
+    assert (cut / "checkpoints" / "step_3" / "pending_rollout.json").is_file()
+    resumed = _train(tmp_path, cut, "rollout.async=true")
+    assert [r["step"] for r in resumed] == list(range(6))
+    for a, b in zip(rows[3:], resumed[3:], strict=True):
+        assert b["rollout/staleness"] == a["rollout/staleness"] == 1, a["step"]
+        assert b["rollout/sample_digest"] == a["rollout/sample_digest"], a["step"]
+        assert b["learner/loss"] == pytest.approx(a["learner/loss"], abs=1e-6), a["step"]
+        assert b["reward/mean"] == a["reward/mean"], a["step"]

@@ -83,6 +83,13 @@ def test_every_method_is_a_valid_config():
         load_config(overrides=overrides)  # raises ConfigError naming the key
 
 
+def test_methods_only_change_what_a_cell_may_change():
+    from ray_s3ft.compare import CELL_KEYS
+
+    for name, (_, overrides) in METHODS.items():
+        assert all(o.startswith(CELL_KEYS) for o in overrides), name
+
+
 @pytest.mark.slow
 def test_compare_smoke_grid_then_report(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("cmp")  # short: Ray's socket paths must fit 107 bytes

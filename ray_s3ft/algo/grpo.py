@@ -35,7 +35,8 @@ def group_advantages(
     sqrt((G-1)/G), e.g. +-0.71 instead of +-1 for rewards [1, 0]. ``scale_by_std=False`` is
     Dr. GRPO's fix (§3.1): dividing by std up-weights near-unanimous groups, a difficulty bias.
     A group with all-equal rewards gets exactly 0 (not a rounding residue) and is counted;
-    DAPO's dynamic sampling (§3.2) resamples such groups.
+    DAPO's dynamic sampling (§3.2) replaces such groups with new prompts' groups
+    (``algorithm.grpo.dynamic_sampling``, ``Controller.refill``).
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")

@@ -10,8 +10,14 @@ the world size, because DeepSpeed averages gradients over ranks. The summed grad
 one a single process would get on the whole batch, however it is split (tested).
 
 The reference policy for the KL term is a frozen copy held by each rank (small models; a large
-model would get its own actor group). SASR measures drift from the *post-warm-up* policy, so the
-controller resets the reference at the end of warm-up (METHODS.md §5).
+model would get its own actor group). Under ``schedule.reference: after_warmup`` (SASR's rule,
+METHODS.md §5, the default for every schedule) the controller resets it to the policy at the end
+of the warm-up.
+
+Adam's state is shared by SFT and GRPO steps, or with ``learner.optimizer_state: per_mode`` kept
+per mode over the same parameters (``_use_optimizer_state``): under shared state each update
+carries about 1 / (1 - beta1) = 10 steps of momentum from both modes, so ``trainer.grpo_lr``
+does not set the size of a GRPO update.
 """
 
 from __future__ import annotations
@@ -89,13 +95,28 @@ class LearnerActor:
         self.reference = self._load_reference()
         return self._build_engine()
 
-    def reset(self, seed: int) -> int:
+    def reset(
+        self, seed: int, cfg: LearnerConfig | None = None, grpo: GRPOConfig | None = None
+    ) -> int:
         """Start over from the base model: fresh weights, optimizer state and KL reference, in
         the same process group (``ray-s3ft compare`` runs a grid of cells on one set of actors).
-        The new engine loads the base weights, and the reference copies them from it. Collective.
-        """
+        The new engine loads the base weights, and the reference copies them from it. ``cfg`` /
+        ``grpo``: the next cell's settings (``optimizer_state``, the GRPO loss); what the model
+        and the process group were built with must stay. Collective."""
+        import dataclasses
         import gc
 
+        if cfg is not None:
+            changed = [
+                f.name
+                for f in dataclasses.fields(cfg)
+                if f.name != "optimizer_state" and getattr(cfg, f.name) != getattr(self.cfg, f.name)
+            ]
+            if changed:
+                raise ValueError(f"a reset cannot change learner.{', learner.'.join(changed)}")
+            self.cfg = cfg
+        if grpo is not None:
+            self.grpo = grpo
         self.engine = None
         gc.collect()
         self.seed = seed
@@ -120,6 +141,11 @@ class LearnerActor:
             model=model, model_parameters=params, optimizer=optimizer, config=ds_config
         )
         self.steps = 0
+        # learner.optimizer_state per_mode: the mode whose Adam state the optimizer holds, the
+        # other modes' states, and the state a mode's first step starts from
+        self.opt_mode: str | None = None
+        self.opt_states: dict = {}
+        self.fresh_opt_state = _copy_state(self._base_optimizer().state)
         return sum(p.numel() for p in params)
 
     def _ds_config(self) -> dict:
@@ -205,28 +231,100 @@ class LearnerActor:
         return token_logprobs(logits, ids[:, 1:]), logits  # [b, T-1], [b, T-1, V]
 
     def train_step(self, batch: TrainBatch, mode: str) -> StepStats:
-        """One optimizer step on this rank's share of the batch, in ``mode`` "sft" or "grpo"."""
+        """One SFT or GRPO update on this rank's share of the batch (``mode`` "sft" or "grpo").
+
+        SFT: one optimizer step. GRPO: ``algorithm.grpo.updates_per_batch`` (k) optimizer steps,
+        one per mini-batch (this rank's rows cut into k slices); with k > 1 one pass scores
+        the whole batch with the policy that sampled it first (pi_old, eval mode), so the
+        ratio pi / pi_old moves off 1 from the second mini-batch on and the clip acts. The
+        returned losses and grad norm are means over the k updates, the token statistics
+        (KL, entropy, clip share) means over the batch's tokens."""
+        import torch
+
+        from ray_s3ft.batches import take_rows
+
+        if mode not in ("sft", "grpo"):
+            raise ValueError(f"mode must be 'sft' or 'grpo', got {mode!r}")
+        engine = self.engine
+        temp = batch.temperature if mode == "grpo" else 1.0  # SFT: plain NLL
+        self._use_optimizer_state(mode)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = self.lr_by_mode[mode]
+        k = self.grpo.updates_per_batch if mode == "grpo" else 1
+        if batch.num_sequences % k:
+            raise ValueError(f"{batch.num_sequences} rows do not cut into {k} mini-batches")
+        old = self._old_logprobs(batch, temp) if k > 1 else None  # [B, T-1] pi_old
+        engine.train()
+        # sums over this rank: objective, kl*tok, entropy*tok, tokens, seqs, pg, clip*tok, |dlogp|,
+        # IS weight*tok, IS capped tokens, |ratio - 1|*tok
+        acc = torch.zeros(11, dtype=torch.float64)
+        max_diff = torch.zeros(1, dtype=torch.float64)  # max |learner logp - engine logp|
+        size, norms = batch.num_sequences // k, []
+        for u in range(k):
+            rows = slice(u * size, (u + 1) * size)
+            part = batch if k == 1 else take_rows(batch, rows)
+            part_old = None if old is None else old[rows]
+            if k == 1:
+                tokens, seqs = batch.global_tokens, batch.num_sequences * self.world_size
+            else:  # this mini-batch over all ranks: the normalisers of its update
+                tokens = self._all_reduce(part.loss_mask[:, 1:].sum().double()).item()
+                seqs = size * self.world_size
+            norms.append(self._update(part, mode, temp, part_old, tokens, seqs, acc, max_diff))
+        self.steps += 1
+        acc = self._all_reduce(acc)
+        max_diff = self._all_reduce(max_diff, op="max")
+        tok = max(acc[3].item(), 1.0)
+        with_kl = mode == "grpo" or self.cfg.sft_kl
+        finite = [n for n in norms if n is not None]
+        return StepStats(
+            loss=acc[0].item() / k,
+            grad_norm=sum(finite) / len(finite) if finite else float("nan"),
+            kl=acc[1].item() / tok if with_kl else float("nan"),
+            entropy=acc[2].item() / tok,
+            tokens=int(acc[3].item()),
+            sequences=int(acc[4].item()),
+            pg_loss=acc[5].item() / k,
+            clip_frac=acc[6].item() / tok,
+            logprob_diff=acc[7].item() / tok,
+            logprob_max_diff=max_diff.item(),
+            is_weight=acc[8].item() / tok if batch.is_cap is not None else 1.0,
+            is_clip_frac=acc[9].item() / tok,
+            updates=k,
+            ratio_dev=acc[10].item() / tok,
+        )
+
+    def _old_logprobs(self, batch: TrainBatch, temperature: float):
+        """pi_old: the current policy's logprobs of the whole batch before its updates, in eval
+        mode (no dropout) and without a graph: [B, T-1], zero past each row's length."""
+        import torch
+
+        from ray_s3ft.batches import take_rows
+
+        out = torch.zeros(batch.input_ids.shape[0], batch.input_ids.shape[1] - 1)
+        micro = self.cfg.micro_batch_size
+        self.engine.eval()
+        with torch.no_grad():
+            for start in range(0, batch.num_sequences, micro):
+                mb = take_rows(batch, slice(start, start + micro))
+                logp, _ = self._logprobs(self.engine.module, mb, slice(None), temperature)
+                out[start : start + micro, : logp.shape[1]] = logp.float().cpu()
+        return out
+
+    def _update(self, batch, mode, temp, old, global_tokens, global_seqs, acc, max_diff):
+        """One optimizer step on ``batch`` (all of this rank's rows of one update), in
+        micro-batches; ``global_tokens`` / ``global_seqs``: the update's normalisers over all
+        ranks. Adds to ``acc`` / ``max_diff``; returns the step's grad norm (None: unknown)."""
         import torch
 
         from ray_s3ft.algo.grpo import grpo_loss, kl_k3
         from ray_s3ft.algo.losses import entropy_from_logits, masked_nll
         from ray_s3ft.batches import take_rows
 
-        if mode not in ("sft", "grpo"):
-            raise ValueError(f"mode must be 'sft' or 'grpo', got {mode!r}")
         engine, micro = self.engine, self.cfg.micro_batch_size
         with_kl = mode == "grpo" or self.cfg.sft_kl  # SFT steps: KL only as a metric
-        temp = batch.temperature if mode == "grpo" else 1.0  # SFT: plain NLL
-        engine.train()
-        for group in engine.optimizer.param_groups:  # Adam's moments are shared by both modes
-            group["lr"] = self.lr_by_mode[mode]
         n_micro = math.ceil(batch.num_sequences / micro)
         engine.set_train_batch_size(micro * n_micro * self.world_size)
-        # sums over this rank: objective, kl*tok, entropy*tok, tokens, seqs, pg, clip*tok, |dlogp|,
-        # IS weight*tok, IS capped tokens
-        acc = torch.zeros(10, dtype=torch.float64)
-        max_diff = torch.zeros(1, dtype=torch.float64)  # max |learner logp - engine logp|
-        global_seqs = batch.num_sequences * self.world_size
+        grad_norm = None
         for i in range(n_micro):
             mb = take_rows(batch, slice(i * micro, (i + 1) * micro))  # its own length
             mask = mb.loss_mask[:, 1:].to(self.device)  # [b, T-1]
@@ -239,19 +337,24 @@ class LearnerActor:
                 ent = entropy_from_logits(logits.detach(), mask) * mask.sum()
             tokens = mask.sum()
             if mode == "sft":
-                loss = masked_nll(logp, mask, normalizer=batch.global_tokens)  # share of global
+                loss = masked_nll(logp, mask, normalizer=global_tokens)  # share of global
                 pg = clip = 0.0
             else:
+                # pi_old: the policy before this step's first update (one update: pi_theta)
+                if old is None:
+                    old_logp = logp.detach()
+                else:
+                    old_logp = old[i * micro : (i + 1) * micro, : logp.shape[1]].to(self.device)
                 weights = None
                 if batch.is_cap is not None:  # samples of an older policy (async rollout)
                     behaviour = mb.rollout_logprobs[:, 1:].to(self.device)
-                    raw = torch.exp(logp.detach() - behaviour)  # pi_old / pi_behaviour
+                    raw = torch.exp(old_logp - behaviour)  # pi_old / pi_behaviour
                     weights = raw.clamp(max=batch.is_cap)  # [b, T-1]
                     acc[8] += (weights * mask).sum().item()
                     acc[9] += ((raw > batch.is_cap).float() * mask).sum().item()
                 out = grpo_loss(
                     logp,
-                    logp.detach(),  # one update per rollout batch: pi_old is pi_theta itself
+                    old_logp,
                     mb.advantages.to(self.device),
                     mask,
                     eps_low=self.grpo.eps_low,
@@ -262,22 +365,24 @@ class LearnerActor:
                     max_len=batch.max_new_tokens,
                     is_weights=weights,
                 )
-                # grpo_loss averages within the micro-batch; rescale to its share of the step
+                # grpo_loss averages within the micro-batch; rescale to its share of the update
                 share = (
-                    tokens.item() / max(batch.global_tokens, 1.0)
+                    tokens.item() / max(global_tokens, 1.0)
                     if self.grpo.loss_agg == "dapo"
                     else mask.shape[0] / global_seqs
                 )
                 loss = out.loss * share
                 pg, clip = out.pg_loss * share, out.clip_frac * tokens.item()
-                if batch.rollout_logprobs is not None:
+                acc[10] += ((torch.exp(logp.detach() - old_logp) - 1).abs() * mask).sum().item()
+                if batch.rollout_logprobs is not None:  # the engine against pi_old
                     engine_logp = mb.rollout_logprobs[:, 1:].to(self.device)
-                    diff = (logp.detach() - engine_logp).abs() * mask  # [b, T-1]
+                    diff = (old_logp - engine_logp).abs() * mask  # [b, T-1]
                     acc[7] += diff.sum().item()
-                    max_diff = torch.maximum(max_diff, diff.max().double().cpu())
+                    max_diff.copy_(torch.maximum(max_diff, diff.max().double().cpu()))
             engine.set_gradient_accumulation_boundary(i == n_micro - 1)
             engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            grad_norm = self._stage0_grad_norm() if i == n_micro - 1 else None
+            if i == n_micro - 1:
+                grad_norm = self._stage0_grad_norm()
             engine.step()
             acc[:7] += torch.tensor(
                 [
@@ -293,24 +398,53 @@ class LearnerActor:
             )
         if grad_norm is None:
             grad_norm = engine.get_global_grad_norm()
-        self.steps += 1
-        acc = self._all_reduce(acc)
-        max_diff = self._all_reduce(max_diff, op="max")
-        tok = max(acc[3].item(), 1.0)
-        return StepStats(
-            loss=acc[0].item(),
-            grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-            kl=acc[1].item() / tok if with_kl else float("nan"),
-            entropy=acc[2].item() / tok,
-            tokens=int(acc[3].item()),
-            sequences=int(acc[4].item()),
-            pg_loss=acc[5].item(),
-            clip_frac=acc[6].item() / tok,
-            logprob_diff=acc[7].item() / tok,
-            logprob_max_diff=max_diff.item(),
-            is_weight=acc[8].item() / tok if batch.is_cap is not None else 1.0,
-            is_clip_frac=acc[9].item() / tok,
-        )
+        return None if grad_norm is None else float(grad_norm)
+
+    # ------------------------------------------------------------------- optimizer per mode
+
+    def _base_optimizer(self):
+        """The torch optimizer inside DeepSpeed's wrappers (ZeRO, bf16): it holds Adam's state,
+        keyed by the parameters it updates (ZeRO: the flat fp32 partitions)."""
+        opt = self.engine.optimizer
+        while hasattr(opt, "optimizer"):
+            opt = opt.optimizer
+        return opt
+
+    def _use_optimizer_state(self, mode: str) -> None:
+        """``learner.optimizer_state: per_mode``: give the optimizer ``mode``'s Adam state (its
+        moments and step count) and keep the other mode's aside. A mode's first step starts
+        from the state DeepSpeed built the optimizer with."""
+        if self.cfg.optimizer_state != "per_mode" or self.opt_mode == mode:
+            return
+        opt = self._base_optimizer()
+        if self.opt_mode is not None:  # before the first step the optimizer holds a fresh one
+            self.opt_states[self.opt_mode] = opt.state
+            held = self.opt_states.pop(mode, None)
+            opt.state = held if held is not None else _copy_state(self.fresh_opt_state)
+        self.opt_mode = mode
+
+    def _mode_states(self) -> dict:
+        """The per-mode bookkeeping for a checkpoint: which mode's state the optimizer holds
+        (DeepSpeed saves that one) and the others, keyed by parameter position."""
+        params = [p for g in self._base_optimizer().param_groups for p in g["params"]]
+        index = {id(p): i for i, p in enumerate(params)}
+        return {
+            "active": self.opt_mode,
+            "inactive": {
+                m: {index[id(p)]: dict(s) for p, s in st.items()}
+                for m, st in self.opt_states.items()
+            },
+        }
+
+    def _load_mode_states(self, saved: dict) -> None:
+        from collections import defaultdict
+
+        params = [p for g in self._base_optimizer().param_groups for p in g["params"]]
+        self.opt_mode = saved["active"]
+        self.opt_states = {
+            m: defaultdict(dict, {params[int(i)]: s for i, s in st.items()})
+            for m, st in saved["inactive"].items()
+        }
 
     def _stage0_grad_norm(self) -> float | None:
         """ZeRO-0 with a torch optimizer reports no norm: after the boundary backward the grads
@@ -463,6 +597,8 @@ class LearnerActor:
 
         self.engine.save_checkpoint(ckpt_dir, tag="state")
         torch.save(_rng_state(), Path(ckpt_dir) / f"rng_rank{self.rank}.pt")
+        if self.cfg.optimizer_state == "per_mode":  # DeepSpeed saved the active mode's state
+            torch.save(self._mode_states(), Path(ckpt_dir) / f"optimizer_modes_rank{self.rank}.pt")
         sd = self.full_state_dict()
         lora = self.model_cfg.lora.enabled
         if lora and hf_dir is not None:
@@ -484,7 +620,18 @@ class LearnerActor:
         import torch
         from safetensors.torch import load_file
 
+        modes = Path(ckpt_dir) / f"optimizer_modes_rank{self.rank}.pt"
+        per_mode = self.cfg.optimizer_state == "per_mode"
+        if modes.is_file() != per_mode:
+            held = "one Adam state per mode" if modes.is_file() else "one shared Adam state"
+            raise RuntimeError(
+                f"{ckpt_dir} holds {held}, but learner.optimizer_state="
+                f"{self.cfg.optimizer_state}: resume with the setting it was saved with, or "
+                "start a new run"
+            )
         self.engine.load_checkpoint(ckpt_dir, tag="state")
+        if per_mode:
+            self._load_mode_states(torch.load(modes, weights_only=True))
         rng = Path(ckpt_dir) / f"rng_rank{self.rank}.pt"
         if rng.is_file():  # dropout (LoRA) draws continue where the saved run stopped
             state = torch.load(rng, weights_only=True)
@@ -493,6 +640,21 @@ class LearnerActor:
                 torch.cuda.set_rng_state_all(state["cuda"])
         ref = load_file(str(Path(ckpt_dir) / "reference.safetensors"))
         self.reference.load_state_dict(ref, strict=False)
+
+
+def _copy_state(state) -> dict:
+    """A copy of a torch optimizer's ``state`` (param -> {name: value}) under the same keys."""
+    from collections import defaultdict
+
+    import torch
+
+    return defaultdict(
+        dict,
+        {
+            p: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+            for p, s in state.items()
+        },
+    )
 
 
 def _rng_state() -> dict:

@@ -90,3 +90,5 @@ class StepStats:
     logprob_max_diff: float = 0.0  # GRPO: the largest such difference over the batch
     is_weight: float = 1.0  # async GRPO: mean truncated importance weight over response tokens
     is_clip_frac: float = 0.0  # async GRPO: share of tokens whose weight hit the cap
+    updates: int = 1  # optimizer steps taken (GRPO: algorithm.grpo.updates_per_batch)
+    ratio_dev: float = 0.0  # GRPO: mean |pi / pi_old - 1| over tokens (0 with one update)
