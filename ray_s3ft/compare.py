@@ -94,6 +94,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
         "fixed_ratio, one Adam state per mode",
         ["schedule.kind=fixed_ratio", "algorithm.targets=s3ft", "learner.optimizer_state=per_mode"],
     ),
+    "sft_then_grpo_per_mode": (
+        "sft_then_grpo, one Adam state per mode",
+        ["schedule.kind=sft_then_grpo", "algorithm.targets=s3ft", "learner.optimizer_state=per_mode"],
+    ),
     "grpo_ppo2": ("GRPO only, 2 PPO updates per rollout batch",
                   ["schedule.kind=grpo", "algorithm.grpo.updates_per_batch=2"]),
     "grpo_dynamic": ("GRPO only, DAPO dynamic sampling",
@@ -273,6 +277,61 @@ _AGG = (
 )  # fmt: skip
 
 
+def step_worth(runs: list[tuple[list[dict], dict]], key: str = "eval/task_accuracy") -> list:
+    """What an SFT step and a GRPO step were worth, segment by segment of training.
+
+    ``runs``: per cell its ``metrics.jsonl`` rows and its ``eval_before`` scores. Between two
+    in-loop evaluations a cell took n_sft SFT and n_grpo GRPO steps and its accuracy moved by
+    d; over the cells, least squares without intercept, d = a * n_sft + b * n_grpo, gives a
+    and b: accuracy per SFT step and per GRPO step in that segment (the first segment starts
+    from the base model's ``eval_before``, on the whole eval set, not the in-loop head). Needs
+    cells of different mixes (pure SFT, pure GRPO, hybrids); a segment whose design matrix is
+    singular is left out. Returns one dict per segment: start, end (steps), sft, grpo (per
+    step), their standard errors and the number of cells."""
+    import numpy as np
+
+    base_key = {"eval/task_accuracy": ("task", "accuracy"), "eval/heldout_mean": None}[key]
+    segments: dict[tuple[int, int], list[tuple[int, int, float]]] = {}
+    for rows, before in runs:
+        start = before["heldout_mean"] if base_key is None else before["task"]["accuracy"]
+        prev_step, n = 0, {"sft": 0, "grpo": 0}
+        for r in rows:
+            n[r["mode"]] += 1
+            if key in r:
+                end = r["step"] + 1
+                segments.setdefault((prev_step, end), []).append(
+                    (n["sft"], n["grpo"], r[key] - start)
+                )
+                start, prev_step, n = r[key], end, {"sft": 0, "grpo": 0}
+    out = []
+    for (lo, hi), obs in sorted(segments.items()):
+        X = np.array([[a, b] for a, b, _ in obs], dtype=float)
+        y = np.array([d for _, _, d in obs])
+        if len(obs) < 3 or np.linalg.matrix_rank(X) < 2:
+            continue
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        resid = y - X @ coef
+        dof = len(obs) - 2
+        cov = np.linalg.inv(X.T @ X) * (resid @ resid / dof)
+        err = np.sqrt(np.diag(cov))
+        out.append({"start": lo, "end": hi, "sft": float(coef[0]), "grpo": float(coef[1]),
+                    "sft_se": float(err[0]), "grpo_se": float(err[1]), "cells": len(obs)})  # fmt: skip
+    return out
+
+
+def _step_worth_runs(out: Path, cells: list[dict]) -> list:
+    runs = []
+    for c in cells:
+        if c["method"] == "base":
+            continue
+        d = out / "cells" / f"{c['method']}-s{c['seed']}"
+        if not (d / "metrics.jsonl").is_file() or not (d / "eval_before.json").is_file():
+            continue
+        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        runs.append((rows, json.loads((d / "eval_before.json").read_text())))
+    return runs
+
+
 def collect(out: Path, methods, seeds, before: dict, base_targets: dict) -> dict:
     cells, summary = [], []
     for method in methods:
@@ -298,7 +357,12 @@ def collect(out: Path, methods, seeds, before: dict, base_targets: dict) -> dict
                 for k in ("self", "paraphrase", "gold")
             }
         summary.append(agg)
-    return {"base": before, "seeds": list(seeds), "cells": cells, "summary": summary}
+    runs = _step_worth_runs(out, cells)
+    worth = {k: step_worth(runs, k) for k in ("eval/task_accuracy", "eval/heldout_mean")}
+    return {
+        "base": before, "seeds": list(seeds), "cells": cells, "summary": summary,
+        "step_worth": {"task": worth["eval/task_accuracy"], "heldout": worth["eval/heldout_mean"]},
+    }  # fmt: skip
 
 
 def _pct(x, std=None) -> str:
@@ -356,6 +420,29 @@ def results_markdown(r: dict) -> str:
         for a in r["summary"]:
             cols = " | ".join(_pct(a["heldout"][n]["mean"]) for n in names)
             lines.append(f"| {a['method']} | {cols} |")
+    worth = r.get("step_worth") or {}
+    if worth.get("task"):
+        lines += [
+            "",
+            "What one step was worth, per segment of training (points of accuracy per step, "
+            "least squares over every cell: change = a * SFT steps + b * GRPO steps; ± standard "
+            "error; the first segment starts from the base model on the whole eval set):",
+            "",
+            "| steps | task: SFT step | task: GRPO step | held-out: SFT step | held-out: GRPO step "
+            "| cells |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        held = {(h["start"], h["end"]): h for h in worth.get("heldout", [])}
+        for t in worth["task"]:
+            h = held.get((t["start"], t["end"]))
+
+            def pts(x, key):
+                return "-" if x is None else f"{100 * x[key]:+.3f} ± {100 * x[key + '_se']:.3f}"
+
+            lines.append(
+                f"| {t['start']}-{t['end']} | {pts(t, 'sft')} | {pts(t, 'grpo')} "
+                f"| {pts(h, 'sft')} | {pts(h, 'grpo')} | {t['cells']} |"
+            )
     lines += ["", "Methods:", ""]
     lines += [f"- `{a['method']}`: {a['description']}" for a in r["summary"]]
     if r.get("command"):

@@ -186,7 +186,7 @@ class GRPOConfig:
     eps_low: float = 0.2  # lower clip range: ratio >= 1 - eps_low
     eps_high: float = 0.28  # upper clip range: ratio <= 1 + eps_high (DAPO's clip-higher)
     beta: float = 0.04  # weight of the k3 KL-to-reference loss term
-    loss_agg: str = "dapo"  # LOSS_AGGS: how token losses are averaged (METHODS.md section 4)
+    loss_agg: str = "dapo"  # LOSS_AGGS: how token losses are averaged (README, Methods)
     adv_eps: float = 1e-6  # eps in A_i = (R_i - mean R) / (std R + eps)
     # reward of a sample the judge could not decide (no final answer, sandbox timeout, an
     # unparseable LLM verdict), in [0, 1]; a correct one is 1, a wrong one 0
@@ -210,7 +210,7 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True)
 class SASRConfig:
-    # The defaults are SASR's own gate (METHODS.md section 5): p_sft = G / (G + gamma * G_warm),
+    # The defaults are SASR's own gate (README, Methods): p_sft = G / (G + gamma * G_warm),
     # G the latest SFT step's grad norm, G_warm the last warm-up step's. The rest are our
     # extensions, each off by default and named so a grid can compare them.
     gamma: float = 1.0  # weight of G_warm against G in the gate

@@ -233,7 +233,7 @@ class Controller:
         self.observe(step, decision, stats, probe_norm)
         self.count_restarts()
         if step == self.reference_step():
-            # the KL reference becomes the post-warm-up policy (SASR's rule, METHODS.md §5)
+            # the KL reference becomes the post-warm-up policy (SASR's rule, README, Methods)
             timer.run("reference", self.g.learner.call, LearnerActor.reset_reference)
         self.state.step = step + 1
         if self.state.step % self.cfg.trainer.checkpoint_every == 0:

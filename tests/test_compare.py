@@ -151,3 +151,30 @@ def test_compare_smoke_grid_then_report(tmp_path_factory):
         assert cell in report and f"{100 * acc['task']['accuracy']:.1f} %" in report
     for png in ("accuracy", "loss_reward", "schedule", "gate_signals", "targets"):
         assert (tmp_path / "rep" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_step_worth_recovers_what_each_step_was_worth_by_hand():
+    from ray_s3ft.compare import step_worth
+
+    def run(modes, accs):  # eval after every second step
+        rows = []
+        for i, m in enumerate(modes):
+            row = {"step": i, "mode": m}
+            if i % 2 == 1:
+                row["eval/task_accuracy"] = accs[i // 2]
+            rows.append(row)
+        return rows, {"task": {"accuracy": 0.5}, "heldout_mean": 0.8}
+
+    # steps 0-2: an SFT step is worth +0.10, a GRPO step +0.02; steps 2-4: -0.01 and +0.03
+    runs = [
+        run(["sft", "sft", "sft", "sft"], [0.70, 0.68]),
+        run(["grpo", "grpo", "grpo", "grpo"], [0.54, 0.60]),
+        run(["sft", "grpo", "grpo", "sft"], [0.62, 0.64]),
+    ]
+    first, second = step_worth(runs)
+    assert (first["start"], first["end"], first["cells"]) == (0, 2, 3)
+    assert first["sft"] == pytest.approx(0.10) and first["grpo"] == pytest.approx(0.02)
+    assert second["sft"] == pytest.approx(-0.01) and second["grpo"] == pytest.approx(0.03)
+    assert first["sft_se"] == pytest.approx(0.0, abs=1e-9)  # an exact fit
+    # one mix only: a and b cannot be told apart, the segment is left out
+    assert step_worth([runs[0]] * 3) == []

@@ -6,17 +6,19 @@ GSM8K-format, MBPP-format and NQ-format rows instead of hub data sets), the devi
 fp32) and the sizes (a few examples and steps). Its task, prompt, judge, LoRA, ZeRO stage,
 gradient checkpointing and schedule stay the config's own. Every phase runs: startup, eval,
 the S3FT store, SFT and GRPO steps, the checkpoint and the eval after.
+
+The five runs share one local Ray cluster (started as ``ray-s3ft train`` starts its own) and
+run in this process through ``ray_s3ft.train.train``, the function the CLI calls: a new Ray
+and a new interpreter per config would cost 15-20 s each and test nothing more
+(``test_train_e2e`` runs the CLI end to end).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _e2e import cli_env
 
 pytestmark = pytest.mark.slow
 
@@ -104,14 +106,29 @@ CONFIGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One local Ray for the module, as ``ray-s3ft train`` starts it (``start_ray``)."""
+    import ray
+
+    from ray_s3ft.cluster import start_ray
+    from ray_s3ft.config import load_config
+
+    tmp = tmp_path_factory.mktemp("cfg-ray")
+    assert start_ray(load_config(overrides=CPU), tmp)  # this module started it
+    yield
+    ray.shutdown()
+
+
 def test_every_shipped_config_is_covered():
     shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")}
     assert shipped - {"configs/default.yaml"} == {path for path, _, _ in CONFIGS.values()}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_a_shipped_config_trains_the_real_model(name, smollm2_dir, tmp_path):
+def test_a_shipped_config_trains_the_real_model(name, smollm2_dir, tmp_path, cluster, capfd):
     from ray_s3ft.config import load_config
+    from ray_s3ft.train import train
 
     path, task, no_pad = CONFIGS[name]
     model = _without_pad_token(smollm2_dir, tmp_path) if no_pad else smollm2_dir
@@ -121,12 +138,10 @@ def test_a_shipped_config_trains_the_real_model(name, smollm2_dir, tmp_path):
         f"trainer.output_dir={out}", f"eval.output_dir={out / 'eval'}",
     ]  # fmt: skip
     cfg = load_config(ROOT / path, overrides)
-    r = subprocess.run(
-        [sys.executable, "-m", "ray_s3ft.cli", "train", "--config", str(ROOT / path), *overrides],
-        capture_output=True, text=True, env=cli_env(tmp_path), cwd=tmp_path, timeout=900,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    returned = train(cfg)
+    console = capfd.readouterr()
     summary = json.loads((out / "summary.json").read_text())
+    assert returned["checkpoint"] == summary["checkpoint"]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 1]
     if cfg.schedule.kind == "sft":
@@ -151,4 +166,4 @@ def test_a_shipped_config_trains_the_real_model(name, smollm2_dir, tmp_path):
     assert (hf / "config.json").is_file() and (hf / "model.safetensors").is_file()
     if cfg.model.lora.enabled:
         assert "lora" not in (hf / "model.safetensors").read_bytes()[:200_000].decode("latin-1")
-    assert "Traceback" not in r.stdout + r.stderr
+    assert "Traceback" not in console.out + console.err

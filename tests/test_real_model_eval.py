@@ -1,7 +1,9 @@
 """The held-out suites on a real pretrained model (SmolLM2-135M-Instruct, fetched through the
-package index by ``ray_s3ft.model.fetch``): ``ray-s3ft eval`` with transformers and with vLLM
-scores multiple choice by log-likelihood (the two engines agree per choice), runs HumanEval's
-greedy answers in the sandbox and measures the base model's drift from itself (0)."""
+package index by ``ray_s3ft.model.fetch``): ``ray-s3ft eval`` on vLLM scores multiple choice by
+log-likelihood (transformers gives the same log-likelihood per choice), runs HumanEval's
+greedy answers in the sandbox and measures the base model's drift from itself (0). The
+transformers backend of ``ray-s3ft eval`` runs the same suites on the built-in model
+(``test_heldout_suites``)."""
 
 import json
 import os
@@ -41,21 +43,27 @@ def _eval(tmp_path, model, backend):
     return scores, records
 
 
-def test_real_model_suites_on_transformers_and_vllm(tmp_path, model):
-    hf_scores, hf = _eval(tmp_path, model, "hf")
-    vl_scores, vl = _eval(tmp_path, model, "vllm")
-    for scores, records in ((hf_scores, hf), (vl_scores, vl)):
-        mc = scores["heldout"]["general_mc"]
-        assert mc["n"] == 2 and mc["chance"] == 0.25
-        assert 0 <= mc["accuracy"] <= 1 and 0 <= mc["acc_norm"] <= 1
-        he = scores["heldout"]["humaneval"]
-        assert he["n"] == 2 and 0 <= he["accuracy"] <= 1
-        ran = [r["judge"] for r in records if r["set"] == "humaneval"]
-        assert len(ran) == 2 and set(ran) <= {"pass", "fail", "error"}, ran  # the sandbox ran
-        assert scores["drift"]["kl"] == 0.0 and scores["drift"]["tokens"] > 0
-    # the same log-likelihood of every choice from both engines
-    hf_ll = [r["loglik"] for r in hf if r["set"] == "general_mc"]
-    vl_ll = [r["loglik"] for r in vl if r["set"] == "general_mc"]
-    diff = max(abs(a - b) for x, y in zip(hf_ll, vl_ll, strict=True) for a, b in zip(x, y))
+def test_real_model_suites_on_vllm_with_transformers_logliks(tmp_path, model):
+    from ray_s3ft.config import RolloutConfig
+    from ray_s3ft.evaluate import choice_continuations
+    from ray_s3ft.tasks.benchmarks import load_choice_file
+    from ray_s3ft.workers.rollout import RolloutWorker
+
+    scores, records = _eval(tmp_path, model, "vllm")
+    mc = scores["heldout"]["general_mc"]
+    assert mc["n"] == 2 and mc["chance"] == 0.25
+    assert 0 <= mc["accuracy"] <= 1 and 0 <= mc["acc_norm"] <= 1
+    he = scores["heldout"]["humaneval"]
+    assert he["n"] == 2 and 0 <= he["accuracy"] <= 1
+    ran = [r["judge"] for r in records if r["set"] == "humaneval"]
+    assert len(ran) == 2 and set(ran) <= {"pass", "fail", "error"}, ran  # the sandbox ran
+    assert scores["drift"]["kl"] == 0.0 and scores["drift"]["tokens"] > 0
+    # the same log-likelihood of every choice from transformers, in this process
+    examples = load_choice_file(MC, 2)
+    hf = RolloutWorker(model, RolloutConfig(backend="hf", temperature=0.0), 1024, 512)
+    pairs = [(ex.prompt, c) for ex in examples for c in choice_continuations(ex)]
+    hf_ll = hf.loglikelihoods(pairs)
+    vl_ll = [x for r in records if r["set"] == "general_mc" for x in r["loglik"]]
+    assert len(hf_ll) == len(vl_ll) == 8
+    diff = max(abs(a - b) for a, b in zip(hf_ll, vl_ll, strict=True))
     assert diff < LOGLIK_TOL, (diff, hf_ll, vl_ll)
-    assert hf_scores["heldout"]["general_mc"] == vl_scores["heldout"]["general_mc"]

@@ -1,4 +1,4 @@
-"""GRPO: group-relative advantages and the clipped policy-gradient loss (METHODS.md §4).
+"""GRPO: group-relative advantages and the clipped policy-gradient loss (README, Methods).
 
 Papers: DeepSeekMath (arXiv 2402.03300) for the group baseline and the k3 KL term, DAPO
 (arXiv 2503.14476) for clip-higher and token-level aggregation, Dr. GRPO (arXiv 2503.20783) for
@@ -97,7 +97,7 @@ def _aggregate(per_token: Tensor, mask: Tensor, agg: str, max_len: int | None) -
         return total / mask.sum().clamp(min=1.0)  # []
     if agg == "dr_grpo":
         # Dr. GRPO §3.1: a constant (B * generation budget) removes the length bias entirely;
-        # per group this is METHODS.md's G * max_len.
+        # per group this is G * max_len.
         if max_len is None or max_len < 1:
             raise ValueError(f"agg='dr_grpo' needs max_len >= 1, got {max_len}")
         return total / (per_token.shape[0] * max_len)  # []

@@ -2,7 +2,7 @@
 
 Conventions: B = batch, T = sequence length, V = vocabulary. ``labels[b, t]`` is the token whose
 probability ``logits[b, t]`` predicts, i.e. the caller has already shifted by one. ``mask`` is 1.0
-on response tokens and 0.0 on prompt and padding: every method in METHODS.md trains on the
+on response tokens and 0.0 on prompt and padding: every method here trains on the
 response only.
 """
 
@@ -32,7 +32,7 @@ def masked_nll(logprobs: Tensor, mask: Tensor, normalizer: float | None = None) 
     """Per-token negative log-likelihood over the masked tokens of the whole batch (scalar).
 
     Dividing by the token count of the *batch* (not per sequence) weights every response token
-    equally, the SFT objective of METHODS.md §1. Under data parallelism each rank sees only its
+    equally, the SFT objective (README, Methods). Under data parallelism each rank sees only its
     shard, so a learner passes ``normalizer`` = the global token count and the summed gradient
     equals the single-process one. No tokens -> 0.0 that still carries a (zero) gradient, so
     every rank runs the same backward.

@@ -1,18 +1,18 @@
-"""Step-wise choice between an SFT step and a GRPO step: SASR and its baselines (METHODS.md §5).
+"""Step-wise choice between an SFT step and a GRPO step: SASR and its baselines (README, Methods).
 
 SASR (arXiv 2505.13026) runs W pure SFT warm-up steps, then draws each step's mode from a
 probability driven by the SFT gradient norm. ``SASRSchedule``'s default is the paper's rule as
-METHODS.md §5 records it, ``p_t = G_last / (G_last + gamma * G_warm)``; probes, an EMA, a KL term
-and clipping are our extensions, off unless configured. The baselines ``sft``, ``grpo``,
-``sft_then_grpo`` and ``fixed_ratio`` share this interface so one controller runs them all by
-config. Steps are 0-indexed; step < warmup_steps is warm-up.
+the README's Methods section records it, ``p_t = G_last / (G_last + gamma * G_warm)``; probes,
+an EMA, a KL term and clipping are our extensions, off unless configured. The baselines
+``sft``, ``grpo``, ``sft_then_grpo`` and ``fixed_ratio`` share this interface so one controller
+runs them all by config. Steps are 0-indexed; step < warmup_steps is warm-up.
 
 Every kind tracks the same signals (so baseline logs are comparable with SASR's):
   G_t    the SFT grad norm (L2, before clipping) of the latest SFT step (G_last), or with
          ema_decay > 0 an EMA over SFT steps and probes; re-anchored to G_warm at the end of
          warm-up.
   G_warm the SFT grad norm observed at step W-1 (absent when W = 0).
-  KL_t   the most recent observed KL; 0.0 until the first observation (METHODS.md §5).
+  KL_t   the most recent observed KL; 0.0 until the first observation (README, Methods).
 Non-finite observations (an fp16 overflow step) are skipped and counted, not folded into G_t.
 """
 
@@ -176,7 +176,7 @@ class FixedRatioSchedule(Schedule):
 
 
 class SASRSchedule(Schedule):
-    """The SASR gate, after W >= 1 warm-up SFT steps (METHODS.md §5):
+    """The SASR gate, after W >= 1 warm-up SFT steps (README, Methods):
 
     p_sft = clip( G_t / (G_t + gamma * G_warm) * (1 + lam * KL_t / kl_target), p_min, p_max )
 

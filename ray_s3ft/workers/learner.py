@@ -11,8 +11,8 @@ one a single process would get on the whole batch, however it is split (tested).
 
 The reference policy for the KL term is a frozen copy held by each rank (small models; a large
 model would get its own actor group). Under ``schedule.reference: after_warmup`` (SASR's rule,
-METHODS.md §5, the default for every schedule) the controller resets it to the policy at the end
-of the warm-up.
+the README's Methods section; the default for every schedule) the controller resets it to the
+policy at the end of the warm-up.
 
 Adam's state is shared by SFT and GRPO steps, or with ``learner.optimizer_state: per_mode`` kept
 per mode over the same parameters (``_use_optimizer_state``): under shared state each update
