@@ -24,6 +24,7 @@ from ray_s3ft.workers.learner import LearnerActor
 
 _STEP_DIR = re.compile(r"step_(\d+)$")
 STATE = "trainer_state.json"
+PENDING = "pending_rollout.json"  # rollout.async: the prefetched batch a checkpoint holds
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -40,6 +41,8 @@ def save_checkpoint(
     learners.call(LearnerActor.save, str(ckpt / "deepspeed"), str(ckpt / "hf"))
     for name, text in (files or {}).items():
         (ckpt / name).write_text(text)
+    if PENDING not in (files or {}):  # a step saved again, without one now
+        (ckpt / PENDING).unlink(missing_ok=True)
     tmp = ckpt / f"{STATE}.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     os.replace(tmp, ckpt / STATE)

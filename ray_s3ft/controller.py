@@ -37,7 +37,7 @@ import torch
 from ray_s3ft.algo.grpo import group_advantages
 from ray_s3ft.algo.schedules import Decision, make_schedule
 from ray_s3ft.batches import grpo_batch, sft_batch, shard
-from ray_s3ft.checkpoints import latest_checkpoint, save_checkpoint
+from ray_s3ft.checkpoints import PENDING, latest_checkpoint, save_checkpoint
 from ray_s3ft.cluster import Groups
 from ray_s3ft.config import Config
 from ray_s3ft.errors import RunFailed
@@ -58,7 +58,6 @@ PHASES = (
     "checkpoint", "eval",
 )  # fmt: skip
 FAULTS = ("rollout_restarts", "judge_restarts", "judge_timeouts", "learner_restarts")
-PENDING = "pending_rollout.json"  # a checkpoint's prefetched rollout (rollout.async)
 
 
 @dataclass
@@ -471,6 +470,7 @@ class Controller:
         judged["extra_rounds"] = judged.get("extra_rounds", 0) + rounds
         judged["dropped_groups"] = judged.get("dropped_groups", 0) + dropped
         last["reward/mean"] = torch.cat(all_rewards).mean().item()  # every sample of the step
+        last["rollout/sample_digest"] = sample_digest([g for _, gs, _ in batch for g in gs])
         return (
             [ex for ex, _, _ in batch],
             [g for _, gs, _ in batch for g in gs],

@@ -145,7 +145,11 @@ class LearnerActor:
         # other modes' states, and the state a mode's first step starts from
         self.opt_mode: str | None = None
         self.opt_states: dict = {}
-        self.fresh_opt_state = _copy_state(self._base_optimizer().state)
+        self.fresh_opt_state = (  # not held otherwise: a bf16 ZeRO-0 one is a full copy
+            _copy_state(self._base_optimizer().state)
+            if self.cfg.optimizer_state == "per_mode"
+            else None
+        )
         return sum(p.numel() for p in params)
 
     def _ds_config(self) -> dict:
@@ -261,7 +265,10 @@ class LearnerActor:
         max_diff = torch.zeros(1, dtype=torch.float64)  # max |learner logp - engine logp|
         size, norms = batch.num_sequences // k, []
         for u in range(k):
-            rows = slice(u * size, (u + 1) * size)
+            # every k-th row: the rows come ordered by length (``shard``), so contiguous
+            # slices would give the first update the longest responses and the last the
+            # shortest, and each update's own token normaliser would weigh them unequally
+            rows = slice(u, None, k)
             part = batch if k == 1 else take_rows(batch, rows)
             part_old = None if old is None else old[rows]
             if k == 1:
@@ -295,7 +302,8 @@ class LearnerActor:
 
     def _old_logprobs(self, batch: TrainBatch, temperature: float):
         """pi_old: the current policy's logprobs of the whole batch before its updates, in eval
-        mode (no dropout) and without a graph: [B, T-1], zero past each row's length."""
+        mode (no dropout) and without a graph: [B, T-1], zero past each row's length. With
+        LoRA dropout the first update's ratio is then pi(dropout) / pi_old, not exactly 1."""
         import torch
 
         from ray_s3ft.batches import take_rows
@@ -413,7 +421,9 @@ class LearnerActor:
     def _use_optimizer_state(self, mode: str) -> None:
         """``learner.optimizer_state: per_mode``: give the optimizer ``mode``'s Adam state (its
         moments and step count) and keep the other mode's aside. A mode's first step starts
-        from the state DeepSpeed built the optimizer with."""
+        from the state DeepSpeed built the optimizer with. (DeepSpeed's own optimizer-state
+        accessors, ``safe_get_full_optimizer_state`` and universal checkpoints, link to the
+        state of the first mode that stepped; nothing here uses them.)"""
         if self.cfg.optimizer_state != "per_mode" or self.opt_mode == mode:
             return
         opt = self._base_optimizer()
@@ -597,8 +607,11 @@ class LearnerActor:
 
         self.engine.save_checkpoint(ckpt_dir, tag="state")
         torch.save(_rng_state(), Path(ckpt_dir) / f"rng_rank{self.rank}.pt")
+        modes = Path(ckpt_dir) / f"optimizer_modes_rank{self.rank}.pt"
         if self.cfg.optimizer_state == "per_mode":  # DeepSpeed saved the active mode's state
-            torch.save(self._mode_states(), Path(ckpt_dir) / f"optimizer_modes_rank{self.rank}.pt")
+            torch.save(self._mode_states(), modes)
+        else:
+            modes.unlink(missing_ok=True)  # a step saved again, with shared state this time
         sd = self.full_state_dict()
         lora = self.model_cfg.lora.enabled
         if lora and hf_dir is not None:
