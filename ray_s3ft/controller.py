@@ -303,14 +303,15 @@ class Controller:
         self.g.learner.wait(refs[1:])
         return []
 
-    def _rollout_request(self, step: int):
-        """The next GRPO batch's example indices (the cursor is not moved), its examples and
-        the (prompt, seed) items to sample for ``step``."""
+    def _rollout_request(self, step: int, n: int | None = None, round: int = 0):
+        """The next ``n`` (default: a GRPO batch's) example indices (the cursor is not moved),
+        their examples and the (prompt, seed) items to sample for ``step``; ``round`` > 0:
+        a dynamic-sampling round's."""
         c = self.cfg
-        idx = self._take("grpo", c.trainer.grpo_prompts_per_step)
+        idx = self._take("grpo", c.trainer.grpo_prompts_per_step if n is None else n)
         examples = [self.examples[i] for i in idx]
         seed = c.trainer.seed
-        items = [(ex.prompt, rollout_seed(seed, step, i)) for ex, i in zip(examples, idx)]
+        items = [(ex.prompt, rollout_seed(seed, step, i, round)) for ex, i in zip(examples, idx)]
         return idx, examples, items
 
     def _sampling(self) -> Sampling:
@@ -448,14 +449,10 @@ class Controller:
         rounds, all_rewards = 0, [rewards]
         while len(kept) < P and rounds < grpo.max_extra_rollouts:
             rounds += 1
-            need = P - len(kept)
-            idx = self._take("grpo", need)
-            self.state.cursors["grpo"] += need
-            exs = [self.examples[i] for i in idx]
-            seed = self.cfg.trainer.seed
-            items = [(ex.prompt, rollout_seed(seed, step, i, rounds)) for ex, i in zip(exs, idx)]
+            _, exs, items = self._rollout_request(step, P - len(kept), rounds)
+            self.state.cursors["grpo"] += len(exs)
             timer.run("sync", self.sync_weights)
-            parts, seconds = timer.run("rollout", self._sample_now, items)
+            parts, _ = timer.run("rollout", self._sample_now, items)
             more = [g for p in parts for g in p.generations]
             r = timer.run("judge", self.judge, exs, more)
             all_rewards.append(r)

@@ -83,6 +83,7 @@ class GRPOLossOutput:
     kl: float  # mean per-token k3 over masked tokens (0.0 without a reference)
     clip_frac: float  # fraction of masked tokens where the clipped branch won (zero gradient)
     ratio_mean: float  # mean of pi_theta / pi_old over masked tokens
+    ratio_dev: float = 0.0  # mean |pi_theta / pi_old - 1| over masked tokens
 
 
 def _aggregate(per_token: Tensor, mask: Tensor, agg: str, max_len: int | None) -> Tensor:
@@ -169,12 +170,14 @@ def grpo_loss(
         pg_value = _aggregate(-surrogate, mask, agg, max_len).item()
         clip_frac = _masked_item(was_clipped, mask)
         ratio_mean = _masked_item(ratio, mask)
+        ratio_dev = _masked_item((ratio - 1.0).abs(), mask)
     return GRPOLossOutput(
         loss=_aggregate(per_token, mask, agg, max_len),
         pg_loss=pg_value,
         kl=kl_value,
         clip_frac=clip_frac,
         ratio_mean=ratio_mean,
+        ratio_dev=ratio_dev,
     )
 
 

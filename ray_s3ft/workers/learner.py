@@ -381,7 +381,7 @@ class LearnerActor:
                 )
                 loss = out.loss * share
                 pg, clip = out.pg_loss * share, out.clip_frac * tokens.item()
-                acc[10] += ((torch.exp(logp.detach() - old_logp) - 1).abs() * mask).sum().item()
+                acc[10] += out.ratio_dev * tokens.item()
                 if batch.rollout_logprobs is not None:  # the engine against pi_old
                     engine_logp = mb.rollout_logprobs[:, 1:].to(self.device)
                     diff = (old_logp - engine_logp).abs() * mask  # [b, T-1]
