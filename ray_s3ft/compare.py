@@ -26,12 +26,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import time
 from pathlib import Path
 
 from ray_s3ft.config import ConfigError, load_config, save_config
 from ray_s3ft.target_store import STORE, TargetSet, read_store
+from ray_s3ft.tracking import Trackers, grid_group
+
+log = logging.getLogger(__name__)
 
 # Each method is a set of overrides of the keys a cell may change (CELL_KEYS): the actors are
 # shared by every cell, so a method may not change what they were built with. The learners take
@@ -174,6 +178,10 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
     run_dir, model_path, examples, eval_sets, tok, groups, started_ray = phases.run(
         "startup", _setup, base, True
     )
+    # the grid is a tracked run of its own; each cell a child of it (trainer.loggers)
+    group = grid_group(out)
+    grid = Trackers.for_run(base, out, kind="grid", group=group).start()
+    status = "FAILED"
     try:
         n_eval = base.eval.max_new_tokens
         eval_sets = with_drift(base, groups, eval_sets, run_dir, model_path)
@@ -197,9 +205,12 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
             cell_started = time.perf_counter()
             groups.learner.call(LearnerActor.reset, cell.seed, cfg.learner, cfg.algorithm.grpo)
             targets = dataclasses.replace(store, mode=cfg.algorithm.targets, computed=0)
+            trackers = Trackers.for_run(
+                cfg, cell_dir, kind="cell", name=cell.name, group=group, parent=grid.ids
+            )
             summary = train_and_evaluate(
                 cfg, cell_dir, groups, tok, examples, eval_sets, targets, before,
-                Timer(), cell_started, engine_version=-1,
+                Timer(), cell_started, engine_version=-1, trackers=trackers,
             )  # fmt: skip
             a = summary["accuracy_after"]
             _say(
@@ -208,9 +219,32 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
                 f"({summary['steps']['sft']} SFT / {summary['steps']['grpo']} GRPO steps, "
                 f"{summary['wall_s']['total']:.0f} s)"
             )
+        results = _finish(config, overrides, methods, seeds, out, before, store, started)
+        _track_grid(grid, out, results)
+        status = "FINISHED"
+        return results
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
+        grid.finish(status)
         _shutdown(groups, started_ray)
-    return _finish(config, overrides, methods, seeds, out, before, store, started)
+
+
+def _track_grid(grid, out: Path, results: dict) -> None:
+    """The grid's own run: each method's mean figures, results.md / .json, the report."""
+    from ray_s3ft.report import ReportError, write_report
+
+    for row in results["summary"]:  # mean and std over seeds, by method
+        grid.log_eval(row["method"], {k: v for k, v in row.items() if k != "method"}, step=0)
+    if not grid.keeps_files():
+        return
+    try:
+        write_report([out], out / "report")
+    except (ReportError, OSError, ValueError) as e:
+        log.warning("report of %s for the trackers failed: %s", out, e)
+    files = [out / "results.md", out / "results.json", out / "targets.meta.json"]
+    grid.log_files([*files, *sorted((out / "report").glob("*"))], base=out)
 
 
 def _finish(config, overrides, methods, seeds, out: Path, before, store, started) -> dict:

@@ -47,6 +47,8 @@ LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
 SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
 REFERENCES = ("base", "after_warmup")
 OPTIMIZER_STATES = ("shared", "per_mode")
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (ray_s3ft/tracking.py)
+WANDB_MODES = ("online", "offline", "disabled")
 # Verifiers that can judge each task's answers; the first is what "auto" picks.
 TASK_VERIFIERS = {
     "builtin": ("steps", "math", "llm"),  # steps: every written step checked (verifiers/steps.py)
@@ -255,6 +257,21 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class MlflowConfig:
+    # null: $MLFLOW_TRACKING_URI, else MLflow's own default (./mlflow.db, what `mlflow ui`
+    # opens in the same directory); sqlite:///path.db, a directory, or http://host:port
+    tracking_uri: str | None = None
+    experiment: str = "ray_s3ft"
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    project: str = "ray_s3ft"
+    entity: str | None = None  # null: the logged-in user's default entity
+    mode: str | None = None  # WANDB_MODES; null: $WANDB_MODE, else online
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     max_steps: int = 100  # optimizer steps of the run (SFT and GRPO steps together)
     sft_batch_size: int = 16  # sequences per SFT step, over all ranks
@@ -269,6 +286,11 @@ class TrainerConfig:
     # a learner rank that dies restarts the whole learner group from the latest checkpoint at
     # most this many times per run; one more and the run stops with how to resume it
     max_learner_restarts: int = 2
+    # where the run's config, metrics, evals, summary and artifacts also go (LOGGERS); the
+    # driver writes them, a tracker that fails warns once and the run goes on without it
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from ray_s3ft.config import (
     DTYPES,
     ENGINES,
     LLM_JUDGE_MODES,
+    LOGGERS,
     LOSS_AGGS,
     MATH_EXTRACT,
     OPTIMIZER_STATES,
@@ -27,6 +28,7 @@ from ray_s3ft.config import (
     TASK_VERIFIERS,
     TASKS,
     VERIFIERS,
+    WANDB_MODES,
     Config,
     ConfigError,
     _show,
@@ -114,7 +116,14 @@ _RANGES = (
     ),
 )
 
-_NONEMPTY_STRINGS = ("model.path", "judge.llm_model", "trainer.output_dir", "eval.output_dir")
+_NONEMPTY_STRINGS = (
+    "model.path",
+    "judge.llm_model",
+    "trainer.output_dir",
+    "eval.output_dir",
+    "trainer.mlflow.experiment",
+    "trainer.wandb.project",
+)
 
 
 def _template_problem(template: str | None, fields: tuple[str, ...]) -> str | None:
@@ -160,6 +169,7 @@ def validate(cfg: Config) -> None:
         ("model.lora.target_modules", True),
         ("eval.heldout", False),
         ("eval.lm_eval_tasks", False),
+        ("trainer.loggers", False),
     ):
         items = _get(cfg, key)
         if not all(isinstance(x, str) and x.strip() for x in items) or len(set(items)) < len(items):
@@ -179,6 +189,13 @@ def validate(cfg: Config) -> None:
                 "multiple-choice .jsonl files, humaneval or a HumanEval .jsonl / .jsonl.gz "
                 f"file, not {', '.join(map(repr, odd))}",
             )
+    if odd := [x for x in cfg.trainer.loggers if x not in LOGGERS]:
+        bad(
+            "trainer.loggers",
+            f"entries must be {', '.join(LOGGERS)}, not {', '.join(map(repr, odd))}",
+        )
+    if cfg.trainer.wandb.mode is not None and cfg.trainer.wandb.mode not in WANDB_MODES:
+        bad("trainer.wandb.mode", "must be null ($WANDB_MODE) or one of " + ", ".join(WANDB_MODES))
     if cfg.eval.lm_eval_limit is not None and not _finite(lambda v: v >= 1)(cfg.eval.lm_eval_limit):
         bad("eval.lm_eval_limit", "must be null (every example) or >= 1")
     if cfg.trainer.grpo_lr is not None and not _finite(lambda v: v > 0)(cfg.trainer.grpo_lr):

@@ -158,9 +158,11 @@ class Controller:
         log.warning("resumed from %s at step %d", ckpt, state.step)
         return True
 
-    def train(self) -> None:
+    def train(self, trackers=None) -> None:
+        """Steps until ``trainer.max_steps``; each row to ``metrics.jsonl`` and ``trackers``
+        (``ray_s3ft.tracking.Trackers``, started; none: TensorBoard only)."""
         t = self.cfg.trainer
-        metrics = MetricsLogger(self.run_dir, first_step=self.state.step)
+        metrics = MetricsLogger(self.run_dir, first_step=self.state.step, trackers=trackers)
         progress = Progress(t.max_steps, start=self.state.step)
         try:
             while self.state.step < t.max_steps:

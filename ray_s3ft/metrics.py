@@ -1,8 +1,9 @@
-"""Per-step metrics: one JSON line per step in ``metrics.jsonl``, TensorBoard events beside it,
-and a progress line on the console.
+"""Per-step metrics: one JSON line per step in ``metrics.jsonl``, the same row to the run's
+trackers (TensorBoard events beside it by default; ``ray_s3ft.tracking``), and a progress line
+on the console.
 
 Keys are namespaced (``learner/loss``, ``timing/rollout``...). A value that is not a finite number
-(a signal not observed yet) is written as JSON ``null`` and left out of TensorBoard, so the file
+(a signal not observed yet) is written as JSON ``null`` and left out of the trackers, so the file
 stays strict JSON. On resume, lines of steps the restored checkpoint does not cover are dropped,
 so the file never holds one step twice.
 """
@@ -25,20 +26,23 @@ def _clean(value):
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, first_step: int = 0) -> None:
+    """``trackers``: the run's started ``Trackers``, owned (finished) by the caller; none: a
+    TensorBoard tracker of this logger's own."""
+
+    def __init__(self, run_dir: Path, first_step: int = 0, trackers=None) -> None:
+        from ray_s3ft.tracking import RunInfo, TensorBoardTracker, Trackers
+
         self.run_dir, self.path = run_dir, run_dir / METRICS
+        self._own = trackers is None
+        if trackers is None:
+            run = RunInfo(run_dir=run_dir, name=run_dir.name, config={})
+            trackers = Trackers([TensorBoardTracker()], run).start(first_step)
+        self.trackers = trackers
         self._open(first_step)
 
     def _open(self, first_step: int) -> None:
         self._truncate_from(first_step)
         self._file = open(self.path, "a")  # noqa: SIM115 -- open for the run, closed by close()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb_dir = str(self.run_dir / "tensorboard")
-            self._tb = SummaryWriter(log_dir=tb_dir, purge_step=first_step)
-        except ImportError:  # tensorboard is a dependency; a broken install loses only curves
-            self._tb = None
 
     def _truncate_from(self, first_step: int) -> None:
         if not self.path.exists():
@@ -58,22 +62,19 @@ class MetricsLogger:
         row = {k: _clean(v) for k, v in row.items()}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            step = int(row["step"])
-            for key, value in row.items():
-                if key != "step" and isinstance(value, float):
-                    self._tb.add_scalar(key, value, step)
+        self.trackers.log_row(row)
 
     def rewind(self, first_step: int) -> None:
         """Forget the steps from ``first_step`` on (a learner restart goes back to its
         checkpoint and runs them again)."""
-        self.close()
+        self._file.close()
         self._open(first_step)
+        self.trackers.rewind(first_step)
 
     def close(self) -> None:
         self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        if self._own:
+            self.trackers.finish()
 
 
 class Progress:

@@ -235,10 +235,35 @@ def train_and_evaluate(
     phases: Timer,
     started: float,
     engine_version: int = 0,
+    trackers=None,
 ) -> dict:
     """Phases train -> checkpoint -> eval_after on launched groups; writes and returns the
-    run summary (``summary.json``). ``ray-s3ft compare`` runs each cell of its grid with it."""
+    run summary (``summary.json``). ``ray-s3ft compare`` runs each cell of its grid with it.
+    ``trackers``: ``tracking.Trackers`` for the run, not started (none: ``trainer.loggers``)."""
+    from ray_s3ft.tracking import Trackers
+
+    trackers = trackers or Trackers.for_run(cfg, run_dir)
+    status = "FAILED"
+    try:
+        summary = _train_and_evaluate(
+            cfg, run_dir, groups, tok, examples, eval_sets, targets, before, phases, started,
+            engine_version, trackers,
+        )  # fmt: skip
+        status = "FINISHED"
+        return summary
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        trackers.finish(status)
+
+
+def _train_and_evaluate(
+    cfg, run_dir, groups, tok, examples, eval_sets, targets, before, phases, started,
+    engine_version, trackers,
+) -> dict:  # fmt: skip
     from ray_s3ft.controller import Controller
+    from ray_s3ft.tracking import eval_table, run_files
 
     n_eval = cfg.eval.max_new_tokens
     head = {name: exs[: cfg.eval.every_size] for name, exs in eval_sets.items()}
@@ -248,7 +273,9 @@ def train_and_evaluate(
         engine_version=engine_version,
     )  # fmt: skip
     ctl.restore()
-    phases.run("train", ctl.train)
+    trackers.start(first_step=ctl.state.step)
+    trackers.log_eval("eval_before", before, step=0)
+    phases.run("train", ctl.train, trackers)
     ckpt = phases.run("checkpoint", ctl.checkpoint)
     phases.run("sync", ctl.sync_weights)
     after = phases.run(
@@ -272,7 +299,23 @@ def train_and_evaluate(
         "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    last = cfg.trainer.max_steps
+    trackers.log_eval("eval_after", after, step=last)
+    trackers.log_table("eval_table", eval_table(before, after), step=last)
+    trackers.log_summary(summary, step=last)
+    if trackers.keeps_files():  # the report's figures go with the run
+        _report(run_dir)
+        trackers.log_files(run_files(run_dir))
     return summary
+
+
+def _report(run_dir: Path) -> None:
+    from ray_s3ft.report import ReportError, write_report
+
+    try:
+        write_report([run_dir], run_dir)
+    except (ReportError, OSError, ValueError) as e:  # figures are a courtesy; the run is done
+        log.warning("report of %s for the trackers failed: %s", run_dir, e)
 
 
 def _grpo_summary(judged: dict) -> dict:

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +101,9 @@ def test_compare_smoke_grid_then_report(tmp_path_factory):
         "data.train_size=32", "eval.task_size=24", "eval.heldout_size=8", "eval.every=2",
         "trainer.max_steps=4", "trainer.checkpoint_every=4", "schedule.warmup_steps=2",
         "trainer.lr=3e-4",
+        # the grid tracked: an MLflow parent run with a child per cell, a W&B group offline
+        "trainer.loggers=[tensorboard,mlflow,wandb]", "trainer.wandb.mode=offline",
+        f"trainer.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]  # fmt: skip
     # s3ft and sasr share their first two steps (SFT on the same S3FT batches, same seed): equal
     # losses there prove the learners were reset to the base weights between the cells
@@ -128,6 +132,7 @@ def test_compare_smoke_grid_then_report(tmp_path_factory):
         assert a["mode"] == b["mode"] == "sft"
         assert a["learner/loss"] == pytest.approx(b["learner/loss"], rel=1e-5)
     assert rows["s3ft-s0"][0]["learner/loss"] != pytest.approx(rows["s3ft-s0"][1]["learner/loss"])
+    _check_tracked_grid(tmp_path, out, rows)
     md = (out / "results.md").read_text()
     assert "| sasr |" in md and "| s3ft |" in md and "compare --methods base,s3ft,sasr" in md
     # a second call finds every cell done: nothing retrains
@@ -151,6 +156,49 @@ def test_compare_smoke_grid_then_report(tmp_path_factory):
         assert cell in report and f"{100 * acc['task']['accuracy']:.1f} %" in report
     for png in ("accuracy", "loss_reward", "schedule", "gate_signals", "targets"):
         assert (tmp_path / "rep" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_tracked_grid(tmp_path: Path, out: Path, rows: dict) -> None:
+    """What the trackers got from the grid: MLflow (read back with MlflowClient) and W&B
+    (its offline files)."""
+    from _wandb_offline import read_run
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    grid_id = json.loads((out / "tracking.json").read_text())["mlflow"]
+    grid = client.get_run(grid_id)
+    assert grid.info.status == "FINISHED" and grid.data.tags["ray_s3ft.kind"] == "grid"
+    assert {"results.md", "results.json", "report"} <= {
+        a.path for a in client.list_artifacts(grid_id)
+    }
+    res = json.loads((out / "results.json").read_text())
+    sasr = next(m for m in res["summary"] if m["method"] == "sasr")
+    (got,) = client.get_metric_history(grid_id, "sasr/task_accuracy/mean")
+    assert got.value == pytest.approx(sasr["task_accuracy"]["mean"])
+    children = client.search_runs(
+        [grid.info.experiment_id], f"tags.mlflow.parentRunId = '{grid_id}'"
+    )
+    assert sorted(r.info.run_name for r in children) == ["s3ft-s0", "sasr-s0"]
+    for run in children:
+        cell, run_id = run.info.run_name, run.info.run_id
+        assert run.info.status == "FINISHED" and run.data.params["schedule.kind"] in ("sft", "sasr")
+        loss = client.get_metric_history(run_id, "learner/loss")
+        assert [(m.step, m.value) for m in loss] == [
+            (r["step"], pytest.approx(r["learner/loss"])) for r in rows[cell]
+        ]
+        summary = json.loads((out / "cells" / cell / "summary.json").read_text())
+        after = client.get_metric_history(run_id, "eval_after/task/accuracy")
+        assert after[0].value == pytest.approx(summary["accuracy_after"]["task"]["accuracy"])
+        assert run.data.tags["checkpoint"] == summary["checkpoint"]
+        names = {a.path for a in client.list_artifacts(run_id)}
+        assert {"summary.json", "config.yaml", "accuracy.png", "eval_table.json"} <= names
+        # W&B: the same cell, a run of the grid's group
+        (offline,) = (out / "cells" / cell / "wandb").glob("offline-run-*")
+        w = read_run(offline)
+        assert w["run"].display_name == cell and w["run"].job_type == "cell"
+        assert w["run"].run_group == json.loads((out / "tracking.json").read_text())["group"]
+        assert [h["_step"] for h in w["history"] if "learner/loss" in h] == [0, 1, 2, 3]
+        assert w["summary"]["checkpoint"] == summary["checkpoint"]
 
 
 def test_step_worth_recovers_what_each_step_was_worth_by_hand():

@@ -58,7 +58,10 @@ def _cli(tmp, *args):
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     out = tmp / "run"
-    common = [*SMALL, f"trainer.output_dir={out}"]
+    common = [  # tracked by MLflow: the resumed run continues the same MLflow run
+        *SMALL, f"trainer.output_dir={out}", "trainer.loggers=[tensorboard,mlflow]",
+        f"trainer.mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+    ]  # fmt: skip
     _cli(tmp, "build-targets", *common)
     store = out / "targets.jsonl"
     built = {"mtime": store.stat().st_mtime_ns, "records": store.read_text()}
@@ -197,6 +200,30 @@ def test_a_restarted_run_resumes_from_its_last_checkpoint(run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["targets_reused"] is True
     assert (out / "checkpoints" / "step_10" / "trainer_state.json").exists()
+
+
+def test_the_run_and_its_resume_are_one_mlflow_run_with_every_step_once(run):
+    from mlflow import MlflowClient
+
+    out = run["dir"]
+    client = MlflowClient(f"sqlite:///{run['tmp'] / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "ray_s3ft"]
+    (tracked,) = client.search_runs([exp.experiment_id])
+    run_id = tracked.info.run_id
+    assert json.loads((out / "tracking.json").read_text())["mlflow"] == run_id
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == "run"
+    assert tracked.data.params["trainer.max_steps"] == "8"  # the first values are kept
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    loss = client.get_metric_history(run_id, "learner/loss")
+    assert [(m.step, m.value) for m in loss] == [
+        (r["step"], pytest.approx(r["learner/loss"])) for r in rows
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert tracked.data.tags["checkpoint"] == summary["checkpoint"]
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"summary.json", "config.yaml", "targets.meta.json", "accuracy.png"} <= names
+    assert {"schedule.png", "eval", "eval_table.json"} <= names
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_four_steps_then_a_resume_repeat_the_straight_run_exactly(run):
