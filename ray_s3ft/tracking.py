@@ -83,6 +83,18 @@ def eval_table(before: dict, after: dict) -> list[dict]:
 # -------------------------------------------------------------------------------- trackers
 
 
+def _extra(package: str):
+    """The tracker's package, imported; missing: ``TrackerUnavailable`` saying what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError as e:
+        raise TrackerUnavailable(
+            f"{package} is not installed ({e}); pip install 'ray-s3ft[{package}]'"
+        ) from e
+
+
 @dataclasses.dataclass
 class RunInfo:
     """What every tracker is told about the run it logs."""
@@ -165,13 +177,9 @@ class MlflowTracker(Tracker):
         self.uri, self.experiment = tracking_uri, experiment
 
     def start(self, run, resume_id):
-        try:
-            import mlflow
-            from mlflow import MlflowClient
-        except ImportError as e:
-            raise TrackerUnavailable(
-                f"mlflow is not installed ({e}); pip install 'ray-s3ft[mlflow]'"
-            ) from e
+        mlflow = _extra("mlflow")
+        from mlflow import MlflowClient
+
         uri = self.uri or mlflow.get_tracking_uri()
         if uri.startswith(("http://", "https://")):
             # a server that goes away mid-run costs a few seconds once, not minutes of retries
@@ -294,13 +302,7 @@ class WandbTracker(Tracker):
         self.project, self.entity, self.mode = project, entity, mode
 
     def start(self, run, resume_id):
-        try:
-            import wandb
-        except ImportError as e:
-            raise TrackerUnavailable(
-                f"wandb is not installed ({e}); pip install 'ray-s3ft[wandb]'"
-            ) from e
-        self.wandb = wandb
+        self.wandb = wandb = _extra("wandb")
         self.run = wandb.init(
             project=self.project,
             entity=self.entity,
