@@ -259,10 +259,21 @@ def _finish(config, overrides, methods, seeds, out: Path, before, store, started
 # ----------------------------------------------------------------------------- aggregation
 
 
-def _heldout(acc: dict) -> dict[str, float]:
+def _heldout_sets(acc: dict) -> dict[str, dict]:
     from ray_s3ft.evaluate import heldout_sets
 
-    return {k: v["accuracy"] for k, v in heldout_sets(acc).items()}
+    return heldout_sets(acc)
+
+
+def _heldout(acc: dict) -> dict[str, float]:
+    return {k: v["accuracy"] for k, v in _heldout_sets(acc).items()}
+
+
+def binomial_se(p: float | None, n: int | None) -> float | None:
+    """The standard error of an accuracy ``p`` measured on ``n`` independent questions."""
+    if p is None or not n:
+        return None
+    return math.sqrt(p * (1 - p) / n)
 
 
 def cell_row(method: str, seed: int, summary: dict | None, before: dict) -> dict:
@@ -280,6 +291,10 @@ def cell_row(method: str, seed: int, summary: dict | None, before: dict) -> dict
             else before["heldout_mean"] - after["heldout_mean"]
         ),
         "heldout": _heldout(after),
+        "heldout_n": {k: v.get("n") for k, v in _heldout_sets(after).items()},
+        "task_n": after["task"].get("n"),
+        # mean per-token KL(base || policy) on the base's answers to general prompts (eval.drift)
+        "drift_k3": (after.get("drift") or {}).get("k3"),
         "unparsed": after["task"].get("unparsed", 0),
     }
     if summary is not None:
@@ -307,7 +322,7 @@ def _mean_std(values: list[float]) -> dict[str, float | None]:
 
 _AGG = (
     "task_accuracy", "task_gain", "heldout_mean", "heldout_drop", "sft_steps", "grpo_steps",
-    "wall_s", "grpo_reward",
+    "wall_s", "grpo_reward", "drift_k3",
 )  # fmt: skip
 
 
@@ -383,6 +398,14 @@ def collect(out: Path, methods, seeds, before: dict, base_targets: dict) -> dict
         agg.update({k: _mean_std([r.get(k) for r in rows]) for k in _AGG})
         names = rows[0]["heldout"].keys()
         agg["heldout"] = {n: _mean_std([r["heldout"][n] for r in rows]) for n in names}
+        # the questions' sampling error of each mean accuracy (all seeds' answers pooled)
+        agg["task_accuracy"]["se"] = binomial_se(
+            agg["task_accuracy"]["mean"], sum(r.get("task_n") or 0 for r in rows)
+        )
+        for n in names:
+            agg["heldout"][n]["se"] = binomial_se(
+                agg["heldout"][n]["mean"], sum((r.get("heldout_n") or {}).get(n) or 0 for r in rows)
+            )
         if method == "base":
             agg["targets"] = base_targets  # what the store offers (SFT on gold ignores it)
         else:
@@ -404,6 +427,13 @@ def _pct(x, std=None) -> str:
         return "-"
     text = f"{100 * x:.1f}"
     return text + (f" ± {100 * std:.1f}" if std is not None else "") + " %"
+
+
+def _pct_se(ms: dict) -> str:
+    if ms.get("mean") is None:
+        return "-"
+    se = ms.get("se")
+    return f"{100 * ms['mean']:.1f}" + ("" if se is None else f" ± {100 * se:.1f}") + " %"
 
 
 def _pts(ms: dict) -> str:
@@ -446,14 +476,18 @@ def results_markdown(r: dict) -> str:
     if names:
         lines += [
             "",
-            "Held-out sets (mean over seeds):",
+            "Held-out sets (mean over seeds ± the questions' standard error, all seeds' answers "
+            "pooled; drift: mean per-token KL(base || policy), k3, on the base model's answers "
+            "to general prompts, nats/token):",
             "",
-            "| method | " + " | ".join(names) + " |",
-            "| --- |" + " --- |" * len(names),
+            "| method | task | " + " | ".join(names) + " | drift |",
+            "| --- | --- |" + " --- |" * len(names) + " --- |",
         ]
         for a in r["summary"]:
-            cols = " | ".join(_pct(a["heldout"][n]["mean"]) for n in names)
-            lines.append(f"| {a['method']} | {cols} |")
+            cols = " | ".join(_pct_se(a["heldout"][n]) for n in names)
+            k3 = (a.get("drift_k3") or {}).get("mean")
+            drift = "-" if k3 is None else f"{k3:.4f}"
+            lines.append(f"| {a['method']} | {_pct_se(a['task_accuracy'])} | {cols} | {drift} |")
     worth = r.get("step_worth") or {}
     if worth.get("task"):
         lines += [

@@ -47,6 +47,8 @@ LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
 SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
 REFERENCES = ("base", "after_warmup")
 OPTIMIZER_STATES = ("shared", "per_mode")
+# multiple choice scored on each choice's text, its letter, or cloze (ray_s3ft/evaluate.py)
+CHOICE_TARGETS = ("text", "letter", "cloze")
 LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (ray_s3ft/tracking.py)
 WANDB_MODES = ("online", "offline", "disabled")
 # Verifiers that can judge each task's answers; the first is what "auto" picks.
@@ -312,7 +314,9 @@ class EvalConfig:
     lm_eval_include_path: str | None = None
     lm_eval_limit: int | None = None  # examples per lm-eval task; null = all
     # multiple-choice sets are scored by log-likelihood of each choice given the prompt: of its
-    # text ("text", as lm-eval's ARC / HellaSwag) or of its letter ("letter", as lm-eval's MMLU)
+    # text ("text"), of its letter ("letter", as lm-eval's MMLU), or of its text after a plain
+    # "Question: ...\nAnswer:" with no choices listed and no chat template ("cloze", as
+    # lm-eval's ARC / SciQ: what a small model can rank)
     choice_target: str = "text"
     # drift: mean per-token KL(base || policy) on the base model's greedy answers to general
     # prompts (ray_s3ft/tasks/drift.py), the first drift_size of them; no labels needed

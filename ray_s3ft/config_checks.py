@@ -14,6 +14,7 @@ import functools
 import math
 
 from ray_s3ft.config import (
+    CHOICE_TARGETS,
     DIST_BACKENDS,
     DTYPES,
     ENGINES,
@@ -36,6 +37,7 @@ from ray_s3ft.config import (
 from ray_s3ft.tasks.benchmarks import is_choice_file
 from ray_s3ft.tasks.builtin import HELDOUT_SKILLS
 from ray_s3ft.tasks.humaneval import is_humaneval_entry
+from ray_s3ft.tasks.suites import SUITES
 
 _CHOICES = {
     "model.dtype": DTYPES,
@@ -54,7 +56,7 @@ _CHOICES = {
     "schedule.reference": REFERENCES,
     "learner.optimizer_state": OPTIMIZER_STATES,
     "eval.backend": ENGINES,
-    "eval.choice_target": ("text", "letter"),
+    "eval.choice_target": CHOICE_TARGETS,
 }
 
 
@@ -180,13 +182,16 @@ def validate(cfg: Config) -> None:
             odd := [
                 x
                 for x in items
-                if x not in HELDOUT_SKILLS and not is_choice_file(x) and not is_humaneval_entry(x)
+                if x not in HELDOUT_SKILLS
+                and not is_choice_file(x)
+                and not is_humaneval_entry(x)
+                and x not in SUITES
             ]
         ):
             bad(
                 key,
                 f"entries must be built-in skills ({', '.join(HELDOUT_SKILLS)}), paths to "
-                "multiple-choice .jsonl files, humaneval or a HumanEval .jsonl / .jsonl.gz "
+                f"multiple-choice .jsonl files, {', '.join(SUITES)}, humaneval or a HumanEval .jsonl / .jsonl.gz "
                 f"file, not {', '.join(map(repr, odd))}",
             )
     if odd := [x for x in cfg.trainer.loggers if x not in LOGGERS]:

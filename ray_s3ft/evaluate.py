@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ray_s3ft.config import CHOICE_TARGETS
 from ray_s3ft.tasks.types import Example
 
 
@@ -83,14 +84,30 @@ def choice_continuations(example: Example, target: str = "text") -> list[str]:
     MMLU, whose prompt also lists the lettered choices)."""
     from ray_s3ft.tasks.benchmarks import LETTERS
 
-    if target not in ("text", "letter"):
-        raise ValueError(f"choice target must be 'text' or 'letter', not {target!r}")
+    if target not in CHOICE_TARGETS:
+        raise ValueError(
+            f"choice target must be one of {', '.join(CHOICE_TARGETS)}, not {target!r}"
+        )
     choices = list(example.choices)
     if not choices:  # an Example made without its choices: the lettered lines of its prompt
         choices = [m.group(2) for m in re.finditer(r"^([A-J])\. (.*)$", example.prompt, re.M)]
-        if target == "text" or not choices:
+        if target != "letter" or not choices:
             raise ValueError(f"example {example.id}: a choice example without its choices")
+    if target == "cloze":  # the answer's words after "Answer:", as lm-eval's ARC and SciQ
+        return [" " + c.strip() for c in choices]
     return list(LETTERS[: len(choices)]) if target == "letter" else choices
+
+
+def choice_context(example: Example, target: str = "text") -> str:
+    """What a choice's log-likelihood is conditioned on: the example's prompt (chat-formatted
+    by the engine), or for ``cloze`` plain ``Question: ...\nAnswer:`` with no choices listed
+    and no chat template, the format lm-evaluation-harness scores ARC, SciQ and OpenBookQA in
+    (a small model that cannot yet follow "answer with the letter" still ranks the answers)."""
+    if target != "cloze":
+        return example.prompt
+    from ray_s3ft.tasks.benchmarks import question_of
+
+    return f"Question: {question_of(example)}\nAnswer:"
 
 
 def score_choices(
@@ -192,12 +209,15 @@ def score_sets(
         for i, ex in enumerate(exs):
             if ex.verifier == "choice":
                 conts = choice_continuations(ex, choice_target)
-                pairs += [(ex.prompt, c) for c in conts]
+                pairs += [(choice_context(ex, choice_target), c) for c in conts]
                 owners += [(name, i)] * len(conts)
     if pairs and loglik is None:
         raise ValueError("choice examples need loglik (scored by log-likelihood)")
     lls: dict[tuple[str, int], list[float]] = {}
-    for key, ll in zip(owners, loglik(pairs) if pairs else [], strict=True):
+    scored = (
+        (loglik(pairs, raw=True) if choice_target == "cloze" else loglik(pairs)) if pairs else []
+    )
+    for key, ll in zip(owners, scored, strict=True):
         lls.setdefault(key, []).append(ll)
 
     scores, records = {}, []
@@ -264,7 +284,7 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
     scores, records = score_sets(
         sets,
         greedy=engines.greedy,
-        loglik=lambda pairs: engines.worker(path).loglikelihoods(pairs),
+        loglik=lambda pairs, raw=False: engines.worker(path).loglikelihoods(pairs, raw),
         judge=engines.judge,
         choice_target=cfg.eval.choice_target,
         math_extract=cfg.judge.math_extract,

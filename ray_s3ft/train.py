@@ -139,7 +139,9 @@ def evaluate_on_engines(
     out, _ = score_sets(
         {k: v for k, v in eval_sets.items() if k != drift.NAME},
         greedy=lambda p: groups.rollout.map(RolloutWorker.greedy, p, max_new_tokens=max_new_tokens),
-        loglik=lambda pairs: groups.rollout.map(RolloutWorker.loglikelihoods, pairs),
+        loglik=lambda pairs, raw=False: groups.rollout.map(
+            RolloutWorker.loglikelihoods, pairs, raw=raw
+        ),
         judge=lambda items: judge_on(groups.judge, items, judge_timeout_s, by_item=True)[0],
         choice_target=choice_target,
         math_extract=math_extract,

@@ -48,7 +48,8 @@ def test_collect_means_and_sample_std_by_hand(tmp_path):
         {"self": 0.5, "paraphrase": 0.3, "gold": 0.2},
     )
     base, sft = r["summary"]
-    assert base["task_accuracy"] == {"mean": 0.40, "std": 0.0} and base["n_seeds"] == 1
+    assert base["task_accuracy"]["mean"] == 0.40 and base["task_accuracy"]["std"] == 0.0
+    assert base["n_seeds"] == 1
     assert sft["n_seeds"] == 2
     assert sft["task_accuracy"]["mean"] == pytest.approx(0.55)
     # sample std of (0.5, 0.6): sqrt(((0.05)^2 * 2) / 1) = 0.0707...
@@ -57,7 +58,12 @@ def test_collect_means_and_sample_std_by_hand(tmp_path):
     assert sft["heldout_drop"]["mean"] == pytest.approx(0.15)
     assert sft["heldout_drop"]["std"] == pytest.approx(math.sqrt(0.005))
     assert sft["heldout"]["a"]["mean"] == pytest.approx(0.65)
+    # standard errors of the questions, both seeds' 100 answers pooled: sqrt(p (1 - p) / 200)
+    assert sft["heldout"]["a"]["se"] == pytest.approx(math.sqrt(0.65 * 0.35 / 200))
+    assert base["heldout"]["b"]["se"] == pytest.approx(math.sqrt(0.6 * 0.4 / 100))
     md = results_markdown(r)
+    # 0.65 ± 3.37 %, 0.45 ± 3.52 %
+    assert "| sft_gold | 55.0 ± " in md and "| 65.0 ± 3.4 % | 45.0 ± 3.5 % | - |" in md
     assert "| sft_gold | 55.0 ± 7.1 % | +15.0 ± 7.1 | 55.0 ± 7.1 % | +15.0 ± 7.1 |" in md
     assert "| base | 40.0 ± 0.0 % | +0.0 ± 0.0 |" in md
 

@@ -53,11 +53,12 @@ def test_continuations_are_the_choice_texts_or_letters():
     ex = _mc("B")
     assert choice_continuations(ex, "text") == ["red", "blue", "green"]
     assert choice_continuations(ex, "letter") == ["A", "B", "C"]
+    assert choice_continuations(ex, "cloze") == [" red", " blue", " green"]
     bare = Example(id="x", skill="s", prompt=ex.prompt, gold="B", answer="B", verifier="choice")
     assert choice_continuations(bare, "letter") == ["A", "B", "C"]  # read off the prompt
     with pytest.raises(ValueError):
         choice_continuations(bare, "text")
-    with pytest.raises(ValueError, match="'text' or 'letter'"):
+    with pytest.raises(ValueError, match="one of text, letter, cloze"):
         choice_continuations(ex, "both")
 
 

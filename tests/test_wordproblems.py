@@ -27,3 +27,14 @@ def test_gsm8k_format_with_right_calculator_annotations_and_disjoint_splits():
     report = DataReport(0.0)
     exs = load_examples("gsm8k", str(wordproblems.DATA_DIR / "test.jsonl"), "test", report=report)
     assert len(exs) == 128 and "<<" not in exs[0].gold  # annotations are not prose
+
+
+def test_the_one_step_set_is_what_the_generator_writes_and_has_one_step(tmp_path):
+    for path in wordproblems.write(tmp_path, spec=wordproblems.ONE_STEP):
+        shipped = wordproblems.ONE_STEP_DIR / path.name
+        assert shipped.read_text() == path.read_text(), f"regenerate {shipped}"
+    train = [json.loads(x) for x in (wordproblems.ONE_STEP_DIR / "train.jsonl").open()]
+    test = [json.loads(x) for x in (wordproblems.ONE_STEP_DIR / "test.jsonl").open()]
+    assert (len(train), len(test)) == (256, 128)
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    assert all(len(re.findall(r"<<", r["answer"])) == 1 for r in train + test)

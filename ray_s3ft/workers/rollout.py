@@ -125,20 +125,27 @@ class RolloutWorker:
         gens = self.generate(prompts, sampling).generations
         return [(list(g.prompt_ids), list(g.token_ids)) for g in gens]
 
-    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    def encode_pairs(
+        self, pairs: Sequence[tuple[str, str]], raw: bool = False
+    ) -> list[tuple[list[int], list[int]]]:
         """(context, continuation) texts -> (ids of the chat-formatted context, ids of the
         continuation). Tokenized apart and concatenated, as generation sees them: the context
         ends where the assistant's answer begins and the continuation is the answer's start
-        (the boundary never falls inside a merged token). An over-long context loses its start."""
-        ctx = self.encode_prompts([c for c, _ in pairs])
+        (the boundary never falls inside a merged token). An over-long context loses its start.
+        ``raw``: the context as plain text, no chat template (cloze multiple choice)."""
+        if raw:
+            ids = self.tokenizer([c for c, _ in pairs])["input_ids"]
+            ctx = [x[-self.max_prompt_tokens :] for x in ids]
+        else:
+            ctx = self.encode_prompts([c for c, _ in pairs])
         cont = self.tokenizer([x for _, x in pairs], add_special_tokens=False)["input_ids"]
         return [(c, list(x)) for c, x in zip(ctx, cont, strict=True)]
 
-    def loglikelihoods(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    def loglikelihoods(self, pairs: Sequence[tuple[str, str]], raw: bool = False) -> list[float]:
         """log p(continuation | chat-formatted context), summed over the continuation's tokens,
         per (context, continuation) pair: multiple-choice scoring as lm-evaluation-harness
-        does it (``loglikelihood`` requests), on this engine."""
-        return [sum(lp) for lp in self.token_logprobs(self.encode_pairs(pairs))]
+        does it (``loglikelihood`` requests), on this engine. ``raw``: plain-text contexts."""
+        return [sum(lp) for lp in self.token_logprobs(self.encode_pairs(pairs, raw))]
 
     # ------------------------------------------------------------------------------- weights
 

