@@ -30,7 +30,8 @@ class MetricsLogger:
     TensorBoard tracker of this logger's own."""
 
     def __init__(self, run_dir: Path, first_step: int = 0, trackers=None) -> None:
-        from ray_s3ft.tracking import RunInfo, TensorBoardTracker, Trackers
+        from ray_s3ft.tracking import RunInfo, Trackers
+        from ray_s3ft.tracking.backends import TensorBoardTracker
 
         self.run_dir, self.path = run_dir, run_dir / METRICS
         self._own = trackers is None
