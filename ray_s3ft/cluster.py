@@ -136,6 +136,11 @@ class Groups:
         self.learner.shutdown()
         self.learner = self.new_learner()
 
+    def nodes(self) -> dict[str, list[str]]:
+        """Each group's actors' Ray node ids, in actor order."""
+        groups = {"rollout": self.rollout, "judge": self.judge, "learner": self.learner}
+        return {name: g.nodes() for name, g in groups.items() if g is not None}
+
     def shutdown(self) -> None:
         for group in (self.rollout, self.judge, self.learner):
             if group is not None:

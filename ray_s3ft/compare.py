@@ -179,7 +179,7 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
         "startup", _setup, base, True
     )
     # the grid is a tracked run of its own; each cell a child of it (trainer.loggers)
-    group = grid_group(out)
+    group = grid_group(out) if set(base.trainer.loggers) - {"tensorboard"} else None
     grid = Trackers.for_run(base, out, kind="grid", group=group).start()
     status = "FAILED"
     try:

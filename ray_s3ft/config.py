@@ -256,6 +256,9 @@ class ResourcesConfig:
     # cluster/kuberay); null = any node
     rollout_node_resource: str | None = None
     learner_node_resource: str | None = None
+    # before launching, wait up to this long for the cluster to offer what the groups need
+    # (an autoscaling cluster adds nodes after the job starts); 0 = fail at once
+    wait_for_resources_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,7 @@ _RANGES = (
     ),
     (
         """rollout.temperature learner.grad_clip algorithm.grpo.beta schedule.sasr.lam
+        resources.wait_for_resources_s
         trainer.weight_decay resources.cpus_per_rollout resources.gpus_per_rollout
         resources.cpus_per_judge resources.gpus_per_judge resources.cpus_per_learner
         resources.gpus_per_learner""",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ray_s3ft.config import Config, resolved_judge
 
 CONNECT_TIMEOUT_S = 3.0
 _SHOWN_NODES = 4  # nodes described in a resource message
+SAY_EVERY_S = 10.0  # how often a wait for resources says what is still missing
 
 
 class PreflightError(RuntimeError):
@@ -251,8 +253,33 @@ def check_cluster_resources(
         raise PreflightError("\n".join(problems))
 
 
-def check_cluster(cfg: Config, learners: bool = True) -> None:
-    """``check_cluster_resources`` on the cluster this process has joined (``ray.init`` done)."""
+def check_cluster(cfg: Config, learners: bool = True, say=None, poll_s: float = 2.0) -> None:
+    """``check_cluster_resources`` on the cluster this process has joined (``ray.init`` done).
+    With ``resources.wait_for_resources_s`` > 0 a cluster that lacks something is asked again
+    every ``poll_s`` until that long has passed (nodes that join late: an autoscaling cluster),
+    ``say`` told what is still missing every ``SAY_EVERY_S``; then the error is raised."""
     import ray
 
-    check_cluster_resources(cfg, ray.cluster_resources(), ray.nodes(), learners=learners)
+    wait_s = cfg.resources.wait_for_resources_s
+    started = time.monotonic()
+    last_said = None
+    while True:
+        try:
+            check_cluster_resources(cfg, ray.cluster_resources(), ray.nodes(), learners=learners)
+        except PreflightError as e:
+            waited = time.monotonic() - started
+            if waited >= wait_s:
+                if wait_s > 0:
+                    raise PreflightError(
+                        f"{e}\n(waited {waited:.0f} s: resources.wait_for_resources_s={wait_s:g})"
+                    ) from None
+                raise
+            if say is not None and (last_said is None or waited - last_said >= SAY_EVERY_S):
+                last_said = waited
+                missing = "; ".join(str(e).splitlines())
+                say(f"waiting for the cluster ({waited:.0f} of {wait_s:g} s): {missing}")
+            time.sleep(min(poll_s, max(0.0, wait_s - waited)))
+            continue
+        if last_said is not None and say is not None:
+            say(f"the cluster has what the run needs after {time.monotonic() - started:.0f} s")
+        return

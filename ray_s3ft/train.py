@@ -64,7 +64,9 @@ def _setup(cfg: Config, learners: bool):
     )  # fmt: skip
     started_ray = start_ray(cfg, run_dir)
     try:
-        check_cluster(cfg, learners=learners)  # resources it lacks: an error, not a wait
+        # resources it lacks: an error, or a wait of resources.wait_for_resources_s for nodes
+        # that join late (an autoscaling cluster), with a line on what is missing
+        check_cluster(cfg, learners=learners, say=lambda line: _say(escape(line)))
         groups = launch(cfg, model_path, learners=learners, log_dir=log_dir(run_dir))
     except BaseException:
         if started_ray:
@@ -298,6 +300,7 @@ def _train_and_evaluate(
         # the KL reference of the GRPO steps: the base model, or the policy after this step
         "reference": {"rule": cfg.schedule.reference, "reset_after_step": ctl.reference_step()},
         "faults": dict(ctl.state.faults),
+        "nodes": groups.nodes(),  # the Ray node of each actor, by group
         "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -177,3 +177,5 @@ def test_ray_job_submit_runs_a_short_training_run(head, tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert (out / "checkpoints" / "step_3" / "hf" / "model.safetensors").is_file()
     assert "targets (s3ft)" in logs.stdout  # the driver's progress reached the job's logs
+    syncs = [r["timing/sync"] for r in rows]
+    print(f"weight sync on one node: mean {sum(syncs) / len(syncs):.3f} s over {len(syncs)} steps")

@@ -251,3 +251,55 @@ def test_importing_preflight_stays_cheap():
     code = f"import sys, ray_s3ft.preflight; print([m for m in {heavy} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _cluster_over_time(monkeypatch, states):
+    """ray.cluster_resources / ray.nodes that answer ``states`` in turn (the last one stays)."""
+    import ray
+
+    calls = {"n": 0}
+
+    def current():
+        return states[min(max(calls["n"] - 1, 0), len(states) - 1)]
+
+    def resources():
+        calls["n"] += 1
+        total: dict = {}
+        for node in current():
+            for k, v in node["Resources"].items():
+                total[k] = total.get(k, 0.0) + v
+        return total
+
+    monkeypatch.setattr(ray, "cluster_resources", resources)
+    monkeypatch.setattr(ray, "nodes", lambda: current())
+    return calls
+
+
+def test_the_preflight_waits_for_a_node_that_joins_late(monkeypatch):
+    from ray_s3ft.preflight import check_cluster
+
+    pinned = ["resources.learner_node_resource=learner_slot", "resources.wait_for_resources_s=30"]
+    cfg = load_config(overrides=pinned)
+    head = _node(CPU=2.0)
+    late = _node(CPU=2.0, learner_slot=2.0)
+    calls = _cluster_over_time(monkeypatch, [[head], [head], [head], [head, late]])
+    said = []
+    check_cluster(cfg, say=said.append, poll_s=0.01)
+    assert calls["n"] == 4  # asked again until the learner node was there
+    assert said[0].startswith("waiting for the cluster (0 of 30 s): resources: the run needs 4 CPU")
+    assert "; resources: the run needs 2 of custom resource 'learner_slot'" in said[0]
+    assert len(said) == 2  # one line per SAY_EVERY_S, then the end of the wait
+    assert said[-1].startswith("the cluster has what the run needs after")
+
+
+def test_the_wait_ends_with_the_error_and_how_long_it_waited(monkeypatch):
+    from ray_s3ft.preflight import check_cluster
+
+    cfg = load_config(overrides=["resources.wait_for_resources_s=0.05"])
+    _cluster_over_time(monkeypatch, [[_node(CPU=1.0)]])
+    with pytest.raises(PreflightError, match=r"(?s)the cluster has 1\n\(waited 0 s: resources"):
+        check_cluster(cfg, poll_s=0.01)
+    # no wait (the default): the error at once, as before
+    cfg = load_config()
+    with pytest.raises(PreflightError, match=r"the cluster has 1$"):
+        check_cluster(cfg, poll_s=0.01)

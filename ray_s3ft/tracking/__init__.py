@@ -68,7 +68,9 @@ class Trackers:
             group=group,
             parent=parent,
         )
-        return cls([make_tracker(n, cfg.trainer) for n in cfg.trainer.loggers], run)
+        # a grid's own run has no metric rows: its cells' curves are in the cells' TensorBoard
+        names = [n for n in cfg.trainer.loggers if not (kind == "grid" and n == "tensorboard")]
+        return cls([make_tracker(n, cfg.trainer) for n in names], run)
 
     @property
     def names(self) -> list[str]:

@@ -142,6 +142,13 @@ class ActorGroup(Generic[T]):
     def __len__(self) -> int:
         return len(self.actors)
 
+    def nodes(self) -> list[str]:
+        """The Ray node id each actor runs on, in actor order ("local" in this process)."""
+        if self.local:
+            return ["local"] * len(self.actors)
+
+        return self.wait([a.__ray_call__.remote(_node_id) for a in self.actors])
+
     # -------------------------------------------------------------------------------- calls
 
     def _method(self, fn: Callable) -> str:
@@ -268,3 +275,10 @@ def timed(fn: Callable[..., T], *args: Any, **kw: Any) -> tuple[T, float]:
     started = time.perf_counter()
     out = fn(*args, **kw)
     return out, time.perf_counter() - started
+
+
+def _node_id(_actor) -> str:
+    """Run inside an actor by ``__ray_call__``: the node it lives on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
