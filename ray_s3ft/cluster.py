@@ -187,6 +187,9 @@ def launch(
         local=local,
         log_dir=log_dir,
     )
+    # the pinned groups reserve their nodes before the unpinned judges take CPUs wherever
+    # there is room (else judges on a learner node could leave its ranks no CPU)
+    learner = _launch_learner(cfg, model_path, local, log_dir) if learners else None
     judge = ActorGroup(
         JudgeWorker,
         r.judge_workers,
@@ -205,7 +208,7 @@ def launch(
     groups = Groups(
         rollout=rollout,
         judge=judge,
-        learner=_launch_learner(cfg, model_path, local, log_dir),
+        learner=learner,
         new_learner=lambda: _launch_learner(cfg, model_path, local, log_dir),
     )
     if nccl:

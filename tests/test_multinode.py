@@ -17,6 +17,7 @@ fails if one of its processes outlives that.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -62,12 +63,10 @@ class _Cluster:
 
     def __init__(self, tmp: Path) -> None:
         self.temp = Path(tempfile.mkdtemp(prefix="rm-", dir="/tmp"))  # short socket paths
-        self.tmp, self.procs = tmp, []
+        self.tmp, self.procs, self.temps = tmp, [], [self.temp]
         token = self.temp / "auth_token"
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
-        import os
-
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), TMPDIR=str(self.temp))
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
@@ -89,7 +88,9 @@ class _Cluster:
         return proc
 
     def add_node(self, name: str, spec: dict) -> subprocess.Popen:
-        return self._start(name, _node_cmd(spec, _free_ports(6), self.gcs))
+        temp = Path(tempfile.mkdtemp(prefix=f"rm{name[0]}-", dir="/tmp"))
+        self.temps.append(temp)
+        return self._start(name, [*_node_cmd(spec, _free_ports(6), self.gcs), f"--temp-dir={temp}"])
 
     def nodes(self) -> list[dict]:
         r = subprocess.run(
@@ -101,10 +102,13 @@ class _Cluster:
         return json.loads(r.stdout)
 
     def stop(self) -> list[str]:
+        """SIGTERM each node's ``ray start`` (workers first, the head last); each node has its
+        own temp dir, so what names it is that node's (a node sharing the head's would wipe
+        the head's runtime_env files when its agent starts)."""
         left = []
-        for proc in reversed(self.procs):  # workers first, the head last
-            left += _stop(proc, self.temp)
-        shutil.rmtree(self.temp, ignore_errors=True)
+        for proc, temp in reversed(list(zip(self.procs, self.temps, strict=True))):
+            left += _stop(proc, temp)
+            shutil.rmtree(temp, ignore_errors=True)
         return left
 
 
