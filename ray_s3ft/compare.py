@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import math
 import time
 from pathlib import Path
@@ -34,8 +33,6 @@ from pathlib import Path
 from ray_s3ft.config import ConfigError, load_config, save_config
 from ray_s3ft.target_store import STORE, TargetSet, read_store
 from ray_s3ft.tracking import Trackers, grid_group
-
-log = logging.getLogger(__name__)
 
 # Each method is a set of overrides of the keys a cell may change (CELL_KEYS): the actors are
 # shared by every cell, so a method may not change what they were built with. The learners take
@@ -233,16 +230,13 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
 
 def _track_grid(grid, out: Path, results: dict) -> None:
     """The grid's own run: each method's mean figures, results.md / .json, the report."""
-    from ray_s3ft.report import ReportError, write_report
+    from ray_s3ft.train import draw_report
 
     for row in results["summary"]:  # mean and std over seeds, by method
         grid.log_eval(row["method"], {k: v for k, v in row.items() if k != "method"}, step=0)
     if not grid.keeps_files():
         return
-    try:
-        write_report([out], out / "report")
-    except (ReportError, OSError, ValueError) as e:
-        log.warning("report of %s for the trackers failed: %s", out, e)
+    draw_report(out, out / "report")
     files = [out / "results.md", out / "results.json", out / "targets.meta.json"]
     grid.log_files([*files, *sorted((out / "report").glob("*"))], base=out)
 
@@ -259,14 +253,10 @@ def _finish(config, overrides, methods, seeds, out: Path, before, store, started
 # ----------------------------------------------------------------------------- aggregation
 
 
-def _heldout_sets(acc: dict) -> dict[str, dict]:
+def _heldout(acc: dict) -> dict[str, float]:
     from ray_s3ft.evaluate import heldout_sets
 
-    return heldout_sets(acc)
-
-
-def _heldout(acc: dict) -> dict[str, float]:
-    return {k: v["accuracy"] for k, v in _heldout_sets(acc).items()}
+    return {k: v["accuracy"] for k, v in heldout_sets(acc).items()}
 
 
 def binomial_se(p: float | None, n: int | None) -> float | None:
@@ -278,6 +268,8 @@ def binomial_se(p: float | None, n: int | None) -> float | None:
 
 def cell_row(method: str, seed: int, summary: dict | None, before: dict) -> dict:
     """One grid cell's figures; ``base`` is the untrained model (no summary)."""
+    from ray_s3ft.evaluate import heldout_sets
+
     after = before if summary is None else summary["accuracy_after"]
     row = {
         "method": method,
@@ -291,7 +283,7 @@ def cell_row(method: str, seed: int, summary: dict | None, before: dict) -> dict
             else before["heldout_mean"] - after["heldout_mean"]
         ),
         "heldout": _heldout(after),
-        "heldout_n": {k: v.get("n") for k, v in _heldout_sets(after).items()},
+        "heldout_n": {k: v.get("n") for k, v in heldout_sets(after).items()},
         "task_n": after["task"].get("n"),
         # mean per-token KL(base || policy) on the base's answers to general prompts (eval.drift)
         "drift_k3": (after.get("drift") or {}).get("k3"),

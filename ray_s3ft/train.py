@@ -309,17 +309,19 @@ def _train_and_evaluate(
     trackers.log_table("eval_table", eval_table(before, after), step=last)
     trackers.log_summary(summary, step=last)
     if trackers.keeps_files():  # the report's figures go with the run
-        _report(run_dir)
+        draw_report(run_dir, run_dir)
         trackers.log_files(run_files(run_dir))
     return summary
 
 
-def _report(run_dir: Path) -> None:
+def draw_report(run_dir: Path, out: Path) -> None:
+    """``ray-s3ft report`` of a finished run or grid into ``out``, for the trackers; a report
+    that fails is a warning (figures are a courtesy; the run is done)."""
     from ray_s3ft.report import ReportError, write_report
 
     try:
-        write_report([run_dir], run_dir)
-    except (ReportError, OSError, ValueError) as e:  # figures are a courtesy; the run is done
+        write_report([run_dir], out)
+    except (ReportError, OSError, ValueError) as e:
         log.warning("report of %s for the trackers failed: %s", run_dir, e)
 
 

@@ -150,6 +150,20 @@ def _job(head, verb: str, *args, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
+def follow_to_success(head, job_id: str, timeout: int) -> str:
+    """``ray job logs --follow`` to the end (the job stopped if that takes too long), then
+    ``ray job status`` must say it succeeded; returns the logs."""
+    try:
+        logs = _job(head, "logs", "--follow", job_id, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _job(head, "stop", job_id)
+        raise
+    status = _job(head, "status", job_id)
+    text = status.stdout + status.stderr
+    assert f"Job '{job_id}' succeeded" in text, text + logs.stdout[-6000:]
+    return logs.stdout
+
+
 def test_ray_job_submit_runs_a_short_training_run(head, tmp_path):
     out = tmp_path / "run"
     job_id = f"ray-s3ft-test-{secrets.token_hex(4)}"
@@ -161,21 +175,14 @@ def test_ray_job_submit_runs_a_short_training_run(head, tmp_path):
         *SHORT, *PINNED, f"trainer.output_dir={out}",
     )  # fmt: skip
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
-    try:
-        logs = _job(head, "logs", "--follow", job_id, timeout=600)
-    except subprocess.TimeoutExpired:
-        _job(head, "stop", job_id)
-        raise
-    status = _job(head, "status", job_id)
+    logs = follow_to_success(head, job_id, timeout=600)
     print(f"job {job_id} finished in {time.monotonic() - started:.0f} s")
-    text = status.stdout + status.stderr
-    assert f"Job '{job_id}' succeeded" in text, text + logs.stdout[-6000:]
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"]["sft"] + summary["steps"]["grpo"] == 3
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert (out / "checkpoints" / "step_3" / "hf" / "model.safetensors").is_file()
-    assert "targets (s3ft)" in logs.stdout  # the driver's progress reached the job's logs
+    assert "targets (s3ft)" in logs  # the driver's progress reached the job's logs
     syncs = [r["timing/sync"] for r in rows]
     print(f"weight sync on one node: mean {sum(syncs) / len(syncs):.3f} s over {len(syncs)} steps")

@@ -36,6 +36,7 @@ from test_job_submit import (
     _job,
     _stop,
     _wait_for_jobs_api,
+    follow_to_success,
 )
 
 pytestmark = pytest.mark.slow
@@ -138,18 +139,11 @@ def test_job_waits_for_a_late_learner_node_and_pins_each_role_to_its_node(cluste
     submitted = time.monotonic()
     time.sleep(20)  # the autoscaler's delay
     cluster.add_node("learner", LEARNER)
-    try:
-        logs = _job(head, "logs", "--follow", job_id, timeout=900)
-    except subprocess.TimeoutExpired:
-        _job(head, "stop", job_id)
-        raise
-    status = _job(head, "status", job_id)
-    text = status.stdout + status.stderr
-    assert f"Job '{job_id}' succeeded" in text, text + logs.stdout[-6000:]
+    logs = follow_to_success(head, job_id, timeout=900)
     print(f"job {job_id} finished {time.monotonic() - submitted:.0f} s after its submit")
     # the preflight waited, naming what was missing, instead of failing
-    assert "waiting for the cluster" in logs.stdout and "learner_slot" in logs.stdout
-    assert "the cluster has what the run needs after" in logs.stdout
+    assert "waiting for the cluster" in logs and "learner_slot" in logs
+    assert "the cluster has what the run needs after" in logs
 
     summary = json.loads((out / "summary.json").read_text())
     kinds = {}

@@ -146,7 +146,6 @@ class ActorGroup(Generic[T]):
         """The Ray node id each actor runs on, in actor order ("local" in this process)."""
         if self.local:
             return ["local"] * len(self.actors)
-
         return self.wait([a.__ray_call__.remote(_node_id) for a in self.actors])
 
     # -------------------------------------------------------------------------------- calls
