@@ -183,6 +183,8 @@ def launch(
             max_prompt_tokens=cfg.data.max_prompt_tokens,
             trust_remote_code=cfg.model.trust_remote_code,
             nccl_sync=nccl,
+            threads=rollout_threads(cfg),
+            peers=r.rollout_workers,
         ),
         local=local,
         log_dir=log_dir,
@@ -216,6 +218,14 @@ def launch(
     for group in (rollout, judge):
         group.restarts()  # the incarnations later restarts are counted against
     return groups
+
+
+def rollout_threads(cfg: Config) -> int:
+    """``rollout.threads`` for the actors; auto (0) is resolved on the actor's node, except in
+    async mode, where an engine keeps its reserved CPUs because the learners run beside it."""
+    if cfg.rollout.threads == 0 and cfg.rollout.async_:
+        return max(1, int(cfg.resources.cpus_per_rollout))
+    return cfg.rollout.threads
 
 
 def _launch_learner(cfg: Config, model_path: str, local: bool, log_dir: str | None):

@@ -135,6 +135,10 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5  # share of the GPU vLLM may take, in (0, 1]
     enforce_eager: bool = True  # skip CUDA-graph capture (faster start, slower decode)
     seed: int = 0  # sampling seed of the engine
+    # torch threads of each rollout engine. 0 = auto: synchronous, only one phase runs at a
+    # time, so an engine takes its node's cores shared by the rollout workers; async, it keeps
+    # resources.cpus_per_rollout (the learners run beside it)
+    threads: int = 1
     # ``rollout.async`` in YAML and overrides (``async`` is a Python keyword): one-step
     # off-policy GRPO, the next GRPO step's rollout runs while this step trains
     async_: bool = False
@@ -190,7 +194,7 @@ class GRPOConfig:
     eps_low: float = 0.2  # lower clip range: ratio >= 1 - eps_low
     eps_high: float = 0.28  # upper clip range: ratio <= 1 + eps_high (DAPO's clip-higher)
     beta: float = 0.04  # weight of the k3 KL-to-reference loss term
-    loss_agg: str = "dapo"  # LOSS_AGGS: how token losses are averaged (README, Methods)
+    loss_agg: str = "dapo"  # LOSS_AGGS: how token losses are averaged (docs/methods.md §4)
     adv_eps: float = 1e-6  # eps in A_i = (R_i - mean R) / (std R + eps)
     # reward of a sample the judge could not decide (no final answer, sandbox timeout, an
     # unparseable LLM verdict), in [0, 1]; a correct one is 1, a wrong one 0
@@ -214,7 +218,7 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True)
 class SASRConfig:
-    # The defaults are SASR's own gate (README, Methods): p_sft = G / (G + gamma * G_warm),
+    # The defaults are SASR's own gate (docs/methods.md §5): p_sft = G / (G + gamma * G_warm),
     # G the latest SFT step's grad norm, G_warm the last warm-up step's. The rest are our
     # extensions, each off by default and named so a grid can compare them.
     gamma: float = 1.0  # weight of G_warm against G in the gate

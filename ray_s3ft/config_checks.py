@@ -78,7 +78,7 @@ _RANGES = (
         "must be >= 1",
     ),
     (
-        """data.seed rollout.seed trainer.seed schedule.warmup_steps schedule.sasr.probe_every
+        """data.seed rollout.seed rollout.threads trainer.seed schedule.warmup_steps schedule.sasr.probe_every
         eval.every trainer.max_learner_restarts algorithm.grpo.max_extra_rollouts""",
         _finite(lambda v: v >= 0),
         "must be >= 0",

@@ -234,7 +234,7 @@ class Controller:
         self.observe(step, decision, stats, probe_norm)
         self.count_restarts()
         if step == self.reference_step():
-            # the KL reference becomes the post-warm-up policy (SASR's rule, README, Methods)
+            # the KL reference becomes the post-warm-up policy (SASR's rule, docs/methods.md §5)
             timer.run("reference", self.g.learner.call, LearnerActor.reset_reference)
         self.state.step = step + 1
         if self.state.step % self.cfg.trainer.checkpoint_every == 0:

@@ -1,4 +1,4 @@
-"""GRPO: group-relative advantages and the clipped policy-gradient loss (README, Methods).
+"""GRPO: group-relative advantages and the clipped policy-gradient loss (docs/methods.md §4).
 
 Papers: DeepSeekMath (arXiv 2402.03300) for the group baseline and the k3 KL term, DAPO
 (arXiv 2503.14476) for clip-higher and token-level aggregation, Dr. GRPO (arXiv 2503.20783) for

@@ -32,7 +32,7 @@ def masked_nll(logprobs: Tensor, mask: Tensor, normalizer: float | None = None) 
     """Per-token negative log-likelihood over the masked tokens of the whole batch (scalar).
 
     Dividing by the token count of the *batch* (not per sequence) weights every response token
-    equally, the SFT objective (README, Methods). Under data parallelism each rank sees only its
+    equally, the SFT objective (docs/methods.md §1). Under data parallelism each rank sees only its
     shard, so a learner passes ``normalizer`` = the global token count and the summed gradient
     equals the single-process one. No tokens -> 0.0 that still carries a (zero) gradient, so
     every rank runs the same backward.

@@ -1,4 +1,4 @@
-"""Step-wise choice between an SFT step and a GRPO step: SASR and its baselines (README, Methods).
+"""Step-wise choice between an SFT step and a GRPO step: SASR and its baselines (docs/methods.md §5).
 
 SASR (arXiv 2505.13026) runs W pure SFT warm-up steps, then draws each step's mode from a
 probability driven by the SFT gradient norm. ``SASRSchedule``'s default is the paper's rule as
@@ -12,7 +12,7 @@ Every kind tracks the same signals (so baseline logs are comparable with SASR's)
          ema_decay > 0 an EMA over SFT steps and probes; re-anchored to G_warm at the end of
          warm-up.
   G_warm the SFT grad norm observed at step W-1 (absent when W = 0).
-  KL_t   the most recent observed KL; 0.0 until the first observation (README, Methods).
+  KL_t   the most recent observed KL; 0.0 until the first observation (docs/methods.md §5).
 Non-finite observations (an fp16 overflow step) are skipped and counted, not folded into G_t.
 """
 
@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
+from ray_s3ft.config import SCHEDULE_KINDS  # the one list, config checks included
+
 MODES = ("sft", "grpo")
 
 
@@ -176,7 +177,7 @@ class FixedRatioSchedule(Schedule):
 
 
 class SASRSchedule(Schedule):
-    """The SASR gate, after W >= 1 warm-up SFT steps (README, Methods):
+    """The SASR gate, after W >= 1 warm-up SFT steps (docs/methods.md §5):
 
     p_sft = clip( G_t / (G_t + gamma * G_warm) * (1 + lam * KL_t / kl_target), p_min, p_max )
 

@@ -3,7 +3,7 @@
 SSR (arXiv 2409.04787): train on the base model's own answer when the judge accepts it, else on
 the gold answer; staying close to the model's own distribution is what preserves general
 ability. S3FT (arXiv 2502.08130) adds a middle rung: the base model's paraphrase of the gold,
-if the judge accepts it (README, Methods). The fractions of each source are one of the three
+if the judge accepts it (docs/methods.md §3). The fractions of each source are one of the three
 numbers the S3FT paper reports, hence ``source_fractions``.
 """
 

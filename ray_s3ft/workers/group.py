@@ -18,7 +18,6 @@ Ray has restarted since the last look, which is how a run counts the faults it s
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -267,13 +266,6 @@ def split_evenly(items: list, parts: int) -> list[list]:
         out.append(items[start : start + size])
         start += size
     return out
-
-
-def timed(fn: Callable[..., T], *args: Any, **kw: Any) -> tuple[T, float]:
-    """``(fn(*args, **kw), seconds)``."""
-    started = time.perf_counter()
-    out = fn(*args, **kw)
-    return out, time.perf_counter() - started
 
 
 def _node_id(_actor) -> str:

