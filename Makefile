@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo real test lint clean-venv
+.PHONY: setup demo real test test-fast lint clean-venv
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ real: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# unit and role tests without the slow ones: a few minutes, for development
+test-fast: setup
+	$(BIN)/python -m pytest tests/unit tests/roles -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check ray_s3ft tests bench

@@ -1,6 +1,24 @@
-"""Fixtures shared across test modules."""
+"""Fixtures shared across test modules, and the tier markers.
+
+The tests live in one folder per tier: ``unit`` (pure functions, no Ray), ``roles`` (one role
+on the real stack: Ray actors, a vLLM engine, DeepSpeed ranks), ``e2e`` (whole runs) and
+``real_model`` (SmolLM2-135M-Instruct). Each test is marked with its folder's tier, so
+``-m roles`` or ``-m "not real_model"`` select by tier; ``slow`` marks the long ones in any
+tier (``make test-fast`` is unit and roles without them)."""
+
+from pathlib import Path
 
 import pytest
+
+TIERS = ("unit", "roles", "e2e", "real_model")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test outside the tier folders {TIERS}")
+        item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import yaml
 from ray_s3ft.cluster import _worker_env, required_cpus
 from ray_s3ft.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KUBERAY = ROOT / "cluster" / "kuberay"
 CRDS = ROOT / "tests" / "data" / "kuberay-crds"  # KubeRay's published CRDs, gzipped (README there)
 MANIFESTS = sorted(KUBERAY.glob("*.yaml"))
@@ -270,5 +270,5 @@ def test_runtime_env_file_is_a_runtime_env_that_shares_a_key_with_the_driver():
     env = yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())
     RuntimeEnv(**env)  # raises on unknown fields or bad values
     # a shared key is what once failed a submitted job (Ray's runtime_env merge conflict);
-    # tests/test_job_submit.py submits with this file, so it keeps that case covered
+    # tests/e2e/test_job_submit.py submits with this file, so it keeps that case covered
     assert set(_worker_env(Path("run"))) & set(env.get("env_vars", {}))

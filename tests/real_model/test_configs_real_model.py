@@ -22,7 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORDPROBLEMS = ROOT / "ray_s3ft" / "assets" / "data" / "wordproblems"
 # what a CPU machine can run: one engine, one judge, small budgets, fp32
 CPU = [

@@ -1,7 +1,7 @@
 """The S3FT target store: the rungs, crash-safe resumption and reuse.
 
 The engines are plain functions here (the real rollout and judge actors build the store in
-tests/test_train_e2e.py); these tests pin the bookkeeping: what is asked, what is kept.
+tests/e2e/test_train_e2e.py); these tests pin the bookkeeping: what is asked, what is kept.
 """
 
 import json

@@ -24,7 +24,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the project's environment: ray and ray-s3ft
 SHORT = [
     "data.train_size=16",

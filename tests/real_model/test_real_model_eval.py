@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MC = Path(__file__).resolve().parent.parent / "ray_s3ft" / "assets" / "data" / "general_mc.jsonl"
+MC = Path(__file__).resolve().parents[2] / "ray_s3ft" / "assets" / "data" / "general_mc.jsonl"
 # measured on SmolLM2-135M fp32: the largest |hf - vllm| per choice was about 1e-4 nats
 LOGLIK_TOL = 2e-3
 

@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GRID = "configs/smollm2-135m-grid.yaml"
 TINY = [
     "data.train_size=4", "eval.task_size=4", "eval.heldout_size=8", "eval.drift_size=4",
