@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -40,31 +39,17 @@ def task_prompts(n: int, seed: int = 0) -> list:
     return task_split("train", n, seed=seed)
 
 
-def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
-    """Token ids exactly as ``RolloutWorker.generate`` builds them (its own method, run here)."""
-    from ray_s3ft.workers.rollout import RolloutWorker
-
-    worker = SimpleNamespace(tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens)
-    return RolloutWorker.encode_prompts(worker, prompts)
-
-
 @contextlib.contextmanager
 def private_ray(num_cpus: int = 4):
     """A local Ray cluster of our own (temp dir, auth token), with the workers' environment
     ``ray-s3ft train`` gives them; yields the directory actors write their logs to."""
     import ray
 
-    from ray_s3ft.cluster import _worker_env, private_auth_token
+    from ray_s3ft.cluster import init_private_ray, worker_env
 
     tmp = Path(tempfile.mkdtemp(prefix="rb-"))  # short: Ray's socket paths are limited
-    private_auth_token(tmp)
-    ray.init(
-        num_cpus=num_cpus,
-        _temp_dir=str(tmp),
-        include_dashboard=False,
-        runtime_env={"env_vars": _worker_env(tmp)},
-        log_to_driver=False,
-        logging_level=logging.ERROR,
+    init_private_ray(
+        tmp, num_cpus, worker_env(tmp), log_to_driver=False, logging_level=logging.ERROR
     )
     try:
         yield str(tmp / "logs")

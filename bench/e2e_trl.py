@@ -52,14 +52,12 @@ def trl_venv(path: Path = VENV) -> Path:
 
 def _prompts(cfg, steps: int) -> list[dict]:
     """The GRPO prompts of ``steps`` steps, in the order the controller takes them."""
-    from types import SimpleNamespace
-
-    from ray_s3ft.controller import Controller, TrainState
+    from ray_s3ft.controller import data_order
     from ray_s3ft.tasks.loaders import load_train_examples
 
     examples = load_train_examples(cfg.data)
-    fake = SimpleNamespace(examples=examples, state=TrainState(), cfg=cfg)
-    idx = Controller._take(fake, "grpo", steps * cfg.trainer.grpo_prompts_per_step)
+    n = steps * cfg.trainer.grpo_prompts_per_step
+    idx = data_order("grpo", len(examples), 0, n, cfg.trainer.seed)
     return [{"prompt": examples[i].prompt, "answer": examples[i].answer} for i in idx]
 
 

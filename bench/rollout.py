@@ -1,7 +1,7 @@
 """Rollout: tokens/s through a ``RolloutWorker`` actor against the same vLLM engine called
 directly in-process, on the same prompts and sampling.
 
-Both sides build the engine with ``ray_s3ft.workers.rollout._VLLMEngine`` (the same LLM kwargs
+Both sides build the engine with ``ray_s3ft.workers.rollout.VLLMEngine`` (the same LLM kwargs
 and environment: in-process engine core, KV cache budget, fp32, eager, seed, one OMP thread as
 ``ray-s3ft train`` gives the rollout actor), get the same token ids (``encode_prompts``) and the
 same per-prompt seeded SamplingParams, so they sample the same tokens (checked). The baseline
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, encode_prompts, parser, private_ray, report, task_prompts
+from bench.common import Row, parser, private_ray, report, task_prompts
 
 MAX_MODEL_LEN, MAX_PROMPT_TOKENS = 512, 256  # model.max_model_len, data.max_prompt_tokens
 
@@ -72,18 +72,18 @@ def _sampling(args):
 
 
 def direct(args) -> None:
-    """The baseline, in this process: vLLM's ``LLM.generate`` on the engine ``_VLLMEngine``
-    builds; then our in-process wrapper ``_VLLMEngine.generate`` on the same engine."""
+    """The baseline, in this process: vLLM's ``LLM.generate`` on the engine ``VLLMEngine``
+    builds; then our in-process wrapper ``VLLMEngine.generate`` on the same engine."""
     from transformers import AutoTokenizer
     from vllm import SamplingParams
 
     from ray_s3ft.config import load_config
     from ray_s3ft.model.paths import resolve_model_path
-    from ray_s3ft.workers.rollout import _VLLMEngine
+    from ray_s3ft.workers.rollout import VLLMEngine, encode_prompts
 
     path = resolve_model_path("builtin")
     tok = AutoTokenizer.from_pretrained(path)
-    engine = _VLLMEngine(path, load_config().rollout, MAX_MODEL_LEN, False, False)
+    engine = VLLMEngine(path, load_config().rollout, MAX_MODEL_LEN, False, False)
     s = _sampling(args)
     out = {}
     for prompts in args.prompts:
@@ -163,11 +163,11 @@ def main(argv=None) -> dict:
     if args.side_out:
         return direct(args)
 
-    from ray_s3ft.cluster import _worker_env
+    from ray_s3ft.cluster import worker_env
 
     with tempfile.TemporaryDirectory(prefix="rb-") as tmp:
         side = Path(tmp) / "direct.json"
-        env = {**os.environ, **_worker_env(Path(tmp)), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, **worker_env(Path(tmp)), "OMP_NUM_THREADS": "1"}
         cmd = [sys.executable, "-m", "bench.rollout", *(argv or sys.argv[1:])]
         r = subprocess.run([*cmd, "--side-out", str(side)], env=env, capture_output=True)
         if r.returncode:
@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
                 base[p]["vllm"]["tokens_per_s"], "tokens/s", (">=", 0.95))
         )  # fmt: skip
         rows.append(
-            Row(f"_VLLMEngine in-process vs vLLM direct, {label}",
+            Row(f"VLLMEngine in-process vs vLLM direct, {label}",
                 base[p]["wrapper"]["tokens_per_s"], base[p]["vllm"]["tokens_per_s"], "tokens/s")
         )  # fmt: skip
         same = ours[p]["digest"] == base[p]["vllm"]["digest"] == base[p]["wrapper"]["digest"]

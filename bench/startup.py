@@ -71,8 +71,8 @@ def engine_start(caches: Path) -> float:
     code = (
         "from ray_s3ft.config import load_config\n"
         "from ray_s3ft.model.paths import resolve_model_path\n"
-        "from ray_s3ft.workers.rollout import _VLLMEngine\n"
-        "_VLLMEngine(resolve_model_path('builtin'), load_config().rollout, 512, False, False)\n"
+        "from ray_s3ft.workers.rollout import VLLMEngine\n"
+        "VLLMEngine(resolve_model_path('builtin'), load_config().rollout, 512, False, False)\n"
     )
     started = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], env=_env(caches), capture_output=True)

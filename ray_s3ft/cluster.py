@@ -47,7 +47,7 @@ def start_ray(cfg: Config, run_dir: Path) -> bool:
 
     if ray.is_initialized():
         return False
-    env = _worker_env(run_dir)
+    env = worker_env(run_dir)
     quiet = {
         "log_to_driver": verbose(),
         "logging_level": logging.INFO if verbose() else logging.ERROR,
@@ -72,16 +72,25 @@ def start_ray(cfg: Config, run_dir: Path) -> bool:
         short = "/tmp" if os.path.isdir("/tmp") else None  # $TMPDIR may be long too
         temp = Path(tempfile.mkdtemp(prefix="ray_s3ft-", dir=short))
     temp.mkdir(parents=True, exist_ok=True)
-    private_auth_token(temp)
     cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
-    ray.init(
-        num_cpus=cpus,
-        _temp_dir=str(temp.resolve()),
-        include_dashboard=False,
-        runtime_env={"env_vars": env},
-        **quiet,
-    )
+    init_private_ray(temp, cpus, env, **quiet)
     return True
+
+
+def init_private_ray(temp: Path, num_cpus: int, env_vars: dict[str, str], **kw) -> None:
+    """Start a local Ray of our own: its temp dir (keep the path short: Ray's socket paths
+    are limited), its auth token beside it, no dashboard, ``env_vars`` for every worker
+    (``worker_env``). ``kw`` goes to ``ray.init``. The caller calls ``ray.shutdown()``."""
+    import ray
+
+    private_auth_token(temp)
+    ray.init(
+        num_cpus=num_cpus,
+        _temp_dir=str(Path(temp).resolve()),
+        include_dashboard=False,
+        runtime_env={"env_vars": env_vars},
+        **kw,
+    )
 
 
 def _job_env_vars() -> dict:
@@ -110,7 +119,9 @@ def private_auth_token(temp: Path) -> None:
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token.resolve())
 
 
-def _worker_env(run_dir: Path) -> dict[str, str]:
+def worker_env(run_dir: Path) -> dict[str, str]:
+    """The environment every actor gets: caches inside ``run_dir``, quiet vLLM, unbuffered
+    output."""
     cache = str((run_dir / ".cache").resolve())
     return {
         "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", f"{cache}/vllm"),

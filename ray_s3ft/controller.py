@@ -254,19 +254,8 @@ class Controller:
     # --------------------------------------------------------------------------------- phases
 
     def _take(self, kind: str, n: int) -> list[int]:
-        """The next ``n`` example indices of stream ``kind``: a fresh seeded permutation per
-        epoch, so a resumed run (which restores the cursor) sees the same data."""
         size, cursor = len(self.examples), self.state.cursors[kind]
-        salt = 0 if kind == "sft" else 1
-        perms: dict[int, np.ndarray] = {}
-        out = []
-        for pos in range(cursor, cursor + n):
-            epoch, offset = divmod(pos, size)
-            if epoch not in perms:
-                rng = np.random.default_rng([self.cfg.trainer.seed, salt, epoch])
-                perms[epoch] = rng.permutation(size)
-            out.append(int(perms[epoch][offset]))
-        return out
+        return data_order(kind, size, cursor, n, self.cfg.trainer.seed)
 
     def sft_batch(self, advance: bool):
         n = self.cfg.trainer.sft_batch_size
@@ -616,6 +605,21 @@ def split_flat_groups(examples: list, gens: list, rewards: torch.Tensor, group_s
         group = (ex, gens[j * group_size : (j + 1) * group_size], r)
         (flat if bool((r == r[0]).all()) else kept).append(group)
     return kept, flat
+
+
+def data_order(kind: str, size: int, cursor: int, n: int, seed: int) -> list[int]:
+    """Example indices ``cursor`` .. ``cursor + n - 1`` of stream ``kind`` (``sft`` or
+    ``grpo``) over ``size`` examples: a fresh seeded permutation per epoch, so a resumed run
+    (which restores the cursor) sees the same data."""
+    salt = 0 if kind == "sft" else 1
+    perms: dict[int, np.ndarray] = {}
+    out = []
+    for pos in range(cursor, cursor + n):
+        epoch, offset = divmod(pos, size)
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng([seed, salt, epoch]).permutation(size)
+        out.append(int(perms[epoch][offset]))
+    return out
 
 
 def reward(verdict: Verdict, grpo) -> float:

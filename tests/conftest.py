@@ -37,15 +37,10 @@ def ray_cluster(tmp_path_factory):
     4 logical CPUs so a learner group and an engine fit on this 2-core machine."""
     import ray
 
-    from ray_s3ft.cluster import private_auth_token
+    from ray_s3ft.cluster import init_private_ray
 
     tmp = tmp_path_factory.mktemp("ray")
-    private_auth_token(tmp)  # not ~/.ray/auth_token: that would switch the user's other Rays
-    ray.init(
-        num_cpus=4,
-        _temp_dir=str(tmp),
-        include_dashboard=False,
-        runtime_env={"env_vars": {"VLLM_CACHE_ROOT": str(tmp / "vllm"), "OMP_NUM_THREADS": "1"}},
-    )
+    # its own auth token, not ~/.ray/auth_token: that would switch the user's other Rays
+    init_private_ray(tmp, 4, {"VLLM_CACHE_ROOT": str(tmp / "vllm"), "OMP_NUM_THREADS": "1"})
     yield
     ray.shutdown()

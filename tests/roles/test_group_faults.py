@@ -43,12 +43,11 @@ class Worker:
 def ray_cluster(tmp_path_factory):
     import ray
 
-    from ray_s3ft.cluster import private_auth_token
+    from ray_s3ft.cluster import init_private_ray
 
     tmp = tmp_path_factory.mktemp("ray")
-    private_auth_token(tmp)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Worker lives in tests/
-    ray.init(num_cpus=4, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=False)
+    init_private_ray(tmp, 4, {}, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -2,30 +2,21 @@
 split prefill of a seeded request fails there: "CPU Generator does not use offset")."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from ray_s3ft.workers.rollout import _VLLMEngine
-
-
-def _engine(device: str, budget: int):
-    cfg = SimpleNamespace(
-        device_config=SimpleNamespace(device_type=device),
-        scheduler_config=SimpleNamespace(max_num_batched_tokens=budget),
-    )
-    return SimpleNamespace(llm=SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=cfg)))
+from ray_s3ft.workers.rollout import prefill_groups
 
 
 def test_groups_stay_within_the_token_budget_in_order():
     prompts = [[0] * 30, [0] * 20, [0] * 40, [0] * 10, [0] * 60]  # x 2 samples: 60 40 80 20 120
-    groups = _VLLMEngine._unsplit_prefills(_engine("cpu", 100), prompts, 2)
+    groups = prefill_groups(prompts, 2, budget=100)
     assert groups == [[0, 1], [2, 3], [4]]  # the last is alone over budget: it cannot be split
 
 
 def test_gpu_engines_take_one_call():
     prompts = [[0] * 3000] * 4
-    assert _VLLMEngine._unsplit_prefills(_engine("cuda", 4096), prompts, 4) == [[0, 1, 2, 3]]
+    assert prefill_groups(prompts, 4, budget=None) == [[0, 1, 2, 3]]
 
 
 @pytest.mark.slow

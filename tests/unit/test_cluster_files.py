@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from ray_s3ft.cluster import _worker_env, required_cpus
+from ray_s3ft.cluster import required_cpus, worker_env
 from ray_s3ft.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -271,4 +271,4 @@ def test_runtime_env_file_is_a_runtime_env_that_shares_a_key_with_the_driver():
     RuntimeEnv(**env)  # raises on unknown fields or bad values
     # a shared key is what once failed a submitted job (Ray's runtime_env merge conflict);
     # tests/e2e/test_job_submit.py submits with this file, so it keeps that case covered
-    assert set(_worker_env(Path("run"))) & set(env.get("env_vars", {}))
+    assert set(worker_env(Path("run"))) & set(env.get("env_vars", {}))
