@@ -29,7 +29,7 @@ MAX_MODEL_LEN, MAX_PROMPT_TOKENS = 512, 256  # model.max_model_len, data.max_pro
 
 def _calls(args, prompts: int) -> list[list[tuple[str, int]]]:
     """(prompt, seed) items of each call, warm-up calls first: the controller's seeds."""
-    from ray_s3ft.controller import rollout_seed
+    from ray_s3ft.sampling import rollout_seed
 
     n = args.warmup + args.repeats
     examples = task_prompts(n * prompts)

@@ -1,4 +1,4 @@
-"""Weight sync: seconds per learner -> engine sync (the CPU path of ``Controller.sync_weights``:
+"""Weight sync: seconds per learner -> engine sync (the CPU path of ``sampling.WeightSync.to``:
 ``LearnerActor.engine_weights`` -> Ray's object store -> ``RolloutWorker.update_weights``),
 and the same through ``LearnerActor.full_state_dict`` (torch tensors: the path before),
 against a plain in-memory copy of the same bytes, and as a share of the step.

@@ -16,6 +16,11 @@ import os
 from pathlib import Path
 
 METRICS = "metrics.jsonl"
+# the GRPO figures every row reports, in its order (``sampling.GRPOStats`` fields)
+EVERY_ROW = (
+    "reward_mean", "zero_std_groups", "undecided", "undecided_frac", "tokens_per_s",
+    "response_tokens", "discarded",
+)  # fmt: skip
 
 
 def _clean(value):
@@ -114,3 +119,70 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def step_row(
+    step: int, d, sched: dict, fractions: dict, stats, last, weights_and_faults: dict,
+    dynamic_sampling: bool, timer, seconds: float,
+) -> dict:  # fmt: skip
+    """One step's metrics row: the schedule's decision ``d`` and its ``sched`` stats, the
+    store's target ``fractions``, the learner's ``stats`` (``StepStats``), the latest GRPO
+    figures ``last`` (``GRPOStats``), the weights versions and fault counts, and the phase
+    times of ``timer`` (``timing/<phase>``, ``timing/step`` = ``seconds``)."""
+    row = {
+        "step": step,
+        "mode": d.mode,
+        "sasr/p_sft": d.p_sft,
+        "sasr/grad_norm": sched["grad_norm"],
+        "sasr/grad_norm_warm": sched["grad_norm_warm"],
+        "sasr/kl": sched["kl"],
+        "sasr/probe": float(d.probe),
+        "targets/self_frac": fractions["self"],
+        "targets/para_frac": fractions["paraphrase"],
+        "targets/gold_frac": fractions["gold"],
+        "learner/loss": stats.loss,
+        "learner/grad_norm": stats.grad_norm,
+        "learner/kl": stats.kl,
+        "learner/entropy": stats.entropy,
+        "learner/tokens": stats.tokens,
+        # reward/rollout/judge values are the latest GRPO step's (0.0 before the first one)
+        **dict(map(last.key, EVERY_ROW)),
+        **weights_and_faults,
+    }
+    if d.mode == "grpo":
+        row.update({
+            "learner/pg_loss": stats.pg_loss,
+            "learner/clip_frac": stats.clip_frac,
+            "learner/updates": stats.updates,
+            "learner/ratio_dev": stats.ratio_dev,
+            "rollout/logprob_diff": stats.logprob_diff,
+            "rollout/logprob_max_diff": stats.logprob_max_diff,
+            "rollout/sample_digest": last.sample_digest,
+            "rollout/staleness": last.staleness,
+            "rollout/is_weight": stats.is_weight,
+            "rollout/is_clip_frac": stats.is_clip_frac,
+        })  # fmt: skip
+        if dynamic_sampling:
+            row.update(map(last.key, ("dynamic_rounds", "dynamic_dropped")))
+    row.update({f"timing/{k}": v for k, v in timer.s.items()})
+    row["timing/step"] = seconds
+    return row
+
+
+def eval_metrics(scores: dict) -> dict[str, float]:
+    """``evaluate_on_engines`` output -> metrics keys: ``eval/task_accuracy``,
+    ``eval/heldout_mean``, ``eval/heldout/<set>`` (and ``eval/heldout/<set>_acc_norm`` for a
+    multiple-choice set), ``eval/drift_kl`` and ``eval/drift_k3`` with ``eval.drift``."""
+    from ray_s3ft.evaluate import heldout_sets
+
+    out = {"eval/task_accuracy": scores["task"]["accuracy"]}
+    if scores.get("heldout_mean") is not None:
+        out["eval/heldout_mean"] = scores["heldout_mean"]
+    for name, v in heldout_sets(scores).items():
+        out[f"eval/heldout/{name}"] = v["accuracy"]
+        if v.get("acc_norm") is not None:
+            out[f"eval/heldout/{name}_acc_norm"] = v["acc_norm"]
+    for key in ("kl", "k3"):
+        if (scores.get("drift") or {}).get(key) is not None:
+            out[f"eval/drift_{key}"] = scores["drift"][key]
+    return out

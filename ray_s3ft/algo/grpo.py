@@ -36,7 +36,7 @@ def group_advantages(
     Dr. GRPO's fix (§3.1): dividing by std up-weights near-unanimous groups, a difficulty bias.
     A group with all-equal rewards gets exactly 0 (not a rounding residue) and is counted;
     DAPO's dynamic sampling (§3.2) replaces such groups with new prompts' groups
-    (``algorithm.grpo.dynamic_sampling``, ``Controller.refill``).
+    (``algorithm.grpo.dynamic_sampling``, ``Rewards.refill``).
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")

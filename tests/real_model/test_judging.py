@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from ray_s3ft.config import GRPOConfig, JudgeConfig
-from ray_s3ft.controller import reward
+from ray_s3ft.rewards import reward
 from ray_s3ft.target_store import TargetRecord, TargetSet
 from ray_s3ft.workers.judge import JudgeWorker
 from ray_s3ft.workers.types import JudgeItem, Verdict

@@ -45,7 +45,7 @@ def test_the_default_reference_rule_is_the_same_for_every_schedule():
 
 
 def test_flat_groups_are_told_from_informative_ones():
-    from ray_s3ft.controller import split_flat_groups
+    from ray_s3ft.rewards import split_flat_groups
 
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.5, 0.0])  # 4 groups of G = 2
     gens = list("abcdefgh")
@@ -58,7 +58,7 @@ def test_flat_groups_are_told_from_informative_ones():
 def test_a_dynamic_sampling_round_draws_new_seeds_and_round_zero_keeps_the_old_ones():
     import numpy as np
 
-    from ray_s3ft.controller import rollout_seed
+    from ray_s3ft.sampling import rollout_seed
 
     old = int(np.random.SeedSequence([0, 5, 7]).generate_state(1)[0]) >> 2
     assert rollout_seed(0, 5, 7) == old  # runs without dynamic sampling sample as before
