@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ray_s3ft.algo.grpo import group_advantages
+from ray_s3ft.algo.grpo import AGGREGATION, group_advantages
 from ray_s3ft.algo.schedules import Decision, make_schedule
 from ray_s3ft.batches import grpo_batch, sft_batch, shard
 from ray_s3ft.checkpoints import PENDING, latest_checkpoint, save_checkpoint
@@ -283,7 +283,10 @@ class Controller:
     def grpo_batch(self, gens, rewards: torch.Tensor, staleness: int = 0):
         grpo = self.cfg.algorithm.grpo
         adv = group_advantages(
-            rewards, grpo.group_size, scale_by_std=grpo.loss_agg != "dr_grpo", eps=grpo.adv_eps
+            rewards,
+            grpo.group_size,
+            scale_by_std=AGGREGATION[grpo.loss_agg].scale_by_std,
+            eps=grpo.adv_eps,
         )
         self.state.grpo.zero_std_groups = adv.zero_std_groups
         batch = grpo_batch(

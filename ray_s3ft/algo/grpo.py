@@ -15,7 +15,48 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
+
+@dataclass(frozen=True)
+class Aggregation:
+    """One loss aggregation (``algorithm.grpo.loss_agg``), everything it decides in one place:
+    how the advantages are scaled, how a batch's per-token losses become one number
+    (``reduce``), and which share of an update a micro-batch's loss is (``share``; the
+    learner scales by it, so that micro-batches and ranks add up to the whole batch)."""
+
+    name: str
+    scale_by_std: bool  # advantages divided by the group's std (Dr. GRPO drops it)
+    by_tokens: bool  # a micro-batch's share of its update: its tokens (else its sequences)
+
+    def reduce(self, per_token: Tensor, mask: Tensor, max_len: int | None) -> Tensor:
+        """A [B, T] per-token loss to a scalar with this aggregation's normaliser."""
+        total = (per_token * mask).sum()  # []
+        if self.name == "grpo":
+            # DeepSeekMath eq. 3: 1/|o_i| per sequence, so a long answer's tokens weigh less each.
+            per_seq = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # [B]
+            return per_seq.mean()  # []
+        if self.name == "dapo":
+            # DAPO §3.3: every token of the batch weighs the same, long answers are not discounted.
+            return total / mask.sum().clamp(min=1.0)  # []
+        # Dr. GRPO §3.1: a constant (B * generation budget) removes the length bias entirely;
+        # per group this is G * max_len.
+        if max_len is None or max_len < 1:
+            raise ValueError(f"agg='dr_grpo' needs max_len >= 1, got {max_len}")
+        return total / (per_token.shape[0] * max_len)  # []
+
+    def share(self, tokens: float, all_tokens: float, sequences: int, all_sequences: int) -> float:
+        """A micro-batch's share of its update (over every rank's micro-batches)."""
+        return tokens / max(all_tokens, 1.0) if self.by_tokens else sequences / all_sequences
+
+
+AGGREGATION = {
+    a.name: a
+    for a in (
+        Aggregation("grpo", scale_by_std=True, by_tokens=False),
+        Aggregation("dapo", scale_by_std=True, by_tokens=True),
+        Aggregation("dr_grpo", scale_by_std=False, by_tokens=False),
+    )
+}
+AGGREGATIONS = tuple(AGGREGATION)  # config.LOSS_AGGS lists the same (tested)
 
 
 @dataclass(frozen=True)
@@ -87,22 +128,9 @@ class GRPOLossOutput:
 
 
 def _aggregate(per_token: Tensor, mask: Tensor, agg: str, max_len: int | None) -> Tensor:
-    """Reduce a [B, T] per-token loss to a scalar with one of the three published normalisers."""
-    total = (per_token * mask).sum()  # []
-    if agg == "grpo":
-        # DeepSeekMath eq. 3: 1/|o_i| per sequence, so a long answer's tokens weigh less each.
-        per_seq = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # [B]
-        return per_seq.mean()  # []
-    if agg == "dapo":
-        # DAPO §3.3: every token of the batch weighs the same, long answers are not discounted.
-        return total / mask.sum().clamp(min=1.0)  # []
-    if agg == "dr_grpo":
-        # Dr. GRPO §3.1: a constant (B * generation budget) removes the length bias entirely;
-        # per group this is G * max_len.
-        if max_len is None or max_len < 1:
-            raise ValueError(f"agg='dr_grpo' needs max_len >= 1, got {max_len}")
-        return total / (per_token.shape[0] * max_len)  # []
-    raise ValueError(f"unknown agg {agg!r}; allowed: {', '.join(AGGREGATIONS)}")
+    if agg not in AGGREGATION:
+        raise ValueError(f"unknown agg {agg!r}; allowed: {', '.join(AGGREGATIONS)}")
+    return AGGREGATION[agg].reduce(per_token, mask, max_len)
 
 
 def grpo_loss(

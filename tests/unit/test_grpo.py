@@ -167,3 +167,34 @@ def test_truncated_is_weights_scale_each_tokens_surrogate_and_its_gradient():
     out.loss.backward()
     assert logp.grad[0].tolist() == pytest.approx([-0.25, -1.0])  # -w_t / 2
     assert out.clip_frac == 0.0
+
+
+def test_one_spec_per_loss_aggregation_and_the_config_offers_exactly_them():
+    from ray_s3ft.algo.grpo import AGGREGATION, AGGREGATIONS
+    from ray_s3ft.config import LOSS_AGGS
+
+    assert AGGREGATIONS == LOSS_AGGS
+    assert [AGGREGATION[a].scale_by_std for a in AGGREGATIONS] == [True, True, False]
+    # a micro-batch of 2 of the update's 8 sequences, holding 30 of its 100 tokens
+    assert AGGREGATION["dapo"].share(30.0, 100.0, 2, 8) == 0.3
+    assert AGGREGATION["grpo"].share(30.0, 100.0, 2, 8) == 0.25
+    assert AGGREGATION["dr_grpo"].share(30.0, 100.0, 2, 8) == 0.25
+
+
+def test_step_sums_add_by_name_and_reduce_as_one_vector():
+    from ray_s3ft.workers.learner_step import SUMS, StepSums
+
+    s = StepSums()
+    s.add(tokens=12, objective=0.5)
+    s.add(tokens=3.0, clip_tokens=2)
+    assert (s["tokens"], s["objective"], s["clip_tokens"], s["pg"]) == (15.0, 0.5, 2.0, 0.0)
+    calls = []
+
+    def twice(t, op="sum"):  # two identical ranks
+        calls.append(op)
+        return t * 2 if op == "sum" else t
+
+    s.max_diff[0] = 0.25
+    r = s.reduced(twice)
+    assert (r["tokens"], r.max_diff.item(), calls) == (30.0, 0.25, ["sum", "max"])
+    assert len(r.values) == len(SUMS) == 11
