@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from ray_s3ft.config import ConfigError, load_config, save_config
+from ray_s3ft.console import say
 from ray_s3ft.target_store import STORE, TargetSet, read_store
 from ray_s3ft.tracking import Trackers, grid_group
 
@@ -145,19 +146,10 @@ def cell_config(config: str | None, overrides: list[str], cell: Cell, out: Path)
 
 
 def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path) -> dict:
+    from ray_s3ft.console import Phases
+    from ray_s3ft.session import Session
     from ray_s3ft.timing import Timer
-    from ray_s3ft.train import (
-        Phases,
-        _cached_eval,
-        _say,
-        _setup,
-        _shutdown,
-        build_targets,
-        eval_options,
-        evaluate_on_engines,
-        train_and_evaluate,
-        with_drift,
-    )
+    from ray_s3ft.train import train_and_evaluate
     from ray_s3ft.workers.learner import LearnerActor
 
     base = load_config(config, [*overrides, f"trainer.output_dir={out}"])
@@ -165,34 +157,26 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
     # every cell's config is validated before anything starts
     cfgs = {c: cell_config(config, overrides, c, out) for c in cells}
     todo = [c for c in cells if not (out / "cells" / c.name / "summary.json").exists()]
-    _say(f"compare: {len(cells)} cells ({len(cells) - len(todo)} done) in {out}")
+    say(f"compare: {len(cells)} cells ({len(cells) - len(todo)} done) in {out}")
     started = time.perf_counter()
     if not todo and (out / "eval_before.json").exists() and (out / STORE).exists():
         before = json.loads((out / "eval_before.json").read_text())
         store = TargetSet(read_store(out / STORE), "s3ft", computed=0, reused=0)
         return _finish(config, overrides, methods, seeds, out, before, store, started)
     phases = Phases()
-    run_dir, model_path, examples, eval_sets, tok, groups, started_ray = phases.run(
-        "startup", _setup, base, True
-    )
+    session = phases.run("startup", Session.open, base, True)
     # the grid is a tracked run of its own; each cell a child of it (trainer.loggers)
     group = grid_group(out) if set(base.trainer.loggers) - {"tensorboard"} else None
     grid = Trackers.for_run(base, out, kind="grid", group=group).start()
     status = "FAILED"
     try:
-        n_eval = base.eval.max_new_tokens
-        eval_sets = with_drift(base, groups, eval_sets, run_dir, model_path)
-        before = phases.run(
-            "eval_before",
-            _cached_eval,
-            run_dir / "eval_before.json",
-            lambda: evaluate_on_engines(groups, eval_sets, n_eval, **eval_options(base)),
-        )
+        session.add_drift()
+        before = phases.run("eval_before", session.eval_before)
         # one store serves every mode: build it with all rungs (s3ft)
         s3ft = dataclasses.replace(
             base, algorithm=dataclasses.replace(base.algorithm, targets="s3ft")
         )
-        store = phases.run("targets", build_targets, s3ft, groups, examples, run_dir, model_path)
+        store = phases.run("targets", session.build_targets, s3ft)
         for i, cell in enumerate(todo):
             cfg = cfgs[cell]
             cell_dir = Path(cfg.trainer.output_dir)
@@ -200,17 +184,19 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
             save_config(cfg, cell_dir / "config.yaml")
             (cell_dir / "eval_before.json").write_text(json.dumps(before, indent=2) + "\n")
             cell_started = time.perf_counter()
-            groups.learner.call(LearnerActor.reset, cell.seed, cfg.learner, cfg.algorithm.grpo)
+            session.groups.learner.call(
+                LearnerActor.reset, cell.seed, cfg.learner, cfg.algorithm.grpo
+            )
             targets = dataclasses.replace(store, mode=cfg.algorithm.targets, computed=0)
             trackers = Trackers.for_run(
                 cfg, cell_dir, kind="cell", name=cell.name, group=group, parent=grid.ids
             )
             summary = train_and_evaluate(
-                cfg, cell_dir, groups, tok, examples, eval_sets, targets, before,
-                Timer(), cell_started, engine_version=-1, trackers=trackers,
+                session, cfg, cell_dir, targets, before, Timer(), cell_started,
+                engine_version=-1, trackers=trackers,
             )  # fmt: skip
             a = summary["accuracy_after"]
-            _say(
+            say(
                 f"cell {i + 1}/{len(todo)} {cell.name}: task {_pct(a['task']['accuracy'])}, "
                 f"held-out {_pct(a['heldout_mean'])} "
                 f"({summary['steps']['sft']} SFT / {summary['steps']['grpo']} GRPO steps, "
@@ -225,7 +211,7 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
         raise
     finally:
         grid.finish(status)
-        _shutdown(groups, started_ray)
+        session.close()
 
 
 def _track_grid(grid, out: Path, results: dict) -> None:

@@ -97,7 +97,7 @@ class Controller:
         evaluate: Callable[[], dict] | None = None,
         engine_version: int = 0,
     ) -> None:
-        """``evaluate()``: greedy accuracies on the rollout engines (``train.evaluate_on_engines``),
+        """``evaluate()``: greedy accuracies on the rollout engines (``session.evaluate_on_engines``),
         run every ``eval.every`` steps after a weight sync. ``engine_version``: what the engines
         serve now (-1 when they hold another run's weights, as between the cells of a grid)."""
         self.cfg, self.run_dir, self.g, self.tok = cfg, run_dir, groups, tokenizer

@@ -253,7 +253,8 @@ def test_drift_base_is_made_once_and_kept(tmp_path):
 def test_evaluate_on_engines_with_choices_code_and_drift(tmp_path, builtin_worker):
     from ray_s3ft.cluster import Groups
     from ray_s3ft.metrics import eval_metrics
-    from ray_s3ft.train import evaluate_on_engines, print_summary, with_drift
+    from ray_s3ft.session import evaluate_on_engines, with_drift
+    from ray_s3ft.train import print_summary
     from ray_s3ft.workers.group import ActorGroup
     from ray_s3ft.workers.judge import JudgeWorker
     from ray_s3ft.workers.rollout import RolloutWorker
