@@ -19,8 +19,7 @@ import json
 import logging
 from pathlib import Path
 
-from ray_s3ft.tasks.loaders import DataError
-from ray_s3ft.tasks.types import Example
+from ray_s3ft.tasks.types import DataError, Example
 
 log = logging.getLogger(__name__)
 

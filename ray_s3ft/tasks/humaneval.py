@@ -27,8 +27,7 @@ import re
 from pathlib import Path
 
 from ray_s3ft.tasks.benchmarks import read_json_lines
-from ray_s3ft.tasks.loaders import DataError
-from ray_s3ft.tasks.types import Example
+from ray_s3ft.tasks.types import DataError, Example
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ def program(example: Example, response: str) -> str:
     before the function (imports, helpers) + the response's function; or, when the response's
     code does not define the function, the problem's prompt + that code as the body. Text only:
     nothing runs here."""
-    from ray_s3ft.workers.judge import extract_code
+    from ray_s3ft.verifiers.code import extract_code
 
     entry = entry_point_of(example)
     if entry is None:

@@ -38,17 +38,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ray_s3ft.tasks.types import Example
+from ray_s3ft.tasks.types import DataError, Example
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "data_report.json"
 MAX_LISTED_PROBLEMS = 1000  # per file in data_report.json; the rest are counted
 _QUOTED = 3  # problems quoted in an error message or a warning
-
-
-class DataError(ValueError):
-    """A data file that cannot be used; the message names the file (and row, where there is one)."""
 
 
 class RowError(ValueError):

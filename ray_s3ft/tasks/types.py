@@ -18,3 +18,7 @@ class Example:
     verifier: str = "math"  # one of VERIFIERS
     tests: tuple[str, ...] = field(default=())  # code tasks: assert statements
     choices: tuple[str, ...] = field(default=())  # choice tasks: the options, in letter order
+
+
+class DataError(ValueError):
+    """A data file that cannot be used; the message names the file (and row, where there is one)."""

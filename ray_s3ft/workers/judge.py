@@ -10,26 +10,13 @@ never needs the trained weights). A verifier that raises, times out or cannot be
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 
 from ray_s3ft.config import JudgeConfig, RolloutConfig
+from ray_s3ft.verifiers.code import extract_code
 from ray_s3ft.workers.types import JudgeItem, Verdict
 
 log = logging.getLogger(__name__)
-
-_FENCED = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
-_BEGIN_DONE = re.compile(r"\[\[BEGIN\]\](.*?)(?:\[\[DONE\]\]|$)", re.DOTALL)
-
-
-def extract_code(response: str) -> str:
-    """The program in a response: between S3FT's MBPP markers ``[[BEGIN]]``/``[[DONE]]``, else
-    the first fenced block, else the whole response."""
-    for pattern in (_BEGIN_DONE, _FENCED):
-        m = pattern.search(response)
-        if m:
-            return m.group(1).strip("\n")
-    return response
 
 
 class JudgeWorker:

@@ -139,7 +139,7 @@ class LearnerActor(ModelMixin, StateMixin):
         distribution the engine sampled from and reported logprobs of); SFT 1.0."""
         from ray_s3ft.algo.losses import token_logprobs
 
-        if not temperature > 0:  # greedy rollouts are never trained on (config_checks, batches)
+        if not temperature > 0:  # greedy rollouts are never trained on (config.checks, batches)
             raise ValueError(f"logprobs need a sampling temperature > 0, got {temperature}")
         ids = batch.input_ids[rows].to(self.device)  # [b, T]
         attn = batch.attention_mask[rows].to(self.device)  # [b, T]

@@ -1,9 +1,9 @@
 """Validation of a loaded ``Config``: single values, then the rules that span sections.
 
 ``validate(cfg)`` raises one ``ConfigError`` listing every problem, each by its full dotted key
-and what is allowed. ``ray_s3ft.config.validate`` (called by ``load_config``) delegates here.
+and what is allowed. ``ray_s3ft.config.validate`` (called by ``load_config``) is this.
 
-This module imports only the standard library, ``ray_s3ft.config`` (omegaconf and yaml) and
+This module imports only the standard library, ``ray_s3ft.config.schema`` and
 ``ray_s3ft.tasks`` modules that use the standard library only (the held-out set names), for the
 same reason: every process may validate a config, and none should pull torch or ray in.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 
-from ray_s3ft.config import (
+from ray_s3ft.config.schema import (
     CHOICE_TARGETS,
     DIST_BACKENDS,
     DTYPES,
