@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ray_s3ft.config import CHOICE_TARGETS
 from ray_s3ft.tasks.types import Example
+from ray_s3ft.verifiers.registry import RULE_BASED, rule_verdict
 
 
 @dataclass(frozen=True)
@@ -26,42 +27,16 @@ class SkillScore:
     unparsed: int  # responses the verifier could not read (counted as wrong)
 
 
-# A multiple-choice answer: an optional "The answer is" / "Answer:" lead, then a letter A-J that
-# stands alone: in brackets, or followed by the end, punctuation or a line break ("B", "B.",
-# "(B)"). After a lead a letter may be lower case, or followed by more words ("... is B because").
-_ANSWER_LEAD = re.compile(r"(?:the\s+)?(?:correct\s+)?answer(?:\s+is)?\s*:?\s*", re.I)
-_LETTER = r"\(([A-J])\)|\[([A-J])\]|([A-J])(?=[ \t]*(?:$|[\n.):;,-]))"
-_BARE_LETTER = re.compile(_LETTER)
-_LED_LETTER = re.compile(_LETTER + r"|([A-J])\b", re.I)
-
-
-def read_choice(response: str) -> str | None:
-    """The letter a multiple-choice response starts with ("B", "(B)", "The answer is B"), or None."""
-    text = response.strip()
-    lead = _ANSWER_LEAD.match(text)
-    m = _LED_LETTER.match(text, lead.end()) if lead else _BARE_LETTER.match(text)
-    if m is None or (lead and m.group(4) and not m.group(4).isupper()):
-        return None
-    return next(g for g in m.groups() if g).upper()
-
-
 def score_response(example: Example, response: str, math_extract: str = "strict") -> bool | None:
     """True / False, or None when the verifier cannot read the response. ``code`` and ``llm``
     answers need a judge (the sandbox, an LLM judge): ``score_sets`` sends them to one.
     ``math_extract``: how a math answer is read (``verifiers.math``: strict or flexible)."""
-    if example.verifier == "math":
-        from ray_s3ft.verifiers.math import verify_math
-
-        return verify_math(response, example.answer, math_extract)
-    if example.verifier == "exact":
-        return " ".join(response.split()) == " ".join(example.answer.split())
-    if example.verifier == "choice":
-        letter = read_choice(response)
-        return None if letter is None else letter == example.answer.strip().upper()
-    raise ValueError(
-        f"example {example.id}: verifier {example.verifier!r} needs a judge (score_sets with "
-        "judge=...); score_response reads math, exact and choice answers"
-    )
+    if example.verifier not in RULE_BASED:
+        raise ValueError(
+            f"example {example.id}: verifier {example.verifier!r} needs a judge (score_sets "
+            f"with judge=...); score_response reads {', '.join(RULE_BASED)} answers"
+        )
+    return rule_verdict(example.verifier, example.prompt, response, example.answer, math_extract)
 
 
 def score_set(examples: list[Example], responses: list[str]) -> SkillScore:

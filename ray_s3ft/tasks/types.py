@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# How an example's answer is checked (the judge routes on this).
-VERIFIERS = ("math", "code", "llm", "exact", "choice")
+# How an example's answer is checked (the judge and evaluation route on this)
 
 
 @dataclass(frozen=True)

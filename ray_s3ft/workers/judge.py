@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ray_s3ft.config import JudgeConfig, RolloutConfig
 from ray_s3ft.verifiers.code import extract_code
+from ray_s3ft.verifiers.registry import RULE_BASED, rule_verdict
 from ray_s3ft.workers.types import JudgeItem, Verdict
 
 log = logging.getLogger(__name__)
@@ -53,18 +54,6 @@ class JudgeWorker:
 
     def _rule_verdict(self, item: JudgeItem, kind: str) -> Verdict:
         try:
-            if kind == "math":
-                from ray_s3ft.verifiers.math import verify_math
-
-                ok = verify_math(item.response, item.answer, self.cfg.math_extract)
-                return Verdict(ok, "" if ok is not None else "no final answer found")
-            if kind == "steps":
-                from ray_s3ft.verifiers.steps import verify_steps
-
-                ok = verify_steps(item.prompt, item.response, item.answer)
-                return Verdict(ok, "" if ok is not None else "no final answer found")
-            if kind == "exact":
-                return Verdict(" ".join(item.response.split()) == " ".join(item.answer.split()))
             if kind == "code":
                 from ray_s3ft.verifiers.sandbox import SandboxLimits, run_python_tests
 
@@ -77,7 +66,10 @@ class JudgeWorker:
                 if result.status == "timeout":
                     return Verdict(None, "sandbox timeout")
                 return Verdict(result.passed, result.status)
-            return Verdict(None, f"no verifier {kind!r}")
+            if kind not in RULE_BASED:
+                return Verdict(None, f"no verifier {kind!r}")
+            ok = rule_verdict(kind, item.prompt, item.response, item.answer, self.cfg.math_extract)
+            return Verdict(ok, "" if ok is not None else "no final answer found")
         except Exception as e:  # a verifier bug must cost one verdict, not the run
             log.warning("judge: %s verifier failed: %s: %s", kind, type(e).__name__, e)
             return Verdict(None, f"{kind} verifier error: {type(e).__name__}")
