@@ -33,7 +33,7 @@ def cpu_bf16_flags() -> list[str]:
 
 
 def _batches(args, tok) -> list:
-    from ray_s3ft.batches import sft_batch
+    from ray_s3ft.workers.batches import sft_batch
 
     n, steps = args.batch, args.warmup + args.steps
     examples = task_prompts(n * steps * 8)
@@ -54,8 +54,8 @@ def _batches(args, tok) -> list:
 
 
 def run_cell(args, path: str, batches: list, bf16: bool, lora: bool, logs: str) -> dict:
-    from ray_s3ft.batches import shard
     from ray_s3ft.config import load_config
+    from ray_s3ft.workers.batches import shard
     from ray_s3ft.workers.group import ActorGroup, Resources
     from ray_s3ft.workers.learner import LearnerActor
 

@@ -45,7 +45,7 @@ def private_ray(num_cpus: int = 4):
     ``ray-s3ft train`` gives them; yields the directory actors write their logs to."""
     import ray
 
-    from ray_s3ft.cluster import init_private_ray, worker_env
+    from ray_s3ft.run.cluster import init_private_ray, worker_env
 
     tmp = Path(tempfile.mkdtemp(prefix="rb-"))  # short: Ray's socket paths are limited
     init_private_ray(

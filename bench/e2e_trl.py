@@ -52,7 +52,7 @@ def trl_venv(path: Path = VENV) -> Path:
 
 def _prompts(cfg, steps: int) -> list[dict]:
     """The GRPO prompts of ``steps`` steps, in the order the controller takes them."""
-    from ray_s3ft.sampling import data_order
+    from ray_s3ft.run.sampling import data_order
     from ray_s3ft.tasks.loaders import load_train_examples
 
     examples = load_train_examples(cfg.data)

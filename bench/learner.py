@@ -23,9 +23,9 @@ from bench.common import Row, parser, private_ray, report, task_prompts
 def _setup(args):
     from transformers import AutoTokenizer
 
-    from ray_s3ft.batches import sft_batch
     from ray_s3ft.config import load_config
     from ray_s3ft.model.paths import resolve_model_path
+    from ray_s3ft.workers.batches import sft_batch
 
     cfg = load_config(
         overrides=[
@@ -99,7 +99,7 @@ def bare_loop(args, cfg, path, batches, threads: int, extra_work: bool) -> dict:
 
 
 def learner_group(args, cfg, path, batches, ranks: int, logs: str) -> dict:
-    from ray_s3ft.batches import shard
+    from ray_s3ft.workers.batches import shard
     from ray_s3ft.workers.group import ActorGroup, Resources
     from ray_s3ft.workers.learner import LearnerActor
 

@@ -1,7 +1,7 @@
 """Rollout: tokens/s through a ``RolloutWorker`` actor against the same vLLM engine called
 directly in-process, on the same prompts and sampling.
 
-Both sides build the engine with ``ray_s3ft.workers.rollout.VLLMEngine`` (the same LLM kwargs
+Both sides build the engine with ``ray_s3ft.workers.engines.VLLMEngine`` (the same LLM kwargs
 and environment: in-process engine core, KV cache budget, fp32, eager, seed, one OMP thread as
 ``ray-s3ft train`` gives the rollout actor), get the same token ids (``encode_prompts``) and the
 same per-prompt seeded SamplingParams, so they sample the same tokens (checked). The baseline
@@ -29,7 +29,7 @@ MAX_MODEL_LEN, MAX_PROMPT_TOKENS = 512, 256  # model.max_model_len, data.max_pro
 
 def _calls(args, prompts: int) -> list[list[tuple[str, int]]]:
     """(prompt, seed) items of each call, warm-up calls first: the controller's seeds."""
-    from ray_s3ft.sampling import rollout_seed
+    from ray_s3ft.run.sampling import rollout_seed
 
     n = args.warmup + args.repeats
     examples = task_prompts(n * prompts)
@@ -79,7 +79,7 @@ def direct(args) -> None:
 
     from ray_s3ft.config import load_config
     from ray_s3ft.model.paths import resolve_model_path
-    from ray_s3ft.workers.rollout import VLLMEngine, encode_prompts
+    from ray_s3ft.workers.engines import VLLMEngine, encode_prompts
 
     path = resolve_model_path("builtin")
     tok = AutoTokenizer.from_pretrained(path)
@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
     if args.side_out:
         return direct(args)
 
-    from ray_s3ft.cluster import worker_env
+    from ray_s3ft.run.cluster import worker_env
 
     with tempfile.TemporaryDirectory(prefix="rb-") as tmp:
         side = Path(tmp) / "direct.json"

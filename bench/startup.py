@@ -71,7 +71,7 @@ def engine_start(caches: Path) -> float:
     code = (
         "from ray_s3ft.config import load_config\n"
         "from ray_s3ft.model.paths import resolve_model_path\n"
-        "from ray_s3ft.workers.rollout import VLLMEngine\n"
+        "from ray_s3ft.workers.engines import VLLMEngine\n"
         "VLLMEngine(resolve_model_path('builtin'), load_config().rollout, 512, False, False)\n"
     )
     started = time.perf_counter()

@@ -81,8 +81,8 @@ def measure(args, name: str, path: str, logs: str) -> dict:
     import ray
     from transformers import AutoTokenizer
 
-    from ray_s3ft.batches import sft_batch, shard
     from ray_s3ft.config import load_config
+    from ray_s3ft.workers.batches import sft_batch, shard
     from ray_s3ft.workers.group import ActorGroup, Resources
     from ray_s3ft.workers.learner import LearnerActor
     from ray_s3ft.workers.rollout import RolloutWorker

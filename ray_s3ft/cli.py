@@ -77,16 +77,16 @@ def _forwarded(command: str):
     elif command == "fetch-model":
         from ray_s3ft.model.fetch import main
     elif command == "compare":
-        from ray_s3ft.compare import main
+        from ray_s3ft.experiments.compare import main
     else:
-        from ray_s3ft.report import main
+        from ray_s3ft.evaluation.report import main
     return main
 
 
 def _cmd_eval(args) -> int:
     from ray_s3ft.config import load_config, save_config
-    from ray_s3ft.evaluate import evaluate, print_report, save_report
-    from ray_s3ft.preflight import check_model_path
+    from ray_s3ft.evaluation.evaluate import evaluate, print_report, save_report
+    from ray_s3ft.run.preflight import check_model_path
 
     cfg = load_config(args.config, args.overrides)
     check_model_path(args.model or cfg.model.path, "--model" if args.model else "model.path")
@@ -100,7 +100,7 @@ def _cmd_eval(args) -> int:
 
 def _cmd_train(args) -> int:
     from ray_s3ft.config import load_config
-    from ray_s3ft.train import train
+    from ray_s3ft.run.train import train
 
     train(load_config(args.config, args.overrides))
     return 0
@@ -108,7 +108,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_build_targets(args) -> int:
     from ray_s3ft.config import load_config
-    from ray_s3ft.train import build_targets_only
+    from ray_s3ft.run.train import build_targets_only
 
     build_targets_only(load_config(args.config, args.overrides))
     return 0
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ray_s3ft.config import ConfigError
     from ray_s3ft.errors import RunFailed
-    from ray_s3ft.preflight import PreflightError
-    from ray_s3ft.tasks.loaders import DataError
+    from ray_s3ft.run.preflight import PreflightError
+    from ray_s3ft.tasks.types import DataError
 
     try:
         if args is None:

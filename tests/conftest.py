@@ -37,7 +37,7 @@ def ray_cluster(tmp_path_factory):
     4 logical CPUs so a learner group and an engine fit on this 2-core machine."""
     import ray
 
-    from ray_s3ft.cluster import init_private_ray
+    from ray_s3ft.run.cluster import init_private_ray
 
     tmp = tmp_path_factory.mktemp("ray")
     # its own auth token, not ~/.ray/auth_token: that would switch the user's other Rays

@@ -4,7 +4,7 @@ An ``eval.heldout`` entry that ends in ``.jsonl`` is such a file, one JSON
 object a line: ``{"question": str, "choices": [str, ...], "answer": 1 or "B"}`` with 2 to 10
 choices and an optional ``"subject"``. The set is named by the file's stem; its prompts list the
 choices as ``A. ...`` lines. They are scored by log-likelihood, as lm-evaluation-harness scores
-MMLU and ARC (``ray_s3ft.evaluate.score_choices``): the choice whose continuation the model finds
+MMLU and ARC (``ray_s3ft.evaluation.scoring.score_choices``): the choice whose continuation the model finds
 likeliest is its answer; ``read_choice`` (a letter read from a generated answer) remains for
 responses that were generated.
 

@@ -27,44 +27,17 @@ what every file gave to ``data_report.json`` in the run directory.
 
 from __future__ import annotations
 
-import codecs
-import csv
 import dataclasses
-import json
-import logging
 import os
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
+from ray_s3ft.tasks.data_report import DataReport, FileReport
+from ray_s3ft.tasks.readers import RowError, kind_of, open_rows
 from ray_s3ft.tasks.types import DataError, Example
 
-log = logging.getLogger(__name__)
-
-REPORT_NAME = "data_report.json"
-MAX_LISTED_PROBLEMS = 1000  # per file in data_report.json; the rest are counted
-_QUOTED = 3  # problems quoted in an error message or a warning
-
-
-class RowError(ValueError):
-    """One row that cannot be used; the message is the reason."""
-
-
 # ---- row converters: dict -> Example, raising RowError for a broken row ---------------------
-
-
-def _kind(value) -> str:
-    """A value's JSON type, for messages."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _present(row: dict, key: str):
@@ -78,7 +51,7 @@ def _present(row: dict, key: str):
 def _text(row: dict, key: str) -> str:
     value = _present(row, key)
     if not isinstance(value, str):
-        raise RowError(f"{key!r} must be a string, got {_kind(value)}")
+        raise RowError(f"{key!r} must be a string, got {kind_of(value)}")
     if not value.strip():
         raise RowError(f"empty field {key!r}")
     return value
@@ -99,7 +72,7 @@ def _gsm8k(row: dict, id: str) -> Example:
 def _mbpp(row: dict, id: str) -> Example:
     text, code, tests = _text(row, "text"), _text(row, "code"), _present(row, "test_list")
     if not (isinstance(tests, (list, tuple)) and all(isinstance(t, str) for t in tests)):
-        raise RowError(f"'test_list' must be a list of strings, got {_kind(tests)}")
+        raise RowError(f"'test_list' must be a list of strings, got {kind_of(tests)}")
     tests = tuple(t for t in tests if t.strip())
     if not tests:
         raise RowError("empty field 'test_list'")
@@ -136,305 +109,6 @@ def _nq(row: dict, id: str) -> Example:
 CONVERTERS = {"gsm8k": _gsm8k, "mbpp": _mbpp, "nq": _nq}
 
 
-# ---- readers: (row number, row) pairs; a row that cannot even be parsed is a RowError --------
-
-Rows = Iterator[tuple[int, object]]
-_WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
-
-
-def _not_utf8(raw: bytes, e: UnicodeDecodeError) -> RowError:
-    return RowError(f"not UTF-8 (byte 0x{raw[e.start]:02x} at col {e.start + 1})")
-
-
-def _jsonl_rows(path: Path) -> Rows:
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if n == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield n, _not_utf8(raw, e)
-                continue
-            try:
-                yield n, json.loads(text.rstrip("\r\n"))  # so an error's column is on the line
-            except json.JSONDecodeError as e:
-                yield n, RowError(f"invalid JSON: {e.msg} (col {e.colno})")
-
-
-def _first_line_is_object(data: bytes) -> bool:
-    first = next((line for line in data.splitlines() if line.strip()), b"")
-    try:
-        return isinstance(json.loads(first.removeprefix(codecs.BOM_UTF8)), dict)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return False
-
-
-def _array_items(text: str, i: int) -> Rows:
-    """(line, element) of each element of the valid JSON array that starts at ``text[i]``."""
-    line, pos = 1 + text.count("\n", 0, i), i
-    i = _WS.match(text, i + 1).end()
-    while text[i] != "]":
-        line, pos = line + text.count("\n", pos, i), i
-        value, i = _DECODER.raw_decode(text, i)
-        yield line, value
-        i = _WS.match(text, i).end()
-        if text[i] == ",":
-            i = _WS.match(text, i + 1).end()
-
-
-def _data_array_start(text: str) -> int:
-    """Where the "data" array of a valid top-level JSON object starts (the last, as json.loads)."""
-    i, start = _WS.match(text, _WS.match(text).end() + 1).end(), -1
-    while text[i] != "}":
-        key, i = _DECODER.raw_decode(text, i)
-        i = _WS.match(text, _WS.match(text, i).end() + 1).end()  # past the ':'
-        start = i if key == "data" else start
-        _, i = _DECODER.raw_decode(text, i)
-        i = _WS.match(text, i).end()
-        if text[i] == ",":
-            i = _WS.match(text, i + 1).end()
-    return start
-
-
-def _json_rows(path: Path) -> Rows:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-        doc = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        if _first_line_is_object(data):
-            yield from _jsonl_rows(path)
-            return
-        if isinstance(e, UnicodeDecodeError):
-            line = data.count(b"\n", 0, e.start) + 1
-            where = f"{line}: not UTF-8 (byte 0x{data[e.start]:02x})"
-        else:
-            where = f"{e.lineno}: invalid JSON: {e.msg} (col {e.colno})"
-        raise DataError(
-            f"{path}:{where}; a .json file must be one JSON document (a list of objects or "
-            '{"data": [...]}) or JSON lines (use .jsonl to have broken lines skipped)'
-        ) from None
-    if isinstance(doc, list):
-        yield from _array_items(text, _WS.match(text).end())
-    elif isinstance(doc, dict) and isinstance(doc.get("data"), list):
-        yield from _array_items(text, _data_array_start(text))
-    elif isinstance(doc, dict):  # one object: one row
-        yield 1 + text.count("\n", 0, _WS.match(text).end()), doc
-    else:
-        raise DataError(
-            f'{path}: a .json file must hold a list of objects or {{"data": [...]}}, '
-            f"not {_kind(doc)}"
-        )
-
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
-
-
-def _csv_rows(path: Path) -> Rows:
-    # undecodable bytes become lone surrogates, so one bad row does not stop the reader
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader, None)
-            start = reader.line_num + 1
-            for record in reader:
-                n, start = start, reader.line_num + 1
-                if not record:  # a blank line
-                    continue
-                if len(record) != len(header):
-                    yield n, RowError(f"{len(record)} fields, the header has {len(header)}")
-                    continue
-                row = dict(zip(header, record))
-                bad = next((k for k, v in row.items() if _SURROGATE.search(v)), None)
-                if bad is None:
-                    yield n, row
-                else:
-                    byte = ord(_SURROGATE.search(row[bad]).group()) - 0xDC00
-                    yield n, RowError(f"not UTF-8 (byte 0x{byte:02x} in column {bad!r})")
-        except csv.Error as e:
-            raise DataError(f"{path}:{reader.line_num}: not readable as CSV: {e}") from None
-
-
-def _parquet_rows(path: Path) -> Rows:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    n = 0
-    try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                n += 1
-                yield n, row
-    except (pa.ArrowException, OSError) as e:
-        where = f" after row {n}" if n else ""
-        raise DataError(f"{path}: not readable as parquet{where}: {e}") from None
-
-
-def _dataset_rows(source: str, split: str) -> Rows:
-    import datasets
-
-    try:
-        if Path(source).is_dir():
-            ds = datasets.load_from_disk(source)
-            if isinstance(ds, datasets.DatasetDict):
-                if split not in ds:
-                    raise DataError(f"{source}: no split {split!r}; it has {', '.join(ds)}")
-                ds = ds[split]
-        else:  # a hub name such as "openai/gsm8k" (GSM8K's configuration is "main")
-            config = "main" if source.endswith("gsm8k") else None
-            ds = datasets.load_dataset(source, config, split=split)
-    except DataError:
-        raise
-    except Exception as e:  # datasets raises many types; the user needs the source and reason
-        raise DataError(f"{source}: cannot be read as a data set: {e}") from e
-    yield from enumerate(ds, start=1)
-
-
-_FILE_READERS = {
-    ".jsonl": _jsonl_rows,
-    ".json": _json_rows,
-    ".csv": _csv_rows,
-    ".parquet": _parquet_rows,
-}
-
-
-def _open(source: str, split: str) -> tuple[str, Rows]:
-    """The name rows are reported under, and the rows."""
-    path = Path(source)
-    if not path.is_dir() and path.suffix.lower() in _FILE_READERS:
-        if not path.is_file():
-            raise DataError(f"{source}: no such file")
-        return source, _FILE_READERS[path.suffix.lower()](path)
-    return f"{source}[{split}]", _dataset_rows(source, split)
-
-
-# ---- the report -------------------------------------------------------------------------------
-
-
-@dataclass
-class FileReport:
-    """What reading one file gave: rows read, rows used, and each bad row's problem."""
-
-    name: str
-    rows: int = 0
-    used: int = 0
-    complete: bool = True  # False when reading stopped after `limit` usable rows
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def bad(self) -> int:
-        return len(self.problems)
-
-    @property
-    def bad_fraction(self) -> float:
-        return self.bad / self.rows if self.rows else 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "rows": self.rows,
-            "used": self.used,
-            "bad": self.bad,
-            "bad_fraction": self.bad_fraction,
-            "complete": self.complete,
-            "problems": self.problems[:MAX_LISTED_PROBLEMS],
-            "problems_not_listed": max(0, self.bad - MAX_LISTED_PROBLEMS),
-        }
-
-
-@dataclass
-class DataReport:
-    """The rules a run's rows are held to, and what each file read gave (``data_report.json``).
-
-    ``count_tokens(prompt)`` is the prompt's length as the engines see it (``prompt_token_counter``);
-    without it prompt lengths are not checked. ``warn`` logs each file's bad rows, for callers
-    that do not write the report themselves.
-    """
-
-    max_bad_fraction: float = 1.0
-    max_prompt_tokens: int | None = None
-    count_tokens: Callable[[str], int] | None = None
-    warn: bool = False
-    files: dict[str, FileReport] = field(default_factory=dict)
-
-    @classmethod
-    def for_config(
-        cls, data, count_tokens: Callable[[str], int] | None = None, warn: bool = False
-    ) -> DataReport:
-        """The rules of a ``DataConfig``."""
-        return cls(data.max_bad_fraction, data.max_prompt_tokens, count_tokens, warn)
-
-    def check_prompt(self, prompt: str) -> None:
-        if self.count_tokens is None or self.max_prompt_tokens is None:
-            return
-        n = self.count_tokens(prompt)
-        if n > self.max_prompt_tokens:
-            raise RowError(
-                f"prompt is {n} tokens > data.max_prompt_tokens {self.max_prompt_tokens}"
-            )
-
-    def add(self, file: FileReport, task: str) -> None:
-        """Record a file's counts; DataError if it is empty, unusable or too broken."""
-        # a file read twice (train and eval) keeps its longer read: both start at its first row
-        if file.name not in self.files or file.rows >= self.files[file.name].rows:
-            self.files[file.name] = file
-        first = "; ".join(file.problems[:_QUOTED])
-        more = f"; and {file.bad - _QUOTED:,} more" if file.bad > _QUOTED else ""
-        if self.warn and file.bad:
-            log.warning(
-                "%s: skipped %d bad row(s) of %d: %s%s", file.name, file.bad, file.rows, first, more
-            )
-        if not file.rows:
-            raise DataError(f"{file.name}: empty (no data rows)")
-        if not file.used:
-            raise DataError(f"{file.name}: no usable {task} rows ({file.bad:,} bad: {first}{more})")
-        if file.bad_fraction > self.max_bad_fraction:
-            raise DataError(
-                f"{file.name}: {file.bad:,} of {file.rows:,} rows are bad "
-                f"({file.bad_fraction:.2%} > data.max_bad_fraction {self.max_bad_fraction:g}): "
-                f"{first}{more}"
-            )
-
-    def to_dict(self) -> dict:
-        return {
-            "files": {name: f.to_dict() for name, f in self.files.items()},
-            "max_bad_fraction": self.max_bad_fraction,
-            # null when prompt lengths were not checked
-            "max_prompt_tokens": self.max_prompt_tokens if self.count_tokens else None,
-        }
-
-    def write(self, run_dir: str | os.PathLike) -> Path:
-        """``run_dir/data_report.json`` (atomic); returns its path."""
-        path = Path(run_dir) / REPORT_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
-
-    def summary(self, path: str | os.PathLike) -> list[str]:
-        """One console line per file, pointing at the written report where rows were skipped."""
-        out = []
-        for f in self.files.values():
-            line = f"data: {f.name}: {f.rows:,} rows read, {f.used:,} used, "
-            out.append(line + (f"{f.bad:,} bad skipped (see {path})" if f.bad else "none bad"))
-        return out
-
-
-def prompt_token_counter(tokenizer) -> Callable[[str], int]:
-    """A prompt's token count as the rollout engines see it: chat-formatted, then tokenized
-    (``RolloutWorker.encode_prompts``)."""
-    from ray_s3ft.model.encoding import render_prompt
-
-    def count(prompt: str) -> int:
-        return len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False).input_ids)
-
-    return count
-
-
 # ---- loading ------------------------------------------------------------------------------
 
 
@@ -461,7 +135,7 @@ def load_examples(
     convert = CONVERTERS[task]
     template = task_prompt_template(task, template)
     report = DataReport(warn=True) if report is None else report
-    name, rows = _open(source, split)
+    name, rows = open_rows(source, split)
     file, out = FileReport(name), []
     for i, (n, row) in enumerate(rows):
         if limit is not None and len(out) >= limit:
@@ -472,7 +146,7 @@ def load_examples(
             if isinstance(row, RowError):
                 raise row
             if not isinstance(row, dict):
-                raise RowError(f"not a JSON object (got {_kind(row)})")
+                raise RowError(f"not a JSON object (got {kind_of(row)})")
             example = apply_template(convert(row, f"{split}-{i:05d}"), template)
             report.check_prompt(example.prompt)
             out.append(example)

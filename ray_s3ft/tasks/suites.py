@@ -14,7 +14,7 @@ project's multiple-choice format and cached as ``$RAY_S3FT_CACHE/data/<name>.jso
 A cached file is ordered round-robin over its subjects (MMLU's 57, sorted by name: the k-th
 question of every subject before any (k+1)-th), so ``eval.heldout_size: N`` takes a stratified
 slice (285 is five of each MMLU subject). Like every multiple-choice file the suites are scored
-by log-likelihood (``evaluate.score_choices``); ``eval.choice_target: cloze`` scores them as
+by log-likelihood (``scoring.score_choices``); ``eval.choice_target: cloze`` scores them as
 lm-evaluation-harness scores ARC, which a 135 M model can rank (MMLU stays near chance for it
 in every format).
 """

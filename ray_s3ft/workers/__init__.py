@@ -1,1 +1,2 @@
-"""Ray actors: rollout (vLLM), judge and learner (DeepSpeed) workers, and their weight sync."""
+"""Ray actors: rollout (vLLM), judge and learner (DeepSpeed) workers, their weight sync, and
+the data that crosses to them (``types``, ``batches``)."""

@@ -158,7 +158,7 @@ class LearnerActor(ModelMixin, StateMixin):
         returned losses and grad norm are means over the k updates, the token statistics
         (KL, entropy, clip share) means over the batch's tokens."""
 
-        from ray_s3ft.batches import take_rows
+        from ray_s3ft.workers.batches import take_rows
 
         if mode not in ("sft", "grpo"):
             raise ValueError(f"mode must be 'sft' or 'grpo', got {mode!r}")
@@ -215,7 +215,7 @@ class LearnerActor(ModelMixin, StateMixin):
         LoRA dropout the first update's ratio is then pi(dropout) / pi_old, not exactly 1."""
         import torch
 
-        from ray_s3ft.batches import take_rows
+        from ray_s3ft.workers.batches import take_rows
 
         out = torch.zeros(batch.input_ids.shape[0], batch.input_ids.shape[1] - 1)
         micro = self.cfg.micro_batch_size
@@ -236,7 +236,7 @@ class LearnerActor(ModelMixin, StateMixin):
 
         from ray_s3ft.algo.grpo import kl_k3
         from ray_s3ft.algo.losses import entropy_from_logits
-        from ray_s3ft.batches import take_rows
+        from ray_s3ft.workers.batches import take_rows
 
         engine, micro = self.engine, self.cfg.micro_batch_size
         with_kl = mode == "grpo" or self.cfg.sft_kl  # SFT steps: KL only as a metric
@@ -311,7 +311,7 @@ class LearnerActor(ModelMixin, StateMixin):
         import torch
 
         from ray_s3ft.algo.losses import masked_nll
-        from ray_s3ft.batches import take_rows
+        from ray_s3ft.workers.batches import take_rows
 
         if self.cfg.zero_stage == 3:
             raise RuntimeError("grad_probe needs full parameters on each rank (zero_stage <= 2)")

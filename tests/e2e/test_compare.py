@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ray_s3ft.compare import METHODS, collect, parse_list, results_markdown
 from ray_s3ft.config import ConfigError
+from ray_s3ft.experiments.compare import parse_list
+from ray_s3ft.experiments.methods import METHODS
+from ray_s3ft.experiments.results import collect, results_markdown
 
 
 def _acc(task, heldout):
@@ -91,7 +93,7 @@ def test_every_method_is_a_valid_config():
 
 
 def test_methods_only_change_what_a_cell_may_change():
-    from ray_s3ft.compare import CELL_KEYS
+    from ray_s3ft.experiments.methods import CELL_KEYS
 
     for name, (_, overrides) in METHODS.items():
         assert all(o.startswith(CELL_KEYS) for o in overrides), name
@@ -208,7 +210,7 @@ def _check_tracked_grid(tmp_path: Path, out: Path, rows: dict) -> None:
 
 
 def test_step_worth_recovers_what_each_step_was_worth_by_hand():
-    from ray_s3ft.compare import step_worth
+    from ray_s3ft.experiments.results import step_worth
 
     def run(modes, accs):  # eval after every second step
         rows = []

@@ -89,7 +89,7 @@ def _records(run):
 
 
 def test_target_phase_gives_all_three_sources_and_is_reused(run):
-    from ray_s3ft.target_store import TargetRecord
+    from ray_s3ft.run.target_store import TargetRecord
 
     records = [TargetRecord(**r) for r in _records(run)]
     assert len(records) == 48
@@ -134,7 +134,7 @@ def _nll(model_dir, tokenizer, records):
     from transformers import AutoModelForCausalLM
 
     from ray_s3ft.algo.losses import masked_nll, token_logprobs
-    from ray_s3ft.batches import sft_batch
+    from ray_s3ft.workers.batches import sft_batch
 
     targets = [r.target("s3ft").text for r in records]
     b = sft_batch(tokenizer, [r.prompt for r in records], targets, 512)
@@ -149,7 +149,7 @@ def test_parameters_changed_and_sft_loss_on_a_fixed_batch_fell(run):
     from transformers import AutoTokenizer
 
     from ray_s3ft.model.paths import resolve_model_path
-    from ray_s3ft.target_store import TargetRecord
+    from ray_s3ft.run.target_store import TargetRecord
 
     base = resolve_model_path("builtin")
     final = run["dir"] / "checkpoints" / "step_8" / "hf"

@@ -8,7 +8,7 @@ gradient checkpointing and schedule stay the config's own. Every phase runs: sta
 the S3FT store, SFT and GRPO steps, the checkpoint and the eval after.
 
 The five runs share one local Ray cluster (started as ``ray-s3ft train`` starts its own) and
-run in this process through ``ray_s3ft.train.train``, the function the CLI calls: a new Ray
+run in this process through ``ray_s3ft.run.train.train``, the function the CLI calls: a new Ray
 and a new interpreter per config would cost 15-20 s each and test nothing more
 (``test_train_e2e`` runs the CLI end to end).
 """
@@ -111,8 +111,8 @@ def cluster(tmp_path_factory):
     """One local Ray for the module, as ``ray-s3ft train`` starts it (``start_ray``)."""
     import ray
 
-    from ray_s3ft.cluster import start_ray
     from ray_s3ft.config import load_config
+    from ray_s3ft.run.cluster import start_ray
 
     tmp = tmp_path_factory.mktemp("cfg-ray")
     assert start_ray(load_config(overrides=CPU), tmp)  # this module started it
@@ -131,7 +131,7 @@ def test_every_shipped_config_is_covered():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_a_shipped_config_trains_the_real_model(name, smollm2_dir, tmp_path, cluster, capfd):
     from ray_s3ft.config import load_config
-    from ray_s3ft.train import train
+    from ray_s3ft.run.train import train
 
     path, task, no_pad = CONFIGS[name]
     model = _without_pad_token(smollm2_dir, tmp_path) if no_pad else smollm2_dir

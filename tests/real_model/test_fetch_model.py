@@ -44,7 +44,7 @@ def test_a_cached_model_is_not_fetched_again(smollm2_dir, monkeypatch):
 
 
 def test_the_fetched_model_answers_a_question(smollm2_dir):
-    from ray_s3ft.generation import generate_greedy_hf
+    from ray_s3ft.evaluation.generation import generate_greedy_hf
 
     (text,) = generate_greedy_hf(smollm2_dir, ["What is the capital of France?"], 12)
     assert "Paris" in text

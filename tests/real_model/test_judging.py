@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from ray_s3ft.config import GRPOConfig, JudgeConfig
-from ray_s3ft.rewards import reward
-from ray_s3ft.target_store import TargetRecord, TargetSet
+from ray_s3ft.run.rewards import reward
+from ray_s3ft.run.target_store import TargetRecord, TargetSet
 from ray_s3ft.workers.judge import JudgeWorker
 from ray_s3ft.workers.types import JudgeItem, Verdict
 
@@ -92,7 +92,7 @@ def test_the_real_model_as_llm_judge_always_rules_by_log_likelihood(smollm2_dir)
 
 
 def test_evaluation_reports_math_accuracy_under_both_extractions():
-    from ray_s3ft.evaluate import score_sets
+    from ray_s3ft.evaluation.scoring import score_sets
     from ray_s3ft.tasks.types import Example
 
     exs = [Example(f"m{i}", "gsm8k", f"q{i}", "", "11") for i in range(4)]

@@ -45,7 +45,7 @@ def _eval(tmp_path, model, backend):
 
 def test_real_model_suites_on_vllm_with_transformers_logliks(tmp_path, model):
     from ray_s3ft.config import RolloutConfig
-    from ray_s3ft.evaluate import choice_continuations
+    from ray_s3ft.evaluation.scoring import choice_continuations
     from ray_s3ft.tasks.benchmarks import load_choice_file
     from ray_s3ft.workers.rollout import RolloutWorker
 

@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from ray_s3ft.batches import grpo_batch, sft_batch
 from ray_s3ft.config import load_config
+from ray_s3ft.workers.batches import grpo_batch, sft_batch
 from ray_s3ft.workers.group import ActorGroup, Resources
 from ray_s3ft.workers.learner import LearnerActor
 from ray_s3ft.workers.rollout import RolloutWorker

@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-from ray_s3ft.batches import grpo_batch, sft_batch, shard
 from ray_s3ft.config import load_config
+from ray_s3ft.workers.batches import grpo_batch, sft_batch, shard
 from ray_s3ft.workers.group import ActorGroup, Resources
 from ray_s3ft.workers.learner import LearnerActor
 from ray_s3ft.workers.rollout import RolloutWorker
@@ -88,7 +88,7 @@ def _single_process_sft(path, batch, bf16=False):
     from transformers import AutoModelForCausalLM
 
     from ray_s3ft.algo.losses import masked_nll, token_logprobs
-    from ray_s3ft.batches import take_rows
+    from ray_s3ft.workers.batches import take_rows
 
     m = AutoModelForCausalLM.from_pretrained(path)
     micro = batch.num_sequences

@@ -33,7 +33,7 @@ ADAM_EPS = 1e-8  # torch AdamW's default, what the learner builds
 )
 def test_one_reference_rule_for_every_schedule(kind, warmup, rule, expected):
     from ray_s3ft.algo.schedules import make_schedule
-    from ray_s3ft.controller import reference_reset_step
+    from ray_s3ft.run.controller import reference_reset_step
 
     schedule = make_schedule(kind, seed=0, warmup_steps=warmup)
     assert reference_reset_step(rule, schedule.warmup_steps) == expected
@@ -45,7 +45,7 @@ def test_the_default_reference_rule_is_the_same_for_every_schedule():
 
 
 def test_flat_groups_are_told_from_informative_ones():
-    from ray_s3ft.rewards import split_flat_groups
+    from ray_s3ft.run.rewards import split_flat_groups
 
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.5, 0.0])  # 4 groups of G = 2
     gens = list("abcdefgh")
@@ -58,7 +58,7 @@ def test_flat_groups_are_told_from_informative_ones():
 def test_a_dynamic_sampling_round_draws_new_seeds_and_round_zero_keeps_the_old_ones():
     import numpy as np
 
-    from ray_s3ft.sampling import rollout_seed
+    from ray_s3ft.run.sampling import rollout_seed
 
     old = int(np.random.SeedSequence([0, 5, 7]).generate_state(1)[0]) >> 2
     assert rollout_seed(0, 5, 7) == old  # runs without dynamic sampling sample as before
@@ -88,9 +88,9 @@ def test_bad_values_of_the_new_knobs_name_their_key(overrides, text):
 def built_in():
     from transformers import AutoTokenizer
 
-    from ray_s3ft.batches import grpo_batch, sft_batch
     from ray_s3ft.model.paths import resolve_model_path
     from ray_s3ft.tasks.builtin import task_split
+    from ray_s3ft.workers.batches import grpo_batch, sft_batch
     from ray_s3ft.workers.types import Generation
 
     path = resolve_model_path("builtin")

@@ -43,7 +43,7 @@ class Worker:
 def ray_cluster(tmp_path_factory):
     import ray
 
-    from ray_s3ft.cluster import init_private_ray
+    from ray_s3ft.run.cluster import init_private_ray
 
     tmp = tmp_path_factory.mktemp("ray")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Worker lives in tests/

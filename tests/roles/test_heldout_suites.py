@@ -9,7 +9,7 @@ import math
 import pytest
 
 from ray_s3ft.config import JudgeConfig, RolloutConfig, load_config
-from ray_s3ft.evaluate import (
+from ray_s3ft.evaluation.scoring import (
     choice_continuations,
     heldout_sets,
     score_choices,
@@ -251,10 +251,10 @@ def test_drift_base_is_made_once_and_kept(tmp_path):
 
 
 def test_evaluate_on_engines_with_choices_code_and_drift(tmp_path, builtin_worker):
-    from ray_s3ft.cluster import Groups
-    from ray_s3ft.metrics import eval_metrics
-    from ray_s3ft.session import evaluate_on_engines, with_drift
-    from ray_s3ft.train import print_summary
+    from ray_s3ft.run.cluster import Groups
+    from ray_s3ft.run.metrics import eval_metrics
+    from ray_s3ft.run.session import evaluate_on_engines, with_drift
+    from ray_s3ft.run.train import print_summary
     from ray_s3ft.workers.group import ActorGroup
     from ray_s3ft.workers.judge import JudgeWorker
     from ray_s3ft.workers.rollout import RolloutWorker

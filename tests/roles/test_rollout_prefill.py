@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_s3ft.workers.rollout import prefill_groups
+from ray_s3ft.workers.engines import prefill_groups
 
 
 def test_groups_stay_within_the_token_budget_in_order():

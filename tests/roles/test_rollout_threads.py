@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from ray_s3ft.cluster import rollout_threads
 from ray_s3ft.config import load_config
+from ray_s3ft.run.cluster import rollout_threads
 
 PROBE = """
 import json, os, sys

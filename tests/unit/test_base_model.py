@@ -8,8 +8,8 @@ These tests pin those properties with bands around the measured values, on fixed
 import pytest
 
 from ray_s3ft.config import load_config
-from ray_s3ft.evaluate import evaluate
-from ray_s3ft.generation import generate_greedy_hf
+from ray_s3ft.evaluation.evaluate import evaluate
+from ray_s3ft.evaluation.generation import generate_greedy_hf
 from ray_s3ft.model.paths import resolve_model_path
 from ray_s3ft.prompts import build_paraphrase_prompt
 from ray_s3ft.tasks import builtin

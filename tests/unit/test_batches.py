@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from ray_s3ft.batches import grpo_batch, shard
+from ray_s3ft.workers.batches import grpo_batch, shard
 from ray_s3ft.workers.types import Generation
 
 

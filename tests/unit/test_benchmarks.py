@@ -8,10 +8,10 @@ import yaml
 
 from ray_s3ft.cli import main
 from ray_s3ft.config import ConfigError, load_config
-from ray_s3ft.evaluate import score_response
+from ray_s3ft.evaluation.scoring import score_response
 from ray_s3ft.tasks.benchmarks import choice_prompt, load_choice_file
-from ray_s3ft.tasks.loaders import DataError, load_eval_examples
-from ray_s3ft.tasks.types import Example
+from ray_s3ft.tasks.loaders import load_eval_examples
+from ray_s3ft.tasks.types import DataError, Example
 
 QUESTIONS = [  # MMLU's shape; the answer is an index
     {"question": "Which is a color?", "choices": ["dog", "red", "cup"], "answer": 1},
@@ -242,7 +242,7 @@ def tiny_task(tmp_path_factory):
 
 
 def test_run_lm_eval_on_a_local_task(tiny_task):
-    from ray_s3ft.lm_eval_suite import run_lm_eval
+    from ray_s3ft.evaluation.lm_eval_suite import run_lm_eval
     from ray_s3ft.model.paths import resolve_model_path
 
     result = run_lm_eval(
@@ -259,7 +259,7 @@ def test_run_lm_eval_on_a_local_task(tiny_task):
 
 
 def test_unknown_lm_eval_task_names_the_key(tiny_task, tmp_path, capsys):
-    from ray_s3ft.lm_eval_suite import check_tasks
+    from ray_s3ft.evaluation.lm_eval_suite import check_tasks
 
     with pytest.raises(DataError, match="eval.lm_eval_tasks") as info:
         check_tasks(["ray_s3ft_tiny_mcq"], tiny_task)
@@ -273,7 +273,7 @@ def test_unknown_lm_eval_task_names_the_key(tiny_task, tmp_path, capsys):
 
 
 def test_missing_harness_says_how_to_install(monkeypatch):
-    from ray_s3ft import lm_eval_suite
+    from ray_s3ft.evaluation import lm_eval_suite
 
     monkeypatch.setitem(__import__("sys").modules, "lm_eval.tasks", None)
     with pytest.raises(DataError, match=r"pip install 'ray-s3ft\[lm-eval\]'"):

@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 import yaml
 
-from ray_s3ft.cluster import required_cpus, worker_env
 from ray_s3ft.config import load_config
+from ray_s3ft.run.cluster import required_cpus, worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERAY = ROOT / "cluster" / "kuberay"

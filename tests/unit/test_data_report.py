@@ -5,8 +5,10 @@ import json
 import pytest
 
 from ray_s3ft.config import load_config
-from ray_s3ft.tasks import loaders
-from ray_s3ft.tasks.loaders import DataError, load_run_data, prompt_token_counter
+from ray_s3ft.tasks import data_report
+from ray_s3ft.tasks.data_report import prompt_token_counter
+from ray_s3ft.tasks.loaders import load_run_data
+from ray_s3ft.tasks.types import DataError
 
 
 def _write(path, lines):
@@ -113,7 +115,7 @@ def test_prompts_too_long_for_the_tokenizer_are_bad_rows(tmp_path):
 
 
 def test_the_problem_list_is_capped(tmp_path, monkeypatch):
-    monkeypatch.setattr(loaders, "MAX_LISTED_PROBLEMS", 2)
+    monkeypatch.setattr(data_report, "MAX_LISTED_PROBLEMS", 2)
     train = _write(tmp_path / "train.jsonl", ["{"] * 5 + [_good(1)])
     test = _write(tmp_path / "test.jsonl", [_good(1)])
     load_run_data(

@@ -5,7 +5,9 @@ import logging
 
 import pytest
 
-from ray_s3ft.tasks.loaders import DataError, DataReport, load_examples
+from ray_s3ft.tasks.data_report import DataReport
+from ray_s3ft.tasks.loaders import load_examples
+from ray_s3ft.tasks.types import DataError
 
 GOOD = {"question": "Tom has 2 + 3 apples?", "answer": "2+3=<<2+3=5>>5\n#### 5"}
 BARE = "{question}"  # the converter's prompt as is, without the task's template

@@ -3,7 +3,7 @@
 import json
 import math
 
-from ray_s3ft.metrics import MetricsLogger
+from ray_s3ft.run.metrics import MetricsLogger
 
 
 def test_non_finite_values_are_null_and_ints_stay_ints(tmp_path):

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from ray_s3ft import preflight
 from ray_s3ft.config import load_config
-from ray_s3ft.preflight import (
+from ray_s3ft.run import preflight
+from ray_s3ft.run.preflight import (
     PreflightError,
     check_before_ray,
     check_cluster_resources,
@@ -248,7 +248,7 @@ def test_importing_preflight_stays_cheap():
     import sys
 
     heavy = ("torch", "ray", "vllm", "transformers", "datasets")
-    code = f"import sys, ray_s3ft.preflight; print([m for m in {heavy} if m in sys.modules])"
+    code = f"import sys, ray_s3ft.run.preflight; print([m for m in {heavy} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -276,7 +276,7 @@ def _cluster_over_time(monkeypatch, states):
 
 
 def test_the_preflight_waits_for_a_node_that_joins_late(monkeypatch):
-    from ray_s3ft.preflight import check_cluster
+    from ray_s3ft.run.preflight import check_cluster
 
     pinned = ["resources.learner_node_resource=learner_slot", "resources.wait_for_resources_s=30"]
     cfg = load_config(overrides=pinned)
@@ -293,7 +293,7 @@ def test_the_preflight_waits_for_a_node_that_joins_late(monkeypatch):
 
 
 def test_the_wait_ends_with_the_error_and_how_long_it_waited(monkeypatch):
-    from ray_s3ft.preflight import check_cluster
+    from ray_s3ft.run.preflight import check_cluster
 
     cfg = load_config(overrides=["resources.wait_for_resources_s=0.05"])
     _cluster_over_time(monkeypatch, [[_node(CPU=1.0)]])

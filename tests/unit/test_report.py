@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ray_s3ft.report import main, write_report
+from ray_s3ft.evaluation.report import main, write_report
 
 FIGURES = ("accuracy", "loss_reward", "schedule", "gate_signals", "targets")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

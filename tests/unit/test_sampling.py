@@ -4,9 +4,9 @@ GRPO figures a checkpoint keeps (``sampling.GRPOStats`` in ``controller.TrainSta
 import json
 from dataclasses import asdict
 
-from ray_s3ft.controller import TrainState
-from ray_s3ft.metrics import EVERY_ROW
-from ray_s3ft.sampling import GRPOStats, data_order
+from ray_s3ft.run.controller import TrainState
+from ray_s3ft.run.metrics import EVERY_ROW
+from ray_s3ft.run.sampling import GRPOStats, data_order
 
 
 def test_each_epoch_is_a_permutation_and_a_resumed_cursor_continues_it():

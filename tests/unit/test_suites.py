@@ -80,7 +80,7 @@ def test_the_loader_names_the_set_after_the_suite():
 
 
 def test_cloze_scores_the_answer_after_a_plain_question_by_hand():
-    from ray_s3ft.evaluate import score_sets
+    from ray_s3ft.evaluation.scoring import score_sets
     from ray_s3ft.tasks.benchmarks import _example
 
     ex = _example({"question": "Which is hot?", "choices": ["ice", "fire"], "answer": 1}, "s", "1")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from ray_s3ft.target_store import PARTIAL, STORE, build_targets
+from ray_s3ft.run.target_store import PARTIAL, STORE, build_targets
 from ray_s3ft.tasks.types import Example
 from ray_s3ft.workers.types import Verdict
 

@@ -4,7 +4,8 @@ import json
 import re
 
 from ray_s3ft.tasks import wordproblems
-from ray_s3ft.tasks.loaders import DataReport, load_examples
+from ray_s3ft.tasks.data_report import DataReport
+from ray_s3ft.tasks.loaders import load_examples
 
 
 def test_the_shipped_files_are_what_the_generator_writes(tmp_path):

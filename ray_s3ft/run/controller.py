@@ -35,17 +35,17 @@ import torch
 
 from ray_s3ft.algo.grpo import AGGREGATION, group_advantages
 from ray_s3ft.algo.schedules import Decision, make_schedule
-from ray_s3ft.batches import grpo_batch, sft_batch, shard
-from ray_s3ft.checkpoints import PENDING, latest_checkpoint, save_checkpoint
-from ray_s3ft.cluster import Groups
 from ray_s3ft.config import Config
 from ray_s3ft.errors import RunFailed
-from ray_s3ft.metrics import MetricsLogger, Progress, eval_metrics, step_row
-from ray_s3ft.rewards import Rewards
-from ray_s3ft.sampling import GRPOStats, WeightSync, data_order, make_sampler
-from ray_s3ft.target_store import TargetSet
+from ray_s3ft.run.checkpoints import PENDING, latest_checkpoint, save_checkpoint
+from ray_s3ft.run.cluster import Groups
+from ray_s3ft.run.metrics import MetricsLogger, Progress, eval_metrics, step_row
+from ray_s3ft.run.rewards import Rewards
+from ray_s3ft.run.sampling import GRPOStats, WeightSync, data_order, make_sampler
+from ray_s3ft.run.target_store import TargetSet
 from ray_s3ft.tasks.types import Example
 from ray_s3ft.timing import Timer
+from ray_s3ft.workers.batches import grpo_batch, sft_batch, shard
 from ray_s3ft.workers.group import ActorDied
 from ray_s3ft.workers.learner import LearnerActor
 from ray_s3ft.workers.types import StepStats

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ray_s3ft.config import Config
-from ray_s3ft.sampling import SyncSampler, sample_digest
+from ray_s3ft.run.sampling import SyncSampler, sample_digest
 from ray_s3ft.tasks.types import Example
 from ray_s3ft.timing import Timer
 from ray_s3ft.workers.group import ActorGroup

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ray_s3ft.config import Config
 from ray_s3ft.console import Phases
-from ray_s3ft.session import Session
+from ray_s3ft.run.session import Session
 from ray_s3ft.timing import Timer
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def train_and_evaluate(
 def _train_and_evaluate(
     session, cfg, run_dir, targets, before, phases, started, engine_version, trackers
 ) -> dict:
-    from ray_s3ft.controller import Controller
+    from ray_s3ft.run.controller import Controller
     from ray_s3ft.tracking import eval_table, run_files
 
     groups = session.groups
@@ -124,7 +124,7 @@ def _train_and_evaluate(
 def draw_report(run_dir: Path, out: Path) -> None:
     """``ray-s3ft report`` of a finished run or grid into ``out``, for the trackers; a report
     that fails is a warning (figures are a courtesy; the run is done)."""
-    from ray_s3ft.report import ReportError, write_report
+    from ray_s3ft.evaluation.report import ReportError, write_report
 
     try:
         write_report([run_dir], out)
@@ -158,7 +158,7 @@ def print_summary(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ray_s3ft.evaluate import heldout_sets
+    from ray_s3ft.evaluation.scoring import heldout_sets
 
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f} %"

@@ -83,7 +83,7 @@ class Run:
         return float(v) if _num(v) else None
 
     def heldout_names(self) -> list[str]:
-        from ray_s3ft.evaluate import heldout_sets
+        from ray_s3ft.evaluation.scoring import heldout_sets
 
         return list(heldout_sets(self.summary.get("accuracy_before") or {}))
 

@@ -107,8 +107,14 @@ def _job_env_vars() -> dict:
 def private_auth_token(temp: Path) -> None:
     """Ray >= 2.5x turns token auth on for a local cluster and, without a token, writes one to
     ~/.ray/auth_token, which then switches every later Ray of that user to token auth. Keep the
-    token of our private cluster beside it instead (unless the user configured auth)."""
-    if any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+    token of our private cluster beside it instead (unless the user configured auth).
+
+    Each private cluster gets its own token, also when an earlier one of this process set
+    the variable: that cluster's temp dir, token included, may be gone by now (a test module's
+    or a benchmark's cluster), and a later ``ray.init`` would fail to read it."""
+    ours = os.environ.get("RAY_AUTH_TOKEN_PATH") == _OUR_TOKEN_PATH.get("path")
+    configured = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    if not ours and any(k in os.environ for k in configured):
         return
     import secrets
 
@@ -116,7 +122,11 @@ def private_auth_token(temp: Path) -> None:
     if not token.exists():
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token.resolve())
+    _OUR_TOKEN_PATH["path"] = os.environ["RAY_AUTH_TOKEN_PATH"] = str(token.resolve())
+
+
+# the RAY_AUTH_TOKEN_PATH that private_auth_token set in this process, if any
+_OUR_TOKEN_PATH: dict[str, str] = {}
 
 
 def worker_env(run_dir: Path) -> dict[str, str]:

@@ -17,7 +17,7 @@ import functools
 import math
 from pathlib import Path
 
-from ray_s3ft.tasks.loaders import DataError
+from ray_s3ft.tasks.types import DataError
 
 INSTALL_HINT = "pip install 'ray-s3ft[lm-eval]'"
 

