@@ -74,7 +74,7 @@ def run_cell(args, path: str, batches: list, bf16: bool, lora: bool, logs: str) 
         LearnerActor, 1, name=f"learner-{'bf16' if bf16 else 'fp32'}-{'lora' if lora else 'full'}",
         log_dir=logs, resources=Resources(t, 0.0, {"OMP_NUM_THREADS": str(t)}),
         kwargs=dict(world_size=1, model_path=path, model=cfg.model, cfg=cfg.learner,
-                    grpo=cfg.algorithm.grpo, lr=cfg.trainer.lr, weight_decay=0.0,
+                    grpo=cfg.algorithm.grpo, lr=cfg.learner.lr, weight_decay=0.0,
                     seed=cfg.trainer.seed, threads=t),
         rank_kwargs=lambda i: {"rank": i},
     )  # fmt: skip

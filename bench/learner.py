@@ -70,7 +70,7 @@ def bare_loop(args, cfg, path, batches, threads: int, extra_work: bool) -> dict:
         ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         ref.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
     micro = cfg.learner.micro_batch_size
     seconds, losses = [], []
     for b in batches:
@@ -108,8 +108,8 @@ def learner_group(args, cfg, path, batches, ranks: int, logs: str) -> dict:
         LearnerActor, ranks, name=f"learner-{ranks}", log_dir=logs,
         resources=Resources(threads, 0.0, {"OMP_NUM_THREADS": str(threads)}),
         kwargs=dict(world_size=ranks, model_path=path, model=cfg.model, cfg=cfg.learner,
-                    grpo=cfg.algorithm.grpo, lr=cfg.trainer.lr, grpo_lr=cfg.trainer.grpo_lr,
-                    weight_decay=cfg.trainer.weight_decay, seed=cfg.trainer.seed,
+                    grpo=cfg.algorithm.grpo, lr=cfg.learner.lr, grpo_lr=cfg.learner.grpo_lr,
+                    weight_decay=cfg.learner.weight_decay, seed=cfg.trainer.seed,
                     threads=threads),
         rank_kwargs=lambda i: {"rank": i},
     )  # fmt: skip

@@ -93,7 +93,7 @@ def measure(args, name: str, path: str, logs: str) -> dict:
         LearnerActor, 1, name=f"learner-{name}", log_dir=logs,
         resources=Resources(t, 0.0, {"OMP_NUM_THREADS": str(t)}),
         kwargs=dict(world_size=1, model_path=path, model=cfg.model, cfg=cfg.learner,
-                    grpo=cfg.algorithm.grpo, lr=cfg.trainer.lr, weight_decay=0.0,
+                    grpo=cfg.algorithm.grpo, lr=cfg.learner.lr, weight_decay=0.0,
                     seed=0, threads=t),
         rank_kwargs=lambda i: {"rank": i},
     )  # fmt: skip

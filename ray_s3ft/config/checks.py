@@ -88,14 +88,14 @@ _RANGES = (
     (
         """rollout.kv_cache_gib rollout.is_cap judge.sandbox_timeout_s judge.timeout_s
         algorithm.grpo.eps_high
-        algorithm.grpo.adv_eps schedule.sasr.gamma schedule.sasr.kl_target trainer.lr""",
+        algorithm.grpo.adv_eps schedule.sasr.gamma schedule.sasr.kl_target learner.lr""",
         _finite(lambda v: v > 0),
         "must be a finite number > 0",
     ),
     (
         """rollout.temperature learner.grad_clip algorithm.grpo.beta schedule.sasr.lam
         resources.wait_for_resources_s
-        trainer.weight_decay resources.cpus_per_rollout resources.gpus_per_rollout
+        learner.weight_decay resources.cpus_per_rollout resources.gpus_per_rollout
         resources.cpus_per_judge resources.gpus_per_judge resources.cpus_per_learner
         resources.gpus_per_learner""",
         _finite(lambda v: v >= 0),
@@ -204,8 +204,8 @@ def validate(cfg: Config) -> None:
         bad("trainer.wandb.mode", "must be null ($WANDB_MODE) or one of " + ", ".join(WANDB_MODES))
     if cfg.eval.lm_eval_limit is not None and not _finite(lambda v: v >= 1)(cfg.eval.lm_eval_limit):
         bad("eval.lm_eval_limit", "must be null (every example) or >= 1")
-    if cfg.trainer.grpo_lr is not None and not _finite(lambda v: v > 0)(cfg.trainer.grpo_lr):
-        bad("trainer.grpo_lr", "must be null (= trainer.lr) or a finite number > 0")
+    if cfg.learner.grpo_lr is not None and not _finite(lambda v: v > 0)(cfg.learner.grpo_lr):
+        bad("learner.grpo_lr", "must be null (= learner.lr) or a finite number > 0")
     for key, fields in (
         ("data.prompt_template", ("question",)),
         ("data.paraphrase_template", ("question", "reference")),

@@ -55,6 +55,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     return cfg
 
 
+# keys an earlier version had -> where they are now: named in the error, not "unknown key"
+MOVED = {
+    "trainer.lr": "learner.lr",
+    "trainer.grpo_lr": "learner.grpo_lr",
+    "trainer.weight_decay": "learner.weight_decay",
+}
+
 # YAML keys that are Python keywords -> their field names
 _ALIASES = {("rollout", "async"): "async_"}
 
@@ -160,6 +167,9 @@ def _shape_problems(raw: dict, cls: type, prefix: str) -> list[str]:
     problems = []
     for name, value in raw.items():
         key = f"{prefix}{name}"
+        if key in MOVED:
+            problems.append(f"{key}: moved to {MOVED[key]}")
+            continue
         if name not in types:
             close = difflib.get_close_matches(str(name), types, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -153,6 +153,9 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
+    lr: float = 1e-3  # learning rate of SFT steps (and of GRPO steps when grpo_lr is null)
+    grpo_lr: float | None = 1e-4  # learning rate of GRPO steps; null = lr
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
     zero_stage: int = 2  # DeepSpeed ZeRO stage, 0..3
     offload_optimizer: bool = False  # keep optimizer state in CPU memory (ZeRO >= 1)
     backend: str = "auto"  # DIST_BACKENDS; auto = nccl with GPUs, else gloo
@@ -165,7 +168,7 @@ class LearnerConfig:
     sft_kl: bool = False
     # OPTIMIZER_STATES: one Adam state (moments, step count) for SFT and GRPO steps together,
     # or one per mode over the same parameters, so that each mode's updates carry only its own
-    # momentum and trainer.grpo_lr sets the size of a GRPO update
+    # momentum and learner.grpo_lr sets the size of a GRPO update
     optimizer_state: str = "shared"
 
 
@@ -266,9 +269,6 @@ class TrainerConfig:
     max_steps: int = 100  # optimizer steps of the run (SFT and GRPO steps together)
     sft_batch_size: int = 16  # sequences per SFT step, over all ranks
     grpo_prompts_per_step: int = 4  # prompts per GRPO step; the batch is this * group_size
-    lr: float = 1e-3  # learning rate of SFT steps (and of GRPO steps when grpo_lr is null)
-    grpo_lr: float | None = 1e-4  # learning rate of GRPO steps; null = lr
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
     seed: int = 0  # seed of the controller's RNG (schedule draws, data order)
     output_dir: str = "runs/default"  # run directory: config, metrics, checkpoints
     checkpoint_every: int = 50  # steps between checkpoints

@@ -16,7 +16,7 @@ policy at the end of the warm-up.
 
 Adam's state is shared by SFT and GRPO steps, or with ``learner.optimizer_state: per_mode`` kept
 per mode over the same parameters (``_use_optimizer_state``): under shared state each update
-carries about 1 / (1 - beta1) = 10 steps of momentum from both modes, so ``trainer.grpo_lr``
+carries about 1 / (1 - beta1) = 10 steps of momentum from both modes, so ``learner.grpo_lr``
 does not set the size of a GRPO update.
 
 The actor is split by job: this module runs the steps (the loss of each mode and the step's

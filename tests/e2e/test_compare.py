@@ -108,7 +108,7 @@ def test_compare_smoke_grid_then_report(tmp_path_factory):
     small = [
         "data.train_size=32", "eval.task_size=24", "eval.heldout_size=8", "eval.every=2",
         "trainer.max_steps=4", "trainer.checkpoint_every=4", "schedule.warmup_steps=2",
-        "trainer.lr=3e-4",
+        "learner.lr=3e-4",
         # the grid tracked: an MLflow parent run with a child per cell, a W&B group offline
         "trainer.loggers=[tensorboard,mlflow,wandb]", "trainer.wandb.mode=offline",
         f"trainer.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",

@@ -32,7 +32,7 @@ SMALL = [
     "trainer.checkpoint_every=4",
     "schedule.warmup_steps=2",
     "schedule.sasr.probe_every=1",
-    "trainer.lr=3e-4",
+    "learner.lr=3e-4",
 ]
 REQUIRED = [
     "step", "mode", "sasr/p_sft", "sasr/grad_norm", "sasr/kl", "targets/self_frac",

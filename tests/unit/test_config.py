@@ -86,7 +86,7 @@ def test_overrides_apply_with_their_types_after_the_file():
         ROOT / "configs/gpu/qwen2.5-0.5b-gsm8k-sasr.yaml",
         [
             "trainer.max_steps=50",
-            "trainer.lr=3e-6",  # PyYAML reads this as a string; the schema makes it a float
+            "learner.lr=3e-6",  # PyYAML reads this as a string; the schema makes it a float
             "eval.heldout=[compare,sort]",
             "model.lora.enabled=true",
             "data.eval_path=null",
@@ -96,7 +96,7 @@ def test_overrides_apply_with_their_types_after_the_file():
         ],
     )
     assert cfg.trainer.max_steps == 50 and type(cfg.trainer.max_steps) is int
-    assert cfg.trainer.lr == 3e-6 and type(cfg.trainer.lr) is float
+    assert cfg.learner.lr == 3e-6 and type(cfg.learner.lr) is float
     assert cfg.eval.heldout == ["compare", "sort"] and type(cfg.eval.heldout) is list
     assert cfg.model.lora.enabled is True
     assert cfg.data.eval_path == "openai/gsm8k"
@@ -143,7 +143,10 @@ REJECTIONS = [
     # wrong types: key, value, expected type
     (["trainer.max_steps=abc"], ["trainer.max_steps", "an integer", "'abc'"]),
     (["trainer.max_steps=2.5"], ["trainer.max_steps", "an integer", "2.5"]),
-    (["trainer.lr=fast"], ["trainer.lr", "a number", "'fast'"]),
+    (["learner.lr=fast"], ["learner.lr", "a number", "'fast'"]),
+    # the optimizer's keys moved from trainer to learner: the message says where
+    (["trainer.lr=1e-4"], ["trainer.lr: moved to learner.lr"]),
+    (["trainer.grpo_lr=null"], ["trainer.grpo_lr: moved to learner.grpo_lr"]),
     (["model.lora.enabled=2"], ["model.lora.enabled", "true or false", "2"]),
     (["eval.heldout=compare"], ["eval.heldout", "a list of strings", "'compare'"]),
     (["eval.heldout=[a, {b: 1}]"], ["eval.heldout", "a list of strings"]),
@@ -151,7 +154,7 @@ REJECTIONS = [
     (["data.train_path=[a]"], ["data.train_path", "a string or null"]),
     (["trainer=5"], ["trainer", "a section with keys max_steps"]),
     (["trainer.max_steps.x=1"], ["trainer.max_steps", "an integer"]),
-    (["trainer.max_steps=${trainer.lr}"], ["trainer.max_steps", "Integer"]),
+    (["trainer.max_steps=${learner.lr}"], ["trainer.max_steps", "Integer"]),
     (["trainer.output_dir=${nope}"], ["trainer.output_dir", "nope"]),
     # malformed overrides
     (["trainer.max_steps"], ["trainer.max_steps", "key=value"]),
@@ -175,9 +178,9 @@ REJECTIONS = [
     (["trainer.max_steps=0"], ["trainer.max_steps", ">= 1"]),
     (["resources.learner_ranks=0"], ["resources.learner_ranks", ">= 1"]),
     (["data.seed=-1"], ["data.seed", ">= 0"]),
-    (["trainer.lr=0"], ["trainer.lr", "> 0"]),
-    (["trainer.lr=nan"], ["trainer.lr", "finite"]),
-    (["trainer.lr=.inf"], ["trainer.lr", "finite"]),
+    (["learner.lr=0"], ["learner.lr", "> 0"]),
+    (["learner.lr=nan"], ["learner.lr", "finite"]),
+    (["learner.lr=.inf"], ["learner.lr", "finite"]),
     (["schedule.p_sft=1.5"], ["schedule.p_sft", "[0, 1]"]),
     (["schedule.sasr.p_max=-0.1"], ["schedule.sasr.p_max", "[0, 1]"]),
     (["schedule.sasr.p_min=0.9", "schedule.sasr.p_max=0.5"], ["schedule.sasr.p_min", "p_max"]),
@@ -185,7 +188,7 @@ REJECTIONS = [
     (["schedule.sasr.kl_target=0"], ["schedule.sasr.kl_target", "> 0"]),
     (["schedule.sasr.probe_every=-1"], ["schedule.sasr.probe_every", ">= 0"]),
     (["eval.every=-2"], ["eval.every", ">= 0"]),
-    (["trainer.grpo_lr=0"], ["trainer.grpo_lr", "> 0"]),
+    (["learner.grpo_lr=0"], ["learner.grpo_lr", "> 0"]),
     (["algorithm.grpo.eps_low=1.0"], ["algorithm.grpo.eps_low", "[0, 1)"]),
     (["algorithm.grpo.eps_high=0"], ["algorithm.grpo.eps_high", "> 0"]),
     (["algorithm.grpo.beta=-0.01"], ["algorithm.grpo.beta", ">= 0"]),
@@ -265,9 +268,9 @@ def test_combinations_that_are_fine_for_the_schedule_pass():
 
 
 def test_every_problem_is_reported_at_once():
-    message = _error(["trainer.max_steps=0", "trainer.lr=-1", "model.dtype=fp8"])
+    message = _error(["trainer.max_steps=0", "learner.lr=-1", "model.dtype=fp8"])
     assert message.startswith("3 config problems:")
-    for key in ("trainer.max_steps", "trainer.lr", "model.dtype"):
+    for key in ("trainer.max_steps", "learner.lr", "model.dtype"):
         assert f"  - {key}:" in message
 
 
@@ -305,6 +308,14 @@ def test_duplicate_yaml_keys_are_rejected(tmp_path):
     assert "duplicate key" in _error(path=path)
 
 
+def test_a_moved_key_in_a_file_names_where_it_went(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("trainer:\n  max_steps: 5\n  weight_decay: 0.1\n")
+    message = _error(path=path)
+    assert "trainer.weight_decay: moved to learner.weight_decay" in message
+    assert "unknown key" not in message
+
+
 def test_file_errors_name_the_key_and_the_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("trainer:\n  max_stepz: 5\nlearner:\n  zero_stage: two\n")
@@ -329,7 +340,7 @@ def test_empty_file_gives_the_defaults(tmp_path):
 
 @pytest.mark.parametrize("path", [None, *CONFIGS], ids=lambda p: p.name if p else "defaults")
 def test_save_then_load_gives_an_equal_config(tmp_path, path):
-    cfg = load_config(path, ["trainer.lr=3.3e-7", "data.seed=7"])
+    cfg = load_config(path, ["learner.lr=3.3e-7", "data.seed=7"])
     out = tmp_path / "run" / "config.yaml"
     save_config(cfg, out)
     assert load_config(out) == cfg
