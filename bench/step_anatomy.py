@@ -31,6 +31,7 @@ def run(out: Path, steps: int, extra: list[str]) -> list[dict]:
     env.pop("RAY_ADDRESS", None)
     cmd = [
         sys.executable, "-m", "ray_s3ft.cli", "train", "schedule.kind=grpo",
+        "algorithm.targets=gold",  # GRPO steps never read SFT targets: skip building them
         f"trainer.max_steps={steps}", f"trainer.checkpoint_every={steps}", "eval.every=0",
         "eval.task_size=16", "eval.heldout_size=8", f"trainer.output_dir={out}", *extra,
     ]  # fmt: skip
@@ -64,14 +65,17 @@ def main(argv: list[str] | None = None) -> dict:
         "--rounds", type=int, default=2, help="sync/async runs, alternated (noise evens out)"
     )
     args = ap.parse_args(argv)
+    extra = []
     if args.smoke:
         args.steps, args.skip, args.rounds = 4, 1, 1
+        extra = ["data.train_size=16"]  # 4 steps x 4 prompts
     samples = 4 * 4  # trainer.grpo_prompts_per_step x algorithm.grpo.group_size (defaults)
     sync, overlap = [], []
     with tempfile.TemporaryDirectory(prefix="rb-step-") as tmp:
         for i in range(args.rounds):
-            sync += run(Path(tmp) / f"sync{i}", args.steps, [])[args.skip :]
-            overlap += run(Path(tmp) / f"async{i}", args.steps, ["rollout.async=true"])[args.skip :]
+            sync += run(Path(tmp) / f"sync{i}", args.steps, extra)[args.skip :]
+            asynchronous = [*extra, "rollout.async=true"]
+            overlap += run(Path(tmp) / f"async{i}", args.steps, asynchronous)[args.skip :]
     a, b = anatomy(sync, samples), anatomy(overlap, samples)
     rows = [
         Row("sync: step wall / longest phase", a["wall_over_longest"], 1.0, "x", ("<=", 1.2)),
