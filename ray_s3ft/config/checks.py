@@ -16,10 +16,10 @@ import functools
 import sys
 import typing
 
+from ray_s3ft.config.rules import Check
 from ray_s3ft.config.schema import (
     LOGGERS,
     TASK_VERIFIERS,
-    Check,
     Config,
     ConfigError,
     _show,

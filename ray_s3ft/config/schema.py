@@ -1,6 +1,6 @@
 """The run configuration's schema: frozen dataclass sections, their defaults, each field's own
-rule beside it (``checked(default, check)``: a range, a choice, a non-empty string), and
-``ConfigError``.
+rule beside it (``checked(default, check)`` from ``rules``: a range, a choice, a non-empty
+string), and ``ConfigError``.
 
 Each role receives only its own section (``cfg.learner``, ``cfg.rollout``...), so a section
 never refers to another; the rules that span sections are in ``checks``. Sections are frozen:
@@ -13,10 +13,23 @@ included, and it must not drag torch, ray or DeepSpeed in with it.
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from ray_s3ft.config.rules import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    AT_LEAST_64_MIB,
+    FRACTION,
+    FRACTION_ABOVE_0,
+    FRACTION_BELOW_1,
+    NON_EMPTY,
+    NON_NEGATIVE,
+    POSITIVE,
+    checked,
+    one_of,
+    or_null,
+)
 
 # Allowed values of the choice fields, in the order error messages list them.
 DTYPES = ("float32", "bfloat16", "float16")
@@ -56,52 +69,6 @@ class ConfigError(Exception):
                 f"  - {p}" for p in self.problems
             )
         super().__init__(text)
-
-
-# ------------------------------------------------------------------------- one field's rule
-
-
-@dataclass(frozen=True)
-class Check:
-    """What one field's value must be, declared with the field (``checked``); ``checks.validate``
-    applies every field's check, then the rules that span fields."""
-
-    test: Callable[[Any], bool]
-    allowed: str  # the error's words: "<key>: <allowed>; got <value>"
-
-
-def checked(default: Any, check: Check) -> Any:
-    """A field with ``default`` whose value must pass ``check``."""
-    return field(default=default, metadata={"check": check})
-
-
-def one_of(values: Sequence) -> Check:
-    return Check(lambda v: v in values, "must be one of " + ", ".join(map(str, values)))
-
-
-def _finite(test: Callable[[float], bool]) -> Callable[[Any], bool]:
-    # nan and inf fail every test
-    return lambda v: isinstance(v, (int, float)) and math.isfinite(v) and test(v)
-
-
-AT_LEAST_1 = Check(_finite(lambda v: v >= 1), "must be >= 1")
-AT_LEAST_0 = Check(_finite(lambda v: v >= 0), "must be >= 0")
-# a Python interpreter needs tens of MiB of address space just to start
-AT_LEAST_64_MIB = Check(_finite(lambda v: v >= 64), "must be >= 64 (MiB)")
-POSITIVE = Check(_finite(lambda v: v > 0), "must be a finite number > 0")
-NON_NEGATIVE = Check(_finite(lambda v: v >= 0), "must be a finite number >= 0")
-FRACTION = Check(_finite(lambda v: 0 <= v <= 1), "must be in [0, 1]")
-FRACTION_BELOW_1 = Check(_finite(lambda v: 0 <= v < 1), "must be in [0, 1)")
-FRACTION_ABOVE_0 = Check(_finite(lambda v: 0 < v <= 1), "must be in (0, 1]")
-
-
-def or_null(check: Check, null_means: str) -> Check:
-    """``check``, or null (which then means ``null_means``)."""
-    allowed = check.allowed.removeprefix("must be ")
-    return Check(lambda v: v is None or check.test(v), f"must be null ({null_means}) or {allowed}")
-
-
-NON_EMPTY = Check(lambda v: isinstance(v, str) and bool(v.strip()), "must be a non-empty string")
 
 
 # ----------------------------------------------------------------------------------- schema
