@@ -104,7 +104,7 @@ def trl(args, cfg, work: Path) -> dict:
         "--model", resolve_model_path("builtin"), "--data", str(data), "--out", str(out),
         "--work", str(work / "trl"), "--steps", str(args.steps),
         "--prompts-per-step", str(args.prompts_per_step), "--group-size", str(args.group_size),
-        "--max-new-tokens", str(args.max_new), "--seed", str(t.seed), "--lr", str(t.grpo_lr),
+        "--max-new-tokens", str(args.max_new), "--seed", str(t.seed), "--lr", str(cfg.learner.grpo_lr),
         "--beta", str(g.beta), "--eps-low", str(g.eps_low), "--eps-high", str(g.eps_high),
         "--grad-clip", str(cfg.learner.grad_clip),
     ]  # fmt: skip

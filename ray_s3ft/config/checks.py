@@ -1,10 +1,11 @@
-"""Validation of a loaded ``Config``: each field's own rule, declared beside the field in
-``schema`` (``checked(default, check)``), then the rules that span fields and sections, here.
+"""Validation of a loaded ``Config``: each field's own value rule, declared beside the field in
+``schema`` (``checked(default, check)``, ``rules``), then the rules kept here: list entries,
+prompt templates, and the rules that span fields and sections.
 
 ``validate(cfg)`` raises one ``ConfigError`` listing every problem, each by its full dotted key
 and what is allowed. ``ray_s3ft.config.validate`` (called by ``load_config``) is this.
 
-This module imports only the standard library, ``ray_s3ft.config.schema`` and
+This module imports only the standard library, ``ray_s3ft.config.schema`` and ``rules``, and
 ``ray_s3ft.tasks`` modules that use the standard library only (the held-out set names), for the
 same reason: every process may validate a config, and none should pull torch or ray in.
 """
@@ -49,7 +50,7 @@ def _template_problem(template: str | None, fields: tuple[str, ...]) -> str | No
 
 
 def field_checks(cls: type, prefix: str = "") -> list[tuple[str, Check]]:
-    """Every field's own rule (``schema.checked``), by full dotted key, sections walked."""
+    """Every field's own rule (``rules.checked``), by full dotted key, sections walked."""
     out = []
     for f in dataclasses.fields(cls):
         tp = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))[f.name]

@@ -6,7 +6,7 @@ Each role receives only its own section (``cfg.learner``, ``cfg.rollout``...), s
 never refers to another; the rules that span sections are in ``checks``. Sections are frozen:
 a validated config cannot drift at run time.
 
-This module imports only the standard library: every process imports it, vLLM workers
+This module imports only the standard library (and ``rules``, which does too): every process imports it, vLLM workers
 included, and it must not drag torch, ray or DeepSpeed in with it.
 """
 
@@ -44,9 +44,9 @@ LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
 SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
 REFERENCES = ("base", "after_warmup")
 OPTIMIZER_STATES = ("shared", "per_mode")
-# multiple choice scored on each choice's text, its letter, or cloze (ray_s3ft/evaluation/evaluate.py)
+# multiple choice scored on each choice's text, its letter, or cloze (evaluation/scoring.py)
 CHOICE_TARGETS = ("text", "letter", "cloze")
-LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (ray_s3ft/tracking.py)
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (ray_s3ft/tracking/)
 WANDB_MODES = ("online", "offline", "disabled")
 # Verifiers that can judge each task's answers; the first is what "auto" picks.
 TASK_VERIFIERS = {

@@ -1,28 +1,17 @@
 """Examples for a run: generated for the built-in task, loaded from files or the hub otherwise.
 
-Local files are read here, one row at a time, so that a broken row is skipped and named by
-``file:line: reason`` instead of failing the whole file:
-
-    .jsonl     one JSON object a line; line numbers are the file's (blank lines are formatting,
-               skipped and not counted as rows)
-    .json      a list of objects, or {"data": [...]}; a row is named by the line its element
-               starts on. A ``.json`` file whose first line is an object by itself is JSON lines
-               (as ``datasets`` reads it). A file that is not valid JSON as a whole is one error.
-    .csv       a header line, then one row a record; named by the line the record starts on
-    .parquet   named by the 1-based data row
-
-A directory written by ``Dataset.save_to_disk`` or a hub name (network at run time) is read with
-``datasets``; its rows are named ``source[split]:N``, N the 1-based row.
+Rows come from ``readers`` (local files one row at a time, in the formats listed there, or a
+saved dataset / hub name through ``datasets``), so that a broken row is skipped and named.
 
 Every row then goes through the task's converter, which holds each field to one rule: text
 fields must be non-empty strings (an NQ answer may also be a number), so a missing field, a null,
 an empty string or another type is a bad row. With a token counter, a prompt longer than
 ``data.max_prompt_tokens`` is a bad row too (the engines would cut its start off).
 
-Reading stops once ``limit`` usable rows are found, so a file's counts cover the rows read. A
-file with no rows, or with no usable row, or with a larger share of bad rows than
-``data.max_bad_fraction``, is a ``DataError``. ``load_run_data`` loads a run's sets and writes
-what every file gave to ``data_report.json`` in the run directory.
+Reading stops once ``limit`` usable rows are found, so a file's counts cover the rows read.
+What every file gave goes to a ``data_report.DataReport``, which also decides when a file is a
+``DataError`` (no rows, no usable row, too many bad ones); ``load_run_data`` loads a run's sets
+and writes that report to ``data_report.json`` in the run directory.
 """
 
 from __future__ import annotations

@@ -1,7 +1,19 @@
-"""Reading data files one row at a time, so that a broken row is skipped and named by
-``file:line: reason`` instead of failing the whole file (the formats and how rows are named:
-``ray_s3ft.tasks.loaders``). A reader yields (row number, row) pairs; a row that cannot even be
-parsed is a ``RowError``."""
+"""Reading data one row at a time, so that a broken row is skipped and named by
+``file:line: reason`` instead of failing the whole file. A reader yields (row number, row)
+pairs; a row that cannot even be parsed is a ``RowError`` (``loaders`` turns rows into
+examples):
+
+    .jsonl     one JSON object a line; line numbers are the file's (blank lines are formatting,
+               skipped and not counted as rows)
+    .json      a list of objects, or {"data": [...]}; a row is named by the line its element
+               starts on. A ``.json`` file whose first line is an object by itself is JSON lines
+               (as ``datasets`` reads it). A file that is not valid JSON as a whole is one error.
+    .csv       a header line, then one row a record; named by the line the record starts on
+    .parquet   named by the 1-based data row
+
+A directory written by ``Dataset.save_to_disk`` or a hub name (network at run time) is read with
+``datasets``; its rows are named ``source[split]:N``, N the 1-based row.
+"""
 
 from __future__ import annotations
 

