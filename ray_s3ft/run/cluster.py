@@ -109,12 +109,11 @@ def private_auth_token(temp: Path) -> None:
     ~/.ray/auth_token, which then switches every later Ray of that user to token auth. Keep the
     token of our private cluster beside it instead (unless the user configured auth).
 
-    Each private cluster gets its own token, also when an earlier one of this process set
-    the variable: that cluster's temp dir, token included, may be gone by now (a test module's
-    or a benchmark's cluster), and a later ``ray.init`` would fail to read it."""
-    ours = os.environ.get("RAY_AUTH_TOKEN_PATH") == _OUR_TOKEN_PATH.get("path")
-    configured = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-    if not ours and any(k in os.environ for k in configured):
+    The first private cluster of a process sets ``RAY_AUTH_TOKEN_PATH``, and later ones in the
+    same process keep it: Ray's client holds the token it read first, so a second token would
+    lock the driver out of its own new cluster. Keep that first temp dir for the process's
+    life (the test fixtures' module temp dirs live to the end of the session)."""
+    if any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
         return
     import secrets
 
@@ -122,11 +121,7 @@ def private_auth_token(temp: Path) -> None:
     if not token.exists():
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
-    _OUR_TOKEN_PATH["path"] = os.environ["RAY_AUTH_TOKEN_PATH"] = str(token.resolve())
-
-
-# the RAY_AUTH_TOKEN_PATH that private_auth_token set in this process, if any
-_OUR_TOKEN_PATH: dict[str, str] = {}
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token.resolve())
 
 
 def worker_env(run_dir: Path) -> dict[str, str]:
