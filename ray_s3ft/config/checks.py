@@ -52,8 +52,9 @@ def _template_problem(template: str | None, fields: tuple[str, ...]) -> str | No
 def field_checks(cls: type, prefix: str = "") -> list[tuple[str, Check]]:
     """Every field's own rule (``rules.checked``), by full dotted key, sections walked."""
     out = []
+    types = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
     for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))[f.name]
+        tp = types[f.name]
         if dataclasses.is_dataclass(tp):
             out += field_checks(tp, f"{prefix}{f.name}.")
         elif "check" in f.metadata:
