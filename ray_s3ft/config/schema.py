@@ -318,6 +318,10 @@ class TrainerConfig:
     # a learner rank that dies restarts the whole learner group from the latest checkpoint at
     # most this many times per run; one more and the run stops with how to resume it
     max_learner_restarts: int = checked(2, AT_LEAST_0)
+    # a lost node (its actors unreachable): wait this long for a node to take its place (the
+    # learner group restarts there from the latest checkpoint; a rollout or judge actor is
+    # restarted there and the step redone); 0: stop at once with how to resume
+    node_wait_s: float = checked(300.0, NON_NEGATIVE)
     # where the run's config, metrics, evals, summary and artifacts also go (LOGGERS); the
     # driver writes them, a tracker that fails warns once and the run goes on without it
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])

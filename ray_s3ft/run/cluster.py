@@ -142,15 +142,17 @@ class Groups:
     judge: ActorGroup
     learner: ActorGroup | None  # None for phases that do not train (build-targets)
     nccl_meta: list | None = None  # GPU weight sync: what every broadcast carries; None on CPU
-    new_learner: Callable[[], ActorGroup] | None = None  # a fresh, set-up learner group
+    # a fresh, set-up learner group, placed within the given seconds
+    new_learner: Callable[[float], ActorGroup] | None = None
 
-    def restart_learner(self) -> None:
+    def restart_learner(self, ready_timeout_s: float = 600.0) -> None:
         """Replace the whole learner group (a dead rank leaves its peers' process group
-        broken): the survivors are killed, new ranks start from the base weights."""
+        broken): the survivors are killed, new ranks start from the base weights once the
+        cluster can place them (``GroupStartError`` after ``ready_timeout_s``)."""
         if self.nccl_meta is not None:
             raise RuntimeError("restarting learners under NCCL weight sync is not supported")
         self.learner.shutdown()
-        self.learner = self.new_learner()
+        self.learner = self.new_learner(ready_timeout_s)
 
     def nodes(self) -> dict[str, list[str]]:
         """Each group's actors' Ray node ids, in actor order."""
@@ -227,7 +229,7 @@ def launch(
         rollout=rollout,
         judge=judge,
         learner=learner,
-        new_learner=lambda: _launch_learner(cfg, model_path, local, log_dir),
+        new_learner=lambda wait_s: _launch_learner(cfg, model_path, local, log_dir, wait_s),
     )
     if nccl:
         groups.nccl_meta = _connect_nccl(groups)
@@ -244,7 +246,9 @@ def rollout_threads(cfg: Config) -> int:
     return cfg.rollout.threads
 
 
-def _launch_learner(cfg: Config, model_path: str, local: bool, log_dir: str | None):
+def _launch_learner(
+    cfg: Config, model_path: str, local: bool, log_dir: str | None, ready_timeout_s: float = 600.0
+):
     from ray_s3ft.workers.learner import LearnerActor
 
     r = cfg.resources
@@ -273,10 +277,15 @@ def _launch_learner(cfg: Config, model_path: str, local: bool, log_dir: str | No
         ),
         rank_kwargs=lambda i: {"rank": i},
         local=local,
+        ready_timeout_s=ready_timeout_s,
         log_dir=log_dir,
     )
-    addr, port = learner.call_one(LearnerActor.master_address)
-    learner.call(LearnerActor.setup, addr, port)
+    try:
+        addr, port = learner.call_one(LearnerActor.master_address)
+        learner.call(LearnerActor.setup, addr, port)
+    except BaseException:
+        learner.shutdown()  # not half a group left holding its placement
+        raise
     return learner
 
 

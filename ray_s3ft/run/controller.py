@@ -20,10 +20,15 @@ Faults: rollout and judge actors that die are restarted by Ray and their call re
 controller counts them (``faults/*``). A judge call past ``judge.timeout_s`` gives undecided
 verdicts. A dead learner rank takes its group down: the controller restarts the group from the
 latest checkpoint, at most ``trainer.max_learner_restarts`` times, then stops with how to resume.
+A lost node (its actors unreachable, ``faults/node_losses``): the controller waits up to
+``trainer.node_wait_s`` for a replacement node (the learner group restarts on it from the latest
+checkpoint; a rollout or judge actor is restarted there by Ray and the step redone from its
+start), or stops at once with how to resume when that is 0.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -40,6 +45,7 @@ from ray_s3ft.errors import RunFailed
 from ray_s3ft.run.checkpoints import PENDING, latest_checkpoint, save_checkpoint
 from ray_s3ft.run.cluster import Groups
 from ray_s3ft.run.metrics import MetricsLogger, Progress, eval_metrics, step_row
+from ray_s3ft.run.recovery import FAULTS, Recovery
 from ray_s3ft.run.rewards import Rewards
 from ray_s3ft.run.sampling import GRPOStats, WeightSync, data_order, make_sampler
 from ray_s3ft.run.target_store import TargetSet
@@ -56,7 +62,6 @@ PHASES = (
     "batch", "sync", "rollout", "judge", "prefetch", "train", "probe", "reference",
     "checkpoint", "eval",
 )  # fmt: skip
-FAULTS = ("rollout_restarts", "judge_restarts", "judge_timeouts", "learner_restarts")
 
 
 @dataclass
@@ -85,7 +90,7 @@ class TrainState:
         return cls(**d, grpo=GRPOStats.from_json(grpo))
 
 
-class Controller:
+class Controller(Recovery):
     def __init__(
         self,
         cfg: Config,
@@ -150,51 +155,22 @@ class Controller:
         progress = Progress(t.max_steps, start=self.state.step)
         try:
             while self.state.step < t.max_steps:
+                before = copy.deepcopy(self.state)
                 try:
                     row = self.step(self.state.step)
                 except ActorDied as e:
-                    if e.group != "learner":  # Ray ran out of restarts for it
-                        raise RunFailed(f"{e}\n{self.how_to_resume()}") from e
-                    self.restart_learner(e)
-                    metrics.rewind(self.state.step)  # the steps after the checkpoint run again
+                    if e.group == "learner":
+                        self.restart_learner(e)
+                        metrics.rewind(self.state.step)  # the steps after the checkpoint again
+                    else:
+                        self.redo_after_lost_node(e, before)
                     continue
                 metrics.log(row)
                 progress.update(row["step"], row["mode"], row["learner/loss"], row["reward/mean"])
         finally:
-            self.sampler.drain()
+            self.sampler.discard()  # a run stopped by a lost actor does not wait on it
             progress.close()
             metrics.close()
-
-    def how_to_resume(self) -> str:
-        ckpt, cmd = self.last_checkpoint, f"ray-s3ft train --config {self.run_dir / 'config.yaml'}"
-        if ckpt is None:
-            return f"It has no checkpoint yet; start it again with:\n  {cmd}"
-        return f"Its latest checkpoint is {ckpt}; resume from it with:\n  {cmd}"
-
-    def restart_learner(self, error: ActorDied) -> None:
-        """A learner rank died: a new learner group continues from this run's latest
-        checkpoint (or from the base model before the first one)."""
-        n = self.state.faults["learner_restarts"] + 1
-        ckpt, step = self.last_checkpoint, self.state.step
-        if n > self.cfg.trainer.max_learner_restarts:
-            raise RunFailed(
-                f"{error}\nThe learner group failed at step {step} after {n - 1} restart(s) "
-                f"(trainer.max_learner_restarts={self.cfg.trainer.max_learner_restarts}); "
-                f"the run stopped.\n{self.how_to_resume()}"
-            ) from error
-        log.warning(
-            "%s at step %d: restarting the learner group from %s (restart %d of %d)",
-            error, step, ckpt or "the base model", n, self.cfg.trainer.max_learner_restarts,
-        )  # fmt: skip
-        faults = {**self.state.faults, "learner_restarts": n}
-        self.sampler.drain()
-        self.g.restart_learner()
-        self.weights.learner = self.g.learner
-        self.state, self.schedule = TrainState(targets=self.state.targets), self._new_schedule()
-        if ckpt is not None:
-            self.restore(ckpt)
-        self.state.faults = faults
-        self.weights.version = -1  # the engines hold weights of steps that are undone
 
     def step(self, step: int) -> dict:
         timer, probe_norm = Timer(PHASES), None
@@ -266,20 +242,6 @@ class Controller:
         """Bring the rollout engines to the learner's weights (``WeightSync``)."""
         self.weights.to(self.state.version)
 
-    def count_restarts(self) -> None:
-        """Count the rollout and judge actors Ray restarted since the last look. Not the
-        engines while a prefetched rollout runs: the question would wait for it."""
-        groups = [("judge", self.g.judge)]
-        if not self.sampler.busy:
-            groups.insert(0, ("rollout", self.g.rollout))
-        for name, group in groups:
-            n = group.restarts()
-            if n:
-                self.state.faults[f"{name}_restarts"] += n
-                log.warning(
-                    "%d %s actor(s) died and were restarted; their work was retried", n, name
-                )
-
     def grpo_batch(self, gens, rewards: torch.Tensor, staleness: int = 0):
         grpo = self.cfg.algorithm.grpo
         adv = group_advantages(
@@ -306,14 +268,20 @@ class Controller:
         self.state.steps[mode] += 1
         return stats
 
+    def eval_in_loop(self) -> dict[str, float]:
+        """``eval/*`` accuracies of the current weights (synced to the engines first); an
+        engine or judge lost on the way is waited for and the evaluation run again (the step
+        it follows has been taken)."""
+
+        def evaluate() -> dict[str, float]:
+            self.sync_weights()
+            return eval_metrics(self.evaluate())
+
+        return self.after_lost_node(evaluate)
+
     def probe(self) -> float:
         """SASR's gradient-only SFT probe on the batch the next SFT step will train on."""
         return self.g.learner.scatter(LearnerActor.grad_probe, self.sft_batch(advance=False))[0]
-
-    def eval_in_loop(self) -> dict[str, float]:
-        """``eval/*`` accuracies of the current weights (synced to the engines first)."""
-        self.sync_weights()
-        return eval_metrics(self.evaluate())
 
     def observe(self, step: int, d: Decision, stats: StepStats, probe_norm: float | None) -> None:
         if d.mode == "sft":

@@ -12,6 +12,7 @@ while the learners train. The controller calls the same methods of either.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import numpy as np
 from ray_s3ft.config import Config
 from ray_s3ft.tasks.types import Example
 from ray_s3ft.timing import Timer
-from ray_s3ft.workers.group import ActorGroup
+from ray_s3ft.workers.group import ActorDied, ActorGroup
 from ray_s3ft.workers.learner import LearnerActor
 from ray_s3ft.workers.rollout import RolloutWorker
 from ray_s3ft.workers.types import Generation, RolloutResult, Sampling
@@ -186,6 +187,12 @@ class SyncSampler:
 
     def drain(self) -> None:
         """Wait for generations nobody will use (the engines idle again)."""
+
+    def discard(self) -> None:
+        """After a fault: drop what is in flight; a call that died with an actor is not waited
+        for."""
+        with contextlib.suppress(ActorDied):
+            self.drain()
 
     def pending_record(self) -> dict | None:
         return None

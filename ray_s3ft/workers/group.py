@@ -8,16 +8,20 @@ run in-process (``local=True``: same calls, no Ray). Each group reserves its act
 one placement group, so a group either starts whole or fails with a message saying what it
 needed, instead of half of it waiting forever for CPUs another group holds.
 
-Faults: a call fails as soon as any actor of it dies (``ActorDied``, naming the group), not when
-the slowest rank notices. Each actor reports an incarnation id; ``restarts()`` counts the actors
-Ray has restarted since the last look, which is how a run counts the faults it survived. With
-``log_dir`` an actor's stdout and stderr (vLLM, DeepSpeed, warnings) go to
-``<log_dir>/<group>-<i>.log`` instead of the driver's console.
+Faults: a call fails as soon as any actor of it dies (``ActorDied``, naming the group whose actor
+died: a call that waited on another group's output names that group), not when the slowest rank
+notices. An actor whose node was lost is *unreachable* first (``ActorDied.lost``: Ray marks
+the node dead only after its health checks fail, and a call in flight is not retried);
+``wait_back`` waits for Ray to restart it on a replacement node. Each actor reports an
+incarnation id; ``restarts()`` counts the actors Ray has restarted since the last look, which is
+how a run counts the faults it survived. With ``log_dir`` an actor's stdout and stderr (vLLM,
+DeepSpeed, warnings) go to ``<log_dir>/<group>-<i>.log`` instead of the driver's console.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,11 +44,21 @@ class GroupStartError(RuntimeError):
 
 
 class ActorDied(RuntimeError):
-    """An actor of ``group`` died during a call (and Ray did not, or could not, restart it)."""
+    """An actor of ``group`` died during a call (and Ray did not, or could not, restart it).
+    ``lost``: it became unreachable (its node was lost or cut off), not a crash Ray reported."""
 
     def __init__(self, group: str, cause: BaseException) -> None:
         super().__init__(f"{group}: an actor died: {type(cause).__name__}: {cause}")
+        from ray.exceptions import ActorUnavailableError  # also RayTaskError(ActorUnavail...)
+
         self.group = group
+        self.lost = isinstance(cause, ActorUnavailableError)
+
+
+# the group of every actor started in this process, by actor id: a call that fails because
+# an argument came from a dead actor of another group (the weights of a dead learner rank)
+# names that group, not the one called
+_GROUP_OF: dict[str, str] = {}
 
 
 def _tracked(cls: type, log_dir: str | None) -> type:
@@ -137,6 +151,8 @@ class ActorGroup(Generic[T]):
             ).remote(**kw, _log_name=f"{name}-{i}")
             for i, kw in enumerate(make)
         ]
+        for actor in self.actors:
+            _GROUP_OF[actor._actor_id.hex()] = name
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -175,10 +191,15 @@ class ActorGroup(Generic[T]):
             pending = list(futures)
             while len(pending) > 1:
                 ready, pending = ray.wait(pending, num_returns=1)
-                ray.get(ready)  # raises this one's error now
+                try:
+                    ray.get(ready)  # raises this one's error now
+                except ray.exceptions.RayActorError:
+                    raise
+                except ray.exceptions.RayTaskError as e:
+                    raise _peer_death(pending) or e  # the death, if a peer died, else e
             return ray.get(futures)
         except ray.exceptions.RayActorError as e:
-            raise ActorDied(self.name, e) from e
+            raise ActorDied(_GROUP_OF.get(getattr(e, "actor_id", None) or "", self.name), e) from e
 
     def call(self, fn: Callable, *args: Any, **kw: Any) -> list:
         """The same call on every actor; their results in actor order."""
@@ -235,6 +256,45 @@ class ActorGroup(Generic[T]):
         """``map_chunks`` for methods that return one list entry per item: the flat list."""
         return [x for part in self.map_chunks(fn, items, **kw) for x in part]
 
+    # ------------------------------------------------------------------------- node loss
+
+    def states(self) -> list[str]:
+        """Each actor's state as Ray's control store (GCS) has it: ALIVE, RESTARTING,
+        PENDING_CREATION or DEAD."""
+        if self.local:
+            return ["ALIVE"] * len(self.actors)
+        from ray._private.state import actors  # the GCS table; the state API needs a dashboard
+
+        return [actors(a._actor_id.hex()).get("State", "DEAD") for a in self.actors]
+
+    def wait_back(self, deadline: float, progress: Callable[[str], None]) -> None:
+        """Until every actor answers again: Ray restarts an actor whose node was lost once it
+        has declared the node dead (its health checks) and a node with room for the actor's
+        placement bundle has joined. Raises ``ActorDied`` when an actor is out of restarts or
+        ``deadline`` (``time.monotonic()``) passes first; ``progress`` gets a line every 10 s."""
+        import ray
+
+        said = time.monotonic()
+        while True:
+            states = self.states()
+            if "DEAD" in states:
+                raise ActorDied(self.name, RuntimeError(f"actor states {states}: out of restarts"))
+            if all(s == "ALIVE" for s in states):
+                try:
+                    ray.get([a.ray_s3ft_incarnation.remote() for a in self.actors], timeout=10)
+                    return
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    pass  # not declared dead yet, or restarted since the states were read
+            now = time.monotonic()
+            if now >= deadline:
+                raise ActorDied(
+                    self.name, TimeoutError(f"not back in time (actor states {states})")
+                )
+            if now - said >= 10:
+                progress(f"{self.name}: actors {states}; {deadline - now:.0f} s left")
+                said = now
+            time.sleep(2)
+
     def restarts(self) -> int:
         """How many actors came back as a new incarnation (Ray restarted them) since the last
         call; the first call records the incarnations and returns 0."""
@@ -254,7 +314,27 @@ class ActorGroup(Generic[T]):
             ray.kill(actor)
         if self.placement_group is not None:
             ray.util.remove_placement_group(self.placement_group)
-        self.actors = []
+        self.actors, self.placement_group = [], None
+
+
+def _peer_death(pending: list, grace_s: float = 30.0):
+    """The death of another actor of the same call among ``pending``, if one shows within
+    ``grace_s``, else None. A rank in a collective whose peer vanished fails with an error of
+    its own (gloo: "Connection reset by peer") a moment before the peer's death is reported;
+    the death is the fault to handle (a learner restart), the error only its echo."""
+    import ray
+
+    deadline = time.monotonic() + grace_s
+    while pending and time.monotonic() < deadline:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=deadline - time.monotonic())
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                return e
+            except ray.exceptions.RayError:
+                continue
+    return None
 
 
 def split_evenly(items: list, parts: int) -> list[list]:

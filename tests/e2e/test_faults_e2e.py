@@ -96,6 +96,7 @@ def test_killed_rollout_judge_and_learner_are_survived_and_counted(tmp):
     summary = json.loads((run_dir / "summary.json").read_text())
     expected = {
         "rollout_restarts": 1, "judge_restarts": 1, "judge_timeouts": 0, "learner_restarts": 1,
+        "node_losses": 0,  # processes killed, not nodes: every actor was reported dead
     }  # fmt: skip
     assert summary["faults"] == expected
     assert {k: rows[-1][f"faults/{k}"] for k in expected} == expected

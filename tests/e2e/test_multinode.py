@@ -8,10 +8,14 @@ own free ports), like the KubeRay layout in ``cluster/kuberay/rayjob.yaml``:
 
 The run is submitted with ``ray job submit`` before the learner node exists (an autoscaling
 start): ``resources.wait_for_resources_s`` makes the preflight wait for it, saying what is
-missing; the test starts the learner node 20 s after the submit. The summary must name a node
-of the right kind for every actor, and the weights crossed from the learner node to the rollout
-node through the object store. Every node is stopped by SIGTERM to its ``ray start``; the test
-fails if one of its processes outlives that.
+missing; the test starts the learner node 20 s after the submit. Mid-run the learner node's
+raylet is SIGKILLed by its PID, then the rollout node's, and a replacement for each starts
+10 s later: the run goes on (``trainer.node_wait_s``), each step logged once, each loss counted.
+With ``trainer.node_wait_s=0`` a lost node stops the run with exit status 1 and the command that
+resumes it, which then finishes the run. The summary must name a node of the right kind for
+every actor, and the weights crossed from the learner node to the rollout node through the
+object store. Every node is stopped by SIGTERM to its ``ray start``; the test fails if one of
+its processes outlives that.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from test_job_submit import (
@@ -123,47 +128,6 @@ def cluster(tmp_path):
     assert not left, "processes of the cluster survived SIGTERM:\n" + "\n".join(left)
 
 
-def test_job_waits_for_a_late_learner_node_and_pins_each_role_to_its_node(cluster, tmp_path):
-    cluster.add_node("rollout", ROLLOUT)
-    out = tmp_path / "run"
-    job_id = f"ray-s3ft-multinode-{secrets.token_hex(4)}"
-    head = (cluster.address, cluster.env)
-    submit = _job(
-        head, "submit", f"--submission-id={job_id}",
-        "--runtime-env=cluster/runtime_env.yaml", "--no-wait", "--",
-        str(BIN / "ray-s3ft"), "train", "--config", "configs/default.yaml",
-        *SHORT, *PINNED, "resources.wait_for_resources_s=180",
-        f"trainer.output_dir={out}",
-    )  # fmt: skip
-    assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
-    submitted = time.monotonic()
-    time.sleep(20)  # the autoscaler's delay
-    cluster.add_node("learner", LEARNER)
-    logs = follow_to_success(head, job_id, timeout=900)
-    print(f"job {job_id} finished {time.monotonic() - submitted:.0f} s after its submit")
-    # the preflight waited, naming what was missing, instead of failing
-    assert "waiting for the cluster" in logs and "learner_slot" in logs
-    assert "the cluster has what the run needs after" in logs
-
-    summary = json.loads((out / "summary.json").read_text())
-    kinds = {}
-    for node in cluster.nodes():
-        res = node.get("resources_total") or {}
-        kinds[node["node_id"]] = (
-            "rollout" if "rollout_slot" in res else "learner" if "learner_slot" in res else "head"
-        )
-    assert sorted(kinds.values()) == ["head", "learner", "rollout"]
-    placed = {role: [kinds[n] for n in ids] for role, ids in summary["nodes"].items()}
-    assert placed["rollout"] == ["rollout"]
-    assert placed["learner"] == ["learner", "learner"]
-    assert len(placed["judge"]) == 2  # wherever there was room
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2]
-    assert rows[-1]["weights/version"] == 3  # every update crossed to the rollout node
-    syncs = [r["timing/sync"] for r in rows]
-    print(f"weight sync across nodes: mean {sum(syncs) / len(syncs):.3f} s over {len(syncs)} steps")
-
-
 def test_the_kuberay_manifests_advertise_what_this_cluster_does():
     """One layout: the worker groups' resources and the entrypoint's pins of the KubeRay
     manifests are the ones the multi-node test starts and submits with."""
@@ -178,3 +142,150 @@ def test_the_kuberay_manifests_advertise_what_this_cluster_does():
         assert "resources" not in doc["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
         for pin in PINNED:
             assert pin in doc["spec"]["entrypoint"], (name, pin)
+
+
+def _raylet(node: subprocess.Popen) -> psutil.Process:
+    """The raylet that a node's ``ray start --block`` started."""
+    found = [p for p in psutil.Process(node.pid).children(recursive=True) if p.name() == "raylet"]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _rows(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _wait_for(out: Path, what: str, seen, job, timeout: float = 600) -> float:
+    """Until a row of ``metrics.jsonl`` is ``seen``; the monotonic time it appeared."""
+    deadline = time.monotonic() + timeout
+    asked = time.monotonic()
+    while time.monotonic() < deadline:
+        if any(seen(r) for r in _rows(out)):
+            return time.monotonic()
+        if time.monotonic() - asked > 15:  # the job still runs
+            status = _job(*job)
+            text = status.stdout + status.stderr
+            if "RUNNING" not in text and "PENDING" not in text:
+                logs = _job(job[0], "logs", job[2]).stdout.splitlines()
+                logs = [x for x in logs if "state-dump" not in x and "(raylet)" not in x]
+                raise AssertionError(text[-1000:] + "\n".join(logs)[-6000:])
+            asked = time.monotonic()
+        time.sleep(0.5)
+    raise AssertionError(f"no row with {what} in {timeout:.0f} s: {_rows(out)[-3:]}")
+
+
+NODE_LOSS_RUN = [
+    *SHORT[:4],  # data and eval sizes of the short run
+    "trainer.max_steps=60", "trainer.checkpoint_every=4", "schedule.warmup_steps=2",
+]  # fmt: skip
+
+
+def test_a_job_waits_for_late_nodes_pins_each_role_and_survives_losing_them(cluster, tmp_path):
+    """Submitted before the learner node exists (it starts 20 s later); then the learner
+    node's raylet is SIGKILLed mid-run and a replacement starts 10 s later: the learner group
+    restarts there from the last checkpoint. Then the rollout node's: Ray restarts the engine
+    on its replacement and the step it broke runs again."""
+    rollout = cluster.add_node("rollout", ROLLOUT)
+    out = tmp_path / "run"
+    job_id = f"ray-s3ft-multinode-{secrets.token_hex(4)}"
+    head = (cluster.address, cluster.env)
+    submit = _job(
+        head, "submit", f"--submission-id={job_id}",
+        "--runtime-env=cluster/runtime_env.yaml", "--no-wait", "--",
+        str(BIN / "ray-s3ft"), "train", "--config", "configs/default.yaml",
+        *NODE_LOSS_RUN, *PINNED, "resources.wait_for_resources_s=180",
+        "trainer.node_wait_s=300", f"trainer.output_dir={out}",
+    )  # fmt: skip
+    assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+    submitted = time.monotonic()
+    status = (head, "status", job_id)
+    time.sleep(20)  # the autoscaler's delay
+    learner = cluster.add_node("learner", LEARNER)
+
+    _wait_for(out, "step 5", lambda r: r["step"] >= 5, status)  # past the step-4 checkpoint
+    print(f"step 5 done {time.monotonic() - submitted:.0f} s after the submit")
+    _raylet(learner).kill()
+    killed = time.monotonic()
+    time.sleep(10)  # a new node comes up some time later
+    cluster.add_node("learner2", LEARNER)
+    back = _wait_for(out, "a learner restart", lambda r: r["faults/learner_restarts"], status)
+    print(f"learner node lost: the next step was logged {back - killed:.0f} s after the kill")
+
+    step = max(r["step"] for r in _rows(out))
+    _wait_for(out, f"step {step + 2}", lambda r: r["step"] >= step + 2, status)
+    _raylet(rollout).kill()
+    killed = time.monotonic()
+    time.sleep(10)
+    rollout2 = cluster.add_node("rollout2", ROLLOUT)
+    back = _wait_for(out, "a second node loss", lambda r: r["faults/node_losses"] == 2, status)
+    print(f"rollout node lost: the next step was logged {back - killed:.0f} s after the kill")
+    logs = follow_to_success(head, job_id, timeout=900)
+    rows = _rows(out)
+
+    # the preflight waited for the learner node, naming what was missing, instead of failing
+    assert "waiting for the cluster" in logs and "learner_slot" in logs
+    assert "the cluster has what the run needs after" in logs
+    # every step once; each lost node counted, with the group it took down
+    assert [r["step"] for r in rows] == list(range(60))
+    assert all(r["weights/version"] == r["step"] + 1 for r in rows)
+    assert "its node was lost" in logs and "restarting the learner group from" in logs
+    summary = json.loads((out / "summary.json").read_text())
+    faults = summary["faults"]
+    assert faults["node_losses"] == 2, faults
+    assert faults["learner_restarts"] == 1 and faults["rollout_restarts"] == 1, faults
+    # each role on a node of its kind: the replacements, at the end
+    kinds = {}
+    for node in cluster.nodes():
+        if node["state"] == "ALIVE":
+            res = node.get("resources_total") or {}
+            kinds[node["node_id"]] = (
+                "rollout" if "rollout_slot" in res else "learner" if "learner_slot" in res
+                else "head"
+            )  # fmt: skip
+    assert sorted(kinds.values()) == ["head", "learner", "rollout"]
+    placed = {role: [kinds.get(n) for n in ids] for role, ids in summary["nodes"].items()}
+    assert placed["rollout"] == ["rollout"]
+    assert placed["learner"] == ["learner", "learner"]
+    assert len(placed["judge"]) == 2  # wherever there was room
+    assert rollout2.poll() is None
+    syncs = [r["timing/sync"] for r in rows]
+    print(f"weight sync across nodes: mean {sum(syncs) / len(syncs):.3f} s over {len(syncs)} steps")
+
+
+def test_with_node_wait_0_a_lost_learner_node_stops_the_run_with_how_to_resume(cluster, tmp_path):
+    """``trainer.node_wait_s=0``: the job fails (exit status 1) naming the resume command;
+    that command, once a learner node is back, finishes the run from the checkpoint."""
+    cluster.add_node("rollout", ROLLOUT)
+    learner = cluster.add_node("learner", LEARNER)
+    out = tmp_path / "run"
+    head = (cluster.address, cluster.env)
+    cmd = [
+        str(BIN / "ray-s3ft"), "train", "--config", "configs/default.yaml", *NODE_LOSS_RUN,
+        "trainer.max_steps=12", *PINNED, "trainer.node_wait_s=0", f"trainer.output_dir={out}",
+    ]  # fmt: skip
+    job_id = f"ray-s3ft-nowait-{secrets.token_hex(4)}"
+    submit = _job(head, "submit", f"--submission-id={job_id}",
+                  "--runtime-env=cluster/runtime_env.yaml", "--no-wait", "--", *cmd)  # fmt: skip
+    assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+    _wait_for(out, "step 5", lambda r: r["step"] >= 5, (head, "status", job_id))
+    _raylet(learner).kill()
+    logs = _job(head, "logs", "--follow", job_id, timeout=300).stdout
+    logs = "\n".join(x for x in logs.splitlines() if "state-dump" not in x)  # the raylet's
+    status = _job(head, "status", job_id)
+    assert "failed" in (status.stdout + status.stderr).lower(), status.stdout[-2000:]
+    assert "trainer.node_wait_s=0: the run stopped" in logs, logs[-4000:]
+    assert f"ray-s3ft train --config {out / 'config.yaml'}" in logs, logs[-4000:]
+    assert "exit code 1" in (status.stdout + status.stderr + logs), status.stdout[-2000:]
+
+    cluster.add_node("learner2", LEARNER)
+    job_id = f"ray-s3ft-resume-{secrets.token_hex(4)}"
+    resume = [str(BIN / "ray-s3ft"), "train", "--config", str(out / "config.yaml")]
+    submit = _job(head, "submit", f"--submission-id={job_id}",
+                  "--runtime-env=cluster/runtime_env.yaml", "--no-wait", "--", *resume)  # fmt: skip
+    assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+    logs = follow_to_success(head, job_id, timeout=900)
+    assert "resumed from" in logs
+    assert [r["step"] for r in _rows(out)] == list(range(12))

@@ -5,6 +5,9 @@
 - an actor killed by its PID is restarted by Ray, its call retried, and ``restarts()`` counts it;
 - a call fails as soon as one actor of it dies, even while another actor is still busy (a rank
   waiting in a collective for a dead peer would otherwise block the controller for good);
+- a rank's error that echoes its peer's death (a broken collective) is reported as the death;
+- a call that waited on a dead actor's output names the dead actor's group, not its own;
+- ``wait_back`` returns once Ray has restarted a killed actor, and fails for one out of restarts;
 - with ``log_dir`` an actor's stdout and stderr land in ``<log_dir>/<group>-<i>.log``.
 """
 
@@ -31,6 +34,21 @@ class Worker:
     def slow_double(self, items: list, seconds: float = 0.0, slow_rank: int = -1) -> list:
         time.sleep(seconds if self.rank == slow_rank else 0.0)
         return [2 * x for x in items]
+
+    def die_after(self, seconds: float) -> list:
+        time.sleep(seconds)
+        os._exit(1)
+
+    def length(self, items: list) -> int:
+        return len(items)
+
+    def fail_or_die(self, _shard, die_rank: int) -> int:
+        """Rank ``die_rank`` dies after 1 s; the other fails at once, as a rank in a
+        collective does when its peer's connection breaks."""
+        if self.rank == die_rank:
+            time.sleep(1.0)
+            os._exit(1)
+        raise RuntimeError("Connection reset by peer")
 
     def die_or_wait(self, _shard, die_rank: int) -> int:
         if self.rank == die_rank:
@@ -125,4 +143,39 @@ def test_a_judge_past_its_timeout_gives_undecided_verdicts_not_a_hang(ray_cluste
     assert verdicts[2].reason == "judge timeout"
     assert [v.correct for v in judge_on(g, [ok, ok], timeout_s=30.0)[0]] == [True, True]
     assert g.restarts() == 1
+    g.shutdown()
+
+
+def test_a_call_on_a_dead_groups_output_names_that_group(ray_cluster):
+    learner = ActorGroup(Worker, 1, name="learner", resources=Resources(cpus=0.5))
+    engines = _group(1, restarts=1)
+    weights = learner.submit(Worker.die_after, 1.0)[0]  # dies before it returns
+    with pytest.raises(ActorDied, match="^learner: an actor died") as e:
+        engines.wait(engines.submit(Worker.length, weights))
+    assert e.value.group == "learner" and not e.value.lost  # a crash Ray reported
+    assert learner.states() == ["DEAD"] and engines.states() == ["ALIVE"]
+    with pytest.raises(ActorDied, match="out of restarts"):
+        learner.wait_back(time.monotonic() + 30, print)
+    learner.shutdown()
+    engines.shutdown()
+
+
+def test_wait_back_returns_once_a_killed_actor_was_restarted(ray_cluster):
+    g = _group(1, restarts=1)
+    g.restarts()
+    os.kill(g.call_one(Worker.pid), signal.SIGKILL)
+    lines = []
+    g.wait_back(time.monotonic() + 120, lines.append)
+    assert g.states() == ["ALIVE"] and g.restarts() == 1
+    g.shutdown()
+
+
+def test_a_ranks_error_that_echoes_its_peers_death_is_reported_as_the_death(ray_cluster):
+    g = _group(2, restarts=0)
+    with pytest.raises(ActorDied, match="^w: an actor died"):
+        g.scatter(Worker.fail_or_die, [None, None], die_rank=1)
+    g.shutdown()
+    g = _group(2, restarts=0)  # no peer died: the error itself
+    with pytest.raises(RuntimeError, match="Connection reset by peer"):
+        g.scatter(Worker.fail_or_die, [None, None], die_rank=-1)
     g.shutdown()

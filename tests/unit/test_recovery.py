@@ -1,0 +1,113 @@
+"""The controller's handling of a lost node (``run/recovery.py``), on hand-made run states:
+what is counted, what the run goes back to, and the messages a stopped run leaves."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+from ray_s3ft.errors import RunFailed
+from ray_s3ft.run.controller import TrainState
+from ray_s3ft.run.recovery import Recovery
+from ray_s3ft.workers.group import ActorDied
+
+
+def lost(group: str) -> ActorDied:
+    return ActorDied(group, ActorUnavailableError("socket closed", b"\x01" * 16))
+
+
+def crashed(group: str) -> ActorDied:
+    return ActorDied(group, ActorDiedError())
+
+
+class Group:
+    def __init__(self, back: bool = True) -> None:
+        self.back, self.waits = back, 0
+
+    def wait_back(self, deadline: float, progress) -> None:
+        self.waits += 1
+        if not self.back:
+            raise ActorDied("rollout", TimeoutError("not back in time"))
+
+
+class Run(Recovery):
+    def __init__(self, node_wait_s: float = 30.0, back: bool = True) -> None:
+        self.cfg = SimpleNamespace(trainer=SimpleNamespace(node_wait_s=node_wait_s))
+        self.g = SimpleNamespace(rollout=Group(back), judge=Group(back))
+        self.state = TrainState(step=5, version=5, cursors={"sft": 24, "grpo": 8})
+        self.sampler = SimpleNamespace(discarded=0)
+        self.sampler.discard = lambda: setattr(self.sampler, "discarded", 1)
+        self.weights = SimpleNamespace(version=5)
+        self.last_checkpoint = Path("/runs/x/checkpoints/step_4")
+        self.run_dir = Path("/runs/x")
+
+
+def test_only_an_unreachable_actor_counts_as_a_lost_node():
+    assert lost("rollout").lost and not crashed("rollout").lost
+    assert str(lost("learner")).startswith("learner: an actor died: ActorUnavailableError")
+
+
+def test_a_step_broken_by_a_lost_engine_runs_again_from_its_start():
+    run = Run()
+    before = TrainState(step=5, version=5, cursors={"sft": 24, "grpo": 8})
+    run.state.cursors["grpo"] = 12  # the broken step had taken its prompts
+    run.state.faults["judge_timeouts"] = 1  # and counted a fault on the way
+    run.redo_after_lost_node(lost("rollout"), before)
+    assert run.state.step == 5 and run.state.cursors == {"sft": 24, "grpo": 8}
+    assert run.state.faults["node_losses"] == 1 and run.state.faults["judge_timeouts"] == 1
+    assert run.g.rollout.waits == 1 and run.g.judge.waits == 0
+    assert run.weights.version == -1 and run.sampler.discarded == 1
+
+
+def test_a_lost_judge_is_waited_for_in_its_own_group():
+    run = Run()
+    run.redo_after_lost_node(lost("judge"), TrainState(step=5, version=5))
+    assert (run.g.judge.waits, run.g.rollout.waits) == (1, 0)
+
+
+def test_node_wait_0_stops_at_once_with_the_resume_command():
+    run = Run(node_wait_s=0)
+    with pytest.raises(RunFailed) as e:
+        run.redo_after_lost_node(lost("rollout"), TrainState(step=5, version=5))
+    text = str(e.value)
+    assert "node was lost at step 5 and trainer.node_wait_s=0: the run stopped" in text
+    assert "Its latest checkpoint is /runs/x/checkpoints/step_4" in text
+    assert "ray-s3ft train --config /runs/x/config.yaml" in text
+    assert run.g.rollout.waits == 0 and run.state.faults["node_losses"] == 1
+
+
+def test_no_replacement_in_time_stops_the_run():
+    run = Run(node_wait_s=20, back=False)
+    with pytest.raises(RunFailed, match="within trainer.node_wait_s=20 s; the run stopped"):
+        run.redo_after_lost_node(lost("rollout"), TrainState(step=5, version=5))
+
+
+def test_a_crash_ray_did_not_restart_is_not_a_lost_node():
+    run = Run()
+    with pytest.raises(RunFailed, match="rollout: an actor died: ActorDiedError"):
+        run.redo_after_lost_node(crashed("rollout"), TrainState(step=5, version=5))
+    assert run.state.faults["node_losses"] == 0 and run.g.rollout.waits == 0
+
+
+def test_a_step_whose_update_was_taken_is_not_redone():
+    run = Run()
+    run.state.version = 6
+    with pytest.raises(RunFailed, match="after the step's update"):
+        run.redo_after_lost_node(lost("rollout"), TrainState(step=5, version=5))
+
+
+def test_an_evaluation_runs_again_once_its_engine_is_back():
+    run, calls = Run(), []
+
+    def evaluate():
+        calls.append(1)
+        if len(calls) == 1:
+            raise lost("rollout")
+        return {"eval/task": 0.5}
+
+    assert run.after_lost_node(evaluate) == {"eval/task": 0.5}
+    assert len(calls) == 2 and run.state.faults["node_losses"] == 1
+    assert run.weights.version == -1  # the restarted engine is synced before it evaluates
+    with pytest.raises(ActorDied):  # a learner's fault is the learner restart's to handle
+        run.after_lost_node(lambda: (_ for _ in ()).throw(lost("learner")))
