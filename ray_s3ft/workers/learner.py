@@ -96,6 +96,11 @@ class LearnerActor(ModelMixin, StateMixin):
         backend = self.cfg.backend
         if backend == "auto":
             backend = "nccl" if self.device.type == "cuda" else "gloo"
+        # DeepSpeed's torch backend compiles its shared-memory all-reduce (a C++ op: about a
+        # minute on 2 cores, again in every new environment) when it starts, yet only
+        # DeepSpeed inference calls it (inference_all_reduce); training's collectives go
+        # through torch.distributed. Marking the op incompatible skips the build.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=backend)
         # the reference first: once HfDeepSpeedConfig exists (ZeRO-3), every from_pretrained
         # in this process partitions its weights, and the reference has no engine to gather them
