@@ -314,6 +314,9 @@ class TrainerConfig:
     # run directory: config, metrics, checkpoints
     output_dir: str = checked("runs/default", NON_EMPTY)
     checkpoint_every: int = checked(50, AT_LEAST_1)  # steps between checkpoints
+    # keep the newest this many complete checkpoints, deleting older ones after each save (a
+    # 135 M model's is 1.8 GB: policy, engine and optimizer state); null: keep every one
+    keep_checkpoints: int | None = checked(None, or_null(AT_LEAST_1, "keep every one"))
     resume: bool = True  # continue from the latest checkpoint in output_dir if there is one
     # a learner rank that dies restarts the whole learner group from the latest checkpoint at
     # most this many times per run; one more and the run stops with how to resume it

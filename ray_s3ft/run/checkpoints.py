@@ -8,7 +8,9 @@
                           the target store's digest, fault counts), written last
 
 ``trainer_state.json`` is written last, atomically (a rename): it marks the checkpoint complete.
-A directory without it is an interrupted save and is ignored on resume.
+A directory without it is an interrupted save and is ignored on resume. With
+``trainer.keep_checkpoints: N`` a complete save then deletes every checkpoint directory of an
+earlier step but the newest N - 1 complete ones.
 Every learner rank writes under the same path: on a multi-node cluster ``trainer.output_dir``
 must be on storage that all nodes share.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 from ray_s3ft.workers.learner import LearnerActor
@@ -32,10 +35,16 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, learners, state: dict, files: dict[str, str] | None = None
+    run_dir: Path,
+    step: int,
+    learners,
+    state: dict,
+    files: dict[str, str] | None = None,
+    keep: int | None = None,
 ) -> Path:
     """Collective over the learner group; returns the checkpoint directory. ``files``: more
-    of the controller's state (name -> text), written before ``trainer_state.json``."""
+    of the controller's state (name -> text), written before ``trainer_state.json``.
+    ``keep``: then prune to the newest ``keep`` complete checkpoints (``prune``)."""
     ckpt = checkpoint_dir(run_dir, step)
     ckpt.mkdir(parents=True, exist_ok=True)
     learners.call(LearnerActor.save, str(ckpt / "deepspeed"), str(ckpt / "hf"))
@@ -46,14 +55,38 @@ def save_checkpoint(
     tmp = ckpt / f"{STATE}.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     os.replace(tmp, ckpt / STATE)
+    if keep is not None:
+        prune(run_dir, keep)
     return ckpt
+
+
+def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for d in (run_dir / "checkpoints").glob("step_*"):
+        if m := _STEP_DIR.search(d.name):
+            found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def prune(run_dir: Path, keep: int) -> list[Path]:
+    """Delete the checkpoint directories older than the newest ``keep`` complete ones
+    (interrupted saves among them too); returns what was deleted. Newer incomplete ones (a
+    save in progress) are left alone."""
+    complete = [d for _, d in _step_dirs(run_dir) if (d / STATE).is_file()]
+    if len(complete) <= keep:
+        return []
+    oldest_kept = complete[-keep]
+    gone = [d for _, d in _step_dirs(run_dir) if _step_of(d) < _step_of(oldest_kept)]
+    for d in gone:
+        shutil.rmtree(d, ignore_errors=True)
+    return gone
+
+
+def _step_of(d: Path) -> int:
+    return int(_STEP_DIR.search(d.name).group(1))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The complete checkpoint with the highest step, or None."""
-    found = []
-    for d in (run_dir / "checkpoints").glob("step_*"):
-        m = _STEP_DIR.search(d.name)
-        if m and (d / STATE).is_file():
-            found.append((int(m.group(1)), d))
-    return max(found)[1] if found else None
+    found = [(n, d) for n, d in _step_dirs(run_dir) if (d / STATE).is_file()]
+    return found[-1][1] if found else None

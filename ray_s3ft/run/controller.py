@@ -296,8 +296,9 @@ class Controller(Recovery):
         pending = self.sampler.pending_record()
         files = {} if pending is None else {PENDING: json.dumps(pending)}
         ckpt = save_checkpoint(
-            self.run_dir, self.state.step, self.g.learner, asdict(self.state), files
-        )
+            self.run_dir, self.state.step, self.g.learner, asdict(self.state), files,
+            keep=self.cfg.trainer.keep_checkpoints,
+        )  # fmt: skip
         self.last_checkpoint = ckpt
         return ckpt
 

@@ -196,7 +196,10 @@ class ActorGroup(Generic[T]):
                 except ray.exceptions.RayActorError:
                     raise
                 except ray.exceptions.RayTaskError as e:
-                    raise _peer_death(pending) or e  # the death, if a peer died, else e
+                    died = _peer_death(pending)  # the fault, if this error only echoes it
+                    if died is None:
+                        raise
+                    raise died from e
             return ray.get(futures)
         except ray.exceptions.RayActorError as e:
             raise ActorDied(_GROUP_OF.get(getattr(e, "actor_id", None) or "", self.name), e) from e

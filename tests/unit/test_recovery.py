@@ -111,3 +111,29 @@ def test_an_evaluation_runs_again_once_its_engine_is_back():
     assert run.weights.version == -1  # the restarted engine is synced before it evaluates
     with pytest.raises(ActorDied):  # a learner's fault is the learner restart's to handle
         run.after_lost_node(lambda: (_ for _ in ()).throw(lost("learner")))
+
+
+def _ckpt(run_dir: Path, step: int, complete: bool = True) -> Path:
+    from ray_s3ft.run.checkpoints import STATE, checkpoint_dir
+
+    d = checkpoint_dir(run_dir, step)
+    (d / "hf").mkdir(parents=True)
+    if complete:
+        (d / STATE).write_text("{}")
+    return d
+
+
+def test_keep_checkpoints_deletes_all_but_the_newest_complete_ones(tmp_path):
+    from ray_s3ft.run.checkpoints import latest_checkpoint, prune
+
+    for step in (4, 8, 12):
+        _ckpt(tmp_path, step)
+    _ckpt(tmp_path, 6, complete=False)  # an interrupted save between them
+    _ckpt(tmp_path, 16, complete=False)  # a save in progress
+    gone = prune(tmp_path, keep=2)
+    assert sorted(d.name for d in gone) == ["step_4", "step_6"]
+    left = sorted(d.name for d in (tmp_path / "checkpoints").iterdir())
+    assert left == ["step_12", "step_16", "step_8"]
+    assert latest_checkpoint(tmp_path).name == "step_12"
+    assert prune(tmp_path, keep=2) == []  # nothing more to delete
+    assert [d.name for d in prune(tmp_path, keep=1)] == ["step_8"]
