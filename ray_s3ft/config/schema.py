@@ -177,6 +177,10 @@ class JudgeConfig:
     # number of the response (lm-evaluation-harness's flexible-extract for GSM8K); "strict"
     # reads the explicit markers only (a response without one is undecided)
     math_extract: str = checked("flexible", one_of(MATH_EXTRACT))
+    # math: a paraphrase is accepted only when it also keeps the gold solution's working (every
+    # number of it); a small model's "paraphrase" is often the answer alone ("The answer is 7."),
+    # right by its answer yet a target that teaches answering without working
+    paraphrase_keeps_working: bool = False
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,16 @@ class Session:
                              self.model_path)  # fmt: skip
 
 
+def _working_rule(cfg: Config):
+    """``judge.paraphrase_keeps_working``: math examples' paraphrases must keep the gold's
+    working (``verifiers.math.keeps_working``); None when off."""
+    if not cfg.judge.paraphrase_keeps_working:
+        return None
+    from ray_s3ft.verifiers.math import keeps_working
+
+    return lambda ex, paraphrase: ex.verifier != "math" or keeps_working(paraphrase, ex.gold)
+
+
 def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str):
     from rich.progress import Progress
 
@@ -137,6 +147,7 @@ def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str)
             judge=lambda items: judge_on(groups.judge, items, cfg.judge.timeout_s)[0],
             max_new_tokens=n,
             on_chunk=lambda k: bar.advance(task, k),
+            keeps_working=_working_rule(cfg),
         )
     frac, und = result.fractions(), result.undecided()
     say(

@@ -100,8 +100,11 @@ def build_targets(
     max_new_tokens: int,
     chunk_size: int = 128,
     on_chunk: Callable[[int], None] | None = None,
+    keeps_working: Callable[[Example, str], bool] | None = None,
 ) -> TargetSet:
-    """Build (or reuse, or finish) the store for ``examples`` under ``mode`` gold|ssr|s3ft."""
+    """Build (or reuse, or finish) the store for ``examples`` under ``mode`` gold|ssr|s3ft.
+    ``keeps_working(example, paraphrase)``: a second rule a paraphrase the judge accepted
+    must pass too (``judge.paraphrase_keeps_working``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = {**fingerprint, "mode": mode, "ids": _ids_digest(examples)}
     store, partial, meta = run_dir / STORE, run_dir / PARTIAL, run_dir / META
@@ -120,7 +123,9 @@ def build_targets(
     with open(partial, "a") as f:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
-            for rec in _judge_chunk(chunk, mode, greedy, paraphrase, judge, max_new_tokens):
+            for rec in _judge_chunk(
+                chunk, mode, greedy, paraphrase, judge, max_new_tokens, keeps_working
+            ):
                 done[rec.id] = rec
                 f.write(json.dumps(dataclasses.asdict(rec)) + "\n")
             f.flush()
@@ -140,6 +145,7 @@ def _judge_chunk(
     paraphrase: Paraphrase,
     judge: Judge,
     max_new_tokens: int,
+    keeps_working: Callable[[Example, str], bool] | None = None,
 ) -> list[TargetRecord]:
     base = [TargetRecord(id=ex.id, prompt=ex.prompt, gold=ex.gold) for ex in chunk]
     if mode == "gold":
@@ -157,7 +163,10 @@ def _judge_chunk(
         paras = paraphrase([(chunk[i].prompt, chunk[i].gold) for i in rejected], max_new_tokens)
         pverdicts = judge([_item(chunk[i], p) for i, p in zip(rejected, paras, strict=True)])
         for i, p, v in zip(rejected, paras, pverdicts, strict=True):
-            records[i] = dataclasses.replace(records[i], paraphrase=p, paraphrase_ok=v.correct)
+            ok = v.correct
+            if ok and keeps_working is not None and not keeps_working(chunk[i], p):
+                ok = False  # right answer, but not a restatement of the gold's working
+            records[i] = dataclasses.replace(records[i], paraphrase=p, paraphrase_ok=ok)
     return records
 
 

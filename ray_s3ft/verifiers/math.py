@@ -43,6 +43,7 @@ _SENTENCE_END = re.compile(r"\.(?=\s|$)")
 _CURRENCY = re.compile(r"^(-?)\\?\$\s*(?=\d)")
 # flexible extraction: any number, "$1,234.50" and "-3" included; a trailing "." is a full stop
 _ANY_NUMBER = re.compile(rf"(?<![\w.])\$?({_NUMBER})")
+_UNSIGNED = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
 EXTRACT_MODES = ("strict", "flexible")
 
 
@@ -77,6 +78,28 @@ def last_number(text: str) -> str | None:
     """The last number written in ``text`` ("... = 11 shells." -> "11"), separators removed."""
     numbers = _ANY_NUMBER.findall(text)
     return numbers[-1].replace(",", "").replace(" ", "") if numbers else None
+
+
+def working_numbers(solution: str) -> set[Fraction]:
+    """The numbers a worked solution writes before its final-answer line ("#### N", "The
+    answer is N"), as exact values: "10-3=7 <<10-3=7>>" -> {10, 3, 7}. Signs are dropped (a
+    minus is the operation in "10-3")."""
+    body = _HASHES.split(solution)[0]
+    if m := _ANSWER_IS.search(body):
+        body = body[: m.start()]
+    return numbers(body)
+
+
+def numbers(text: str) -> set[Fraction]:
+    """Every unsigned number in ``text`` ("1,234.5" -> 1234.5), as exact values."""
+    return {Fraction(raw.replace(",", "")) for raw in _UNSIGNED.findall(text)}
+
+
+def keeps_working(paraphrase: str, gold_solution: str) -> bool:
+    """Whether ``paraphrase`` restates the gold solution's working, not only its answer: every
+    number of the gold's working appears in it. "The answer is 7." does not restate "After
+    losing 3, Lily has 10-3=7 coins. #### 7"; "She had 10 and lost 3: 10 - 3 = 7." does."""
+    return working_numbers(gold_solution) <= numbers(paraphrase)
 
 
 def verify_math(response: str, gold: str, extract: str = "strict") -> bool | None:

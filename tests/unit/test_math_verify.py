@@ -149,3 +149,20 @@ def test_verify_math_in_each_extraction_mode():
     assert verify_math(prose, "#### 11", "flexible") is True
     with pytest.raises(ValueError, match="strict, flexible"):
         extract_answer(prose, "loose")
+
+
+def test_the_working_of_a_gold_solution_and_whether_a_paraphrase_keeps_it():
+    from fractions import Fraction
+
+    from ray_s3ft.verifiers.math import keeps_working, working_numbers
+
+    gsm8k = (
+        "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nShe sold 48+24 = <<48+24=72>>72.\n#### 72"
+    )
+    assert working_numbers(gsm8k) == {Fraction(48), Fraction(2), Fraction(24), Fraction(72)}
+    assert working_numbers("It costs 1,200.5 in all. The answer is 1200.5") == {Fraction("1200.5")}
+    gold = "After losing 3, Lily has 10-3=7 coins.\n#### 7"
+    assert working_numbers(gold) == {Fraction(10), Fraction(3), Fraction(7)}  # 10-3: no -3
+    assert not keeps_working("The answer is 7.", gold)
+    assert not keeps_working("10 coins, minus some, leaves 7. The answer is 7.", gold)
+    assert keeps_working("She had 10 and lost 3: 10 - 3 = 7.\nThe answer is 7.", gold)

@@ -97,3 +97,31 @@ def test_a_different_setting_starts_over(tmp_path):
     e = Engines()
     result = _build(tmp_path, e, fingerprint={"model": "another"})
     assert result.computed == 9 and len(e.asked) == 9
+
+
+def test_a_paraphrase_right_by_its_answer_alone_falls_to_gold_under_the_working_rule(tmp_path):
+    from ray_s3ft.verifiers.math import keeps_working
+
+    gold = "After losing 3, Lily has 10-3=7 coins.\n#### 7"
+    examples = [
+        Example(f"w{i}", "gsm8k", "Lily has 10 coins. She loses 3.", gold, "7") for i in range(2)
+    ]
+    replies = {"w0": "The answer is 7.", "w1": "Lily had 10 and lost 3, so 10 - 3 = 7 coins."}
+
+    def paraphrase(pairs, n):  # both ids share a prompt: answer in order
+        return [replies["w0"], replies["w1"]][: len(pairs)]
+
+    def build(rule, out):
+        return build_targets(
+            examples, out, mode="s3ft", fingerprint={"rule": rule is not None},
+            greedy=lambda prompts, n: ["I do not know."] * len(prompts),
+            paraphrase=paraphrase,
+            judge=lambda items: [Verdict("7" in it.response) for it in items],
+            max_new_tokens=8, keeps_working=rule,
+        )  # fmt: skip
+
+    plain = build(None, tmp_path / "plain")
+    assert [t.source.value for t in plain.targets()] == ["paraphrase", "paraphrase"]
+    ruled = build(lambda ex, p: keeps_working(p, ex.gold), tmp_path / "ruled")
+    assert [t.source.value for t in ruled.targets()] == ["gold", "paraphrase"]
+    assert ruled.targets()[0].text == gold and ruled.records[0].paraphrase_ok is False
