@@ -72,18 +72,14 @@ def prune(run_dir: Path, keep: int) -> list[Path]:
     """Delete the checkpoint directories older than the newest ``keep`` complete ones
     (interrupted saves among them too); returns what was deleted. Newer incomplete ones (a
     save in progress) are left alone."""
-    complete = [d for _, d in _step_dirs(run_dir) if (d / STATE).is_file()]
+    dirs = _step_dirs(run_dir)
+    complete = [n for n, d in dirs if (d / STATE).is_file()]
     if len(complete) <= keep:
         return []
-    oldest_kept = complete[-keep]
-    gone = [d for _, d in _step_dirs(run_dir) if _step_of(d) < _step_of(oldest_kept)]
+    gone = [d for n, d in dirs if n < complete[-keep]]
     for d in gone:
         shutil.rmtree(d, ignore_errors=True)
     return gone
-
-
-def _step_of(d: Path) -> int:
-    return int(_STEP_DIR.search(d.name).group(1))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -315,6 +315,7 @@ class ActorGroup(Generic[T]):
 
         for actor in self.actors:
             ray.kill(actor)
+            _GROUP_OF.pop(actor._actor_id.hex(), None)
         if self.placement_group is not None:
             ray.util.remove_placement_group(self.placement_group)
         self.actors, self.placement_group = [], None
