@@ -8,6 +8,15 @@ as the controller calls it (``scatter(train_step)``, ray.get included), on the s
 gradients, fp32 master weights in the optimizer. Whether bf16 can be faster depends on the CPU:
 without AVX512_BF16 / AMX (``cpu_bf16`` in the result) every bf16 matmul is emulated through
 fp32 and bf16 is expected to be slower.
+
+The roofline rows set each cell's achieved FLOP/s against this CPU's bare-matmul FLOP/s in the
+same dtype, measured in the same run (``torch.matmul`` at the model's linear shapes, a
+micro-batch of tokens deep, the rank's thread count, nothing else running). A step's FLOPs:
+6 x (the parameters a token passes through as matmuls: every linear layer and the LM head) per
+token for full fine-tuning, 4 x for LoRA (the frozen weights get no weight gradient), plus
+attention's 12 x layers x width x length^2 per sequence (forward and backward, scores and
+values, no causal halving). The embedding lookup, norms, softmax, the loss and the optimizer
+add time but no matmul FLOPs: the fraction says how much of the step is matmul work.
 """
 
 from __future__ import annotations
@@ -30,6 +39,46 @@ def cpu_bf16_flags() -> list[str]:
         [],
     )
     return sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile"))
+
+
+def model_shapes(path: str) -> tuple[list[tuple[int, int, int]], dict]:
+    """The model's matmuls as (in, out, count) and its sizes (hidden, layers, vocab)."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(path)
+    d, f, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    head = getattr(c, "head_dim", None) or d // c.num_attention_heads
+    q, kv = c.num_attention_heads * head, c.num_key_value_heads * head
+    shapes = [(d, q, layers), (d, kv, 2 * layers), (q, d, layers), (d, f, 2 * layers),
+              (f, d, layers), (d, c.vocab_size, 1)]  # fmt: skip
+    return shapes, {"hidden": d, "layers": layers, "vocab": c.vocab_size}
+
+
+def matmul_flops(shapes, rows: int, dtype: str, threads: int, repeats: int = 5) -> dict:
+    """FLOP/s of bare ``torch.matmul`` over the model's shapes, ``rows`` tokens deep: total
+    FLOPs / total time, each shape weighted by how often the model uses it."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dt = getattr(torch, dtype)
+    flops = seconds = 0.0
+    for k, n, count in shapes:
+        a, b = torch.randn(rows, k, dtype=dt), torch.randn(k, n, dtype=dt)
+        torch.matmul(a, b)  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.matmul(a, b)
+        seconds += (time.perf_counter() - started) / repeats * count
+        flops += 2.0 * rows * k * n * count
+    return {"flops_per_s": flops / seconds, "rows": rows, "dtype": dtype}
+
+
+def step_flops(shapes, sizes: dict, lengths: list[int], lora: bool) -> float:
+    """Matmul FLOPs of one SFT step over sequences of ``lengths`` tokens (docstring above)."""
+    per_token = sum(k * n * count for k, n, count in shapes)
+    dense = (4.0 if lora else 6.0) * per_token * sum(lengths)
+    attention = 12.0 * sizes["layers"] * sizes["hidden"] * sum(t * t for t in lengths)
+    return dense + attention
 
 
 def _batches(args, tok) -> list:
@@ -126,7 +175,21 @@ def main(argv=None) -> dict:
                 name = f"{'bf16' if bf16 else 'fp32'}_{'lora' if lora else 'full'}"
                 cells[name] = run_cell(args, path, batches, bf16, lora, logs)
                 print(f"{name}: {cells[name]['median_s']:.3f} s/step", flush=True)
+    shapes, sizes = model_shapes(path)
+    lengths = [[int(x) for x in b.attention_mask.sum(-1)] for b in batches[args.warmup :]]
+    roof = {dt: matmul_flops(shapes, args.micro_batch * args.tokens, dt, args.threads)
+            for dt in ("float32", "bfloat16")}  # fmt: skip
     r = args.lora_r
+    roofline = []
+    for name, cell in cells.items():
+        flops = statistics.median(step_flops(shapes, sizes, ln, "lora" in name) for ln in lengths)
+        cell["step_flops"] = flops
+        cell["flops_per_s"] = flops / cell["median_s"]
+        dt = "bfloat16" if name.startswith("bf16") else "float32"
+        roofline.append(
+            Row(f"{name}: achieved vs bare-matmul FLOP/s ({dt})", cell["flops_per_s"],
+                roof[dt]["flops_per_s"], "FLOP/s", (">=", 0.5))
+        )  # fmt: skip
     rows = [
         Row("full fine-tuning: bf16 vs fp32", cells["bf16_full"]["median_s"],
             cells["fp32_full"]["median_s"], "s/step"),
@@ -136,11 +199,14 @@ def main(argv=None) -> dict:
             cells["fp32_full"]["median_s"], "s/step"),
         Row(f"LoRA r={r} vs full fine-tuning (bf16)", cells["bf16_lora"]["median_s"],
             cells["bf16_full"]["median_s"], "s/step"),
+        *roofline,
     ]  # fmt: skip
     details = {
         "cells": cells,
         "model": str(args.model),
         "cpu_bf16": cpu_bf16_flags(),
+        "matmul": roof,
+        "model_sizes": sizes,
         "tokens_per_step": [int(b.attention_mask.sum()) for b in batches[args.warmup :]],
         "response_tokens_per_step": [int(b.global_tokens) for b in batches[args.warmup :]],
     }

@@ -6,6 +6,11 @@ checkout), group size, max new tokens, prompts per step, steps, learning rate, K
 clip range. TRL runs in a virtual environment of its own (torch and transformers at the versions
 of ours), built on first use and reused while its pins stay the same. Only the training steps
 are timed (after ``--warmup`` steps), never startup.
+
+``--config FILE`` runs both on a config's model and task instead (for example
+``configs/smollm2-135m-gsm8k.yaml``: SmolLM2-135M-Instruct, LoRA, math answers): its model, its
+training prompts, its reward (the math verifier with the config's extraction, where the judge
+resolves to it), its sampling temperature and its LoRA settings go to TRL's side as well.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ def trl_venv(path: Path = VENV) -> Path:
         torch,
         TRL,
         f"transformers=={metadata.version('transformers')}",  # the same model code as ours
-        f"math-verify=={metadata.version('math-verify')}",  # what verify_steps may call
+        f"math-verify=={metadata.version('math-verify')}",  # what the rewards call
+        f"peft=={metadata.version('peft')}",  # LoRA (model.lora)
     ]
     python, stamp = path / "bin" / "python", path / "ray-s3ft-pins.txt"
     if python.exists() and stamp.is_file() and stamp.read_text().split() == pins:
@@ -75,6 +81,8 @@ def ours(args, overrides: list[str], work: Path) -> dict:
     run = work / "ours"
     exe = Path(sys.executable).with_name("ray-s3ft")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ray_s3ft.cli"]
+    if args.config:
+        cmd += ["--config", str(Path(args.config).resolve())]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a private cluster
     r = subprocess.run(
         [*cmd, "train", *overrides, f"trainer.output_dir={run}"],
@@ -93,6 +101,7 @@ def ours(args, overrides: list[str], work: Path) -> dict:
 
 
 def trl(args, cfg, work: Path) -> dict:
+    from ray_s3ft.config import resolved_judge
     from ray_s3ft.model.paths import resolve_model_path
 
     python = trl_venv(args.trl_venv)
@@ -101,13 +110,22 @@ def trl(args, cfg, work: Path) -> dict:
     g, t = cfg.algorithm.grpo, cfg.trainer
     cmd = [
         str(python), str(Path(__file__).with_name("trl_grpo.py")),
-        "--model", resolve_model_path("builtin"), "--data", str(data), "--out", str(out),
+        "--model", resolve_model_path(cfg.model.path), "--data", str(data), "--out", str(out),
         "--work", str(work / "trl"), "--steps", str(args.steps),
         "--prompts-per-step", str(args.prompts_per_step), "--group-size", str(args.group_size),
         "--max-new-tokens", str(args.max_new), "--seed", str(t.seed), "--lr", str(cfg.learner.grpo_lr),
         "--beta", str(g.beta), "--eps-low", str(g.eps_low), "--eps-high", str(g.eps_high),
-        "--grad-clip", str(cfg.learner.grad_clip),
+        "--grad-clip", str(cfg.learner.grad_clip), "--temperature", str(cfg.rollout.temperature),
     ]  # fmt: skip
+    judge = resolved_judge(cfg)
+    if judge.verifier == "math":
+        cmd += ["--reward", "math", "--math-extract", judge.math_extract]
+    elif judge.verifier != "steps":
+        sys.exit(f"e2e_trl: no TRL reward for judge.verifier={judge.verifier}")
+    lora = cfg.model.lora
+    if lora.enabled:
+        cmd += ["--lora-r", str(lora.r), "--lora-alpha", str(lora.alpha),
+                "--lora-dropout", str(lora.dropout), "--lora-targets", ",".join(lora.target_modules)]  # fmt: skip
     r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"TRL failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
@@ -121,6 +139,7 @@ def main(argv=None) -> dict:
     from ray_s3ft.config import load_config
 
     ap = parser("e2e_trl", __doc__)
+    ap.add_argument("--config", help="a run config (default: the built-in run)")
     ap.add_argument("--steps", type=int, default=12, help="GRPO steps, warm-up included")
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the rates")
     ap.add_argument("--prompts-per-step", type=int, default=4)
@@ -143,9 +162,10 @@ def main(argv=None) -> dict:
         f"trainer.checkpoint_every={args.steps + 1}",  # no checkpoint inside the timed steps
         "eval.every=0",
         "eval.task_size=8",
-        "eval.heldout_size=8",
+        "eval.heldout=[]",  # evaluation is not timed: the least of it
+        "eval.drift=false",
     ]
-    cfg = load_config(overrides=overrides)
+    cfg = load_config(args.config, overrides)
     with tempfile.TemporaryDirectory(prefix="rb-e2e-") as tmp:
         work = Path(tmp)
         peer = trl(args, cfg, work)

@@ -8,6 +8,13 @@ same per-prompt seeded SamplingParams, so they sample the same tokens (checked).
 calls ``LLM.generate`` in a process of its own; the actor is then called as the controller calls
 it (``ActorGroup.map_chunks(RolloutWorker.sample)``, ray.get included). One engine at a time.
 Every timed call gets new prompts (no prefix-cache reuse across calls), as a training step does.
+
+A second baseline, in the same side process after vLLM: ``transformers``' ``generate`` on the
+same prompt ids and sampling (the whole call as one left-padded batch, ``num_return_sequences``
+samples each, no scores kept: its fastest form), tokens counted up to each sample's end of
+sequence. It samples other tokens (another random stream), so only the rate is compared.
+``--model`` picks the model (a known name such as ``smollm2-135m`` is fetched once);
+``--threads`` the engine's torch threads on both sides.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ def _sampling(args):
 def direct(args) -> None:
     """The baseline, in this process: vLLM's ``LLM.generate`` on the engine ``VLLMEngine``
     builds; then our in-process wrapper ``VLLMEngine.generate`` on the same engine."""
+    import torch
     from transformers import AutoTokenizer
     from vllm import SamplingParams
 
@@ -81,7 +89,8 @@ def direct(args) -> None:
     from ray_s3ft.model.paths import resolve_model_path
     from ray_s3ft.workers.engines import VLLMEngine, encode_prompts
 
-    path = resolve_model_path("builtin")
+    torch.set_num_threads(args.threads)  # before the engine starts, as RolloutWorker does
+    path = resolve_model_path(args.model)
     tok = AutoTokenizer.from_pretrained(path)
     engine = VLLMEngine(path, load_config().rollout, MAX_MODEL_LEN, False, False)
     s = _sampling(args)
@@ -114,7 +123,46 @@ def direct(args) -> None:
 
         out[prompts] = {"vllm": _timed(args, calls, vllm_direct)}
         out[prompts]["wrapper"] = _timed(args, calls, wrapper)
+    model = _hf_model(path)
+    for prompts in args.prompts:
+        out[prompts]["hf"] = _timed(
+            args, _calls(args, prompts), lambda items: _hf_generate(args, model, tok, s, items)
+        )
     args.side_out.write_text(json.dumps(out))
+
+
+def _hf_model(path: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _hf_generate(args, model, tok, s, items) -> list[list[int]]:
+    """``model.generate`` on the call's prompts as one left-padded batch; each sample's new
+    tokens up to and including its end of sequence."""
+    import torch
+
+    from ray_s3ft.workers.engines import encode_prompts
+
+    ids = encode_prompts(tok, [p for p, _ in items], MAX_PROMPT_TOKENS)
+    width = max(len(x) for x in ids)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batch = torch.full((len(ids), width), pad, dtype=torch.long)  # [P, Tp]
+    attn = torch.zeros_like(batch)
+    for i, x in enumerate(ids):
+        batch[i, width - len(x) :] = torch.tensor(x)
+        attn[i, width - len(x) :] = 1
+    torch.manual_seed(items[0][1])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=batch, attention_mask=attn, do_sample=True, temperature=s.temperature,
+            top_p=s.top_p, top_k=0, num_return_sequences=s.n, max_new_tokens=s.max_new_tokens,
+            pad_token_id=pad, eos_token_id=tok.eos_token_id,
+        )  # fmt: skip
+    new = out[:, width:].tolist()  # [P*n, T_new]
+    eos = tok.eos_token_id
+    return [row[: row.index(eos) + 1] if eos in row else row for row in new]
 
 
 def actor(args, logs: str) -> dict:
@@ -126,8 +174,9 @@ def actor(args, logs: str) -> dict:
     group = ActorGroup(
         RolloutWorker, 1, name="rollout", log_dir=logs,
         resources=Resources(1.0, 0.0, {"OMP_NUM_THREADS": "1"}),  # cluster.launch's
-        kwargs=dict(model_path=resolve_model_path("builtin"), cfg=load_config().rollout,
-                    max_model_len=MAX_MODEL_LEN, max_prompt_tokens=MAX_PROMPT_TOKENS),
+        kwargs=dict(model_path=resolve_model_path(args.model), cfg=load_config().rollout,
+                    max_model_len=MAX_MODEL_LEN, max_prompt_tokens=MAX_PROMPT_TOKENS,
+                    threads=args.threads),
     )  # fmt: skip
     s = _sampling(args)
     inside: list[float] = []  # RolloutResult.seconds: the call as the actor timed it
@@ -150,6 +199,8 @@ def actor(args, logs: str) -> dict:
 
 def main(argv=None) -> dict:
     ap = parser("rollout", __doc__)
+    ap.add_argument("--model", default="builtin", help="model directory or known name")
+    ap.add_argument("--threads", type=int, default=1, help="the engine's torch threads")
     ap.add_argument("--prompts", default="4,16", help="prompts per call, one size per row")
     ap.add_argument("--group-size", type=int, default=4, help="samples per prompt")
     ap.add_argument("--max-new-tokens", dest="max_new", type=int, default=96)
@@ -186,6 +237,10 @@ def main(argv=None) -> dict:
         rows.append(
             Row(f"VLLMEngine in-process vs vLLM direct, {label}",
                 base[p]["wrapper"]["tokens_per_s"], base[p]["vllm"]["tokens_per_s"], "tokens/s")
+        )  # fmt: skip
+        rows.append(
+            Row(f"actor vs transformers.generate, {label}", ours[p]["tokens_per_s"],
+                base[p]["hf"]["tokens_per_s"], "tokens/s")
         )  # fmt: skip
         same = ours[p]["digest"] == base[p]["vllm"]["digest"] == base[p]["wrapper"]["digest"]
         details[p] = {"actor": ours[p], **base[p], "same_tokens": same}

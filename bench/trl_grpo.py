@@ -17,6 +17,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
+from ray_s3ft.verifiers.math import verify_math  # noqa: E402
 from ray_s3ft.verifiers.steps import verify_steps  # noqa: E402
 
 
@@ -26,6 +27,19 @@ def steps_reward(prompts, completions, question, answer, **_):
         1.0 if verify_steps(q, c[0]["content"], a) else 0.0
         for q, c, a in zip(question, completions, answer, strict=True)
     ]
+
+
+def math_reward(extract: str):
+    """``ray-s3ft``'s GRPO reward for math tasks: 1 when the final answer verifies (an
+    undecided verdict scores 0, as ``algorithm.grpo.undecided_reward`` does by default)."""
+
+    def reward(prompts, completions, question, answer, **_):
+        return [
+            1.0 if verify_math(c[0]["content"], a, extract) else 0.0
+            for c, a in zip(completions, answer, strict=True)
+        ]
+
+    return reward
 
 
 class StepTimes(TrainerCallback):
@@ -51,6 +65,13 @@ def main() -> None:
         ap.add_argument(name, type=int, required=True)
     for name in ("--lr", "--beta", "--eps-low", "--eps-high", "--grad-clip"):
         ap.add_argument(name, type=float, required=True)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--reward", choices=("steps", "math"), default="steps")
+    ap.add_argument("--math-extract", default="strict")
+    ap.add_argument("--lora-r", type=int, default=0, help="0: full fine-tuning")
+    ap.add_argument("--lora-alpha", type=int, default=16)
+    ap.add_argument("--lora-dropout", type=float, default=0.0)
+    ap.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj")
     a = ap.parse_args()
 
     rows = json.loads(Path(a.data).read_text())  # in the order ray-s3ft visits them
@@ -72,7 +93,7 @@ def main() -> None:
         gradient_accumulation_steps=1,
         num_generations=a.group_size,
         max_completion_length=a.max_new_tokens,
-        temperature=1.0,
+        temperature=a.temperature,
         top_p=1.0,
         learning_rate=a.lr,
         lr_scheduler_type="constant",  # DeepSpeed without a scheduler: constant
@@ -93,12 +114,19 @@ def main() -> None:
         disable_tqdm=True,
     )
     tok = AutoTokenizer.from_pretrained(a.model)
+    peft = None
+    if a.lora_r:
+        from peft import LoraConfig
+
+        peft = LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
+                          target_modules=a.lora_targets.split(","), task_type="CAUSAL_LM")  # fmt: skip
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(a.model, dtype="float32"),
         processing_class=tok,
-        reward_funcs=steps_reward,
+        reward_funcs=steps_reward if a.reward == "steps" else math_reward(a.math_extract),
         args=config,
         train_dataset=data,
+        peft_config=peft,
     )
     times = StepTimes()
     trainer.add_callback(times)

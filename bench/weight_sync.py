@@ -3,8 +3,9 @@
 and the same through ``LearnerActor.full_state_dict`` (torch tensors: the path before),
 against a plain in-memory copy of the same bytes, and as a share of the step.
 
-Sizes: the built-in model and random Llamas (the built-in tokenizer, head_dim 64, fp32, saved
-with ``save_pretrained`` so vLLM loads them). The copy baseline copies every tensor of the same
+Sizes: the built-in model, random Llamas (the built-in tokenizer, head_dim 64, fp32, saved
+with ``save_pretrained`` so vLLM loads them) and the real SmolLM2-135M-Instruct
+(``smollm2-135m``, fetched once). The copy baseline copies every tensor of the same
 state dict (same names, shapes, dtype: tied embeddings count twice, as the sync sends them)
 into preallocated, already touched buffers, with the learner's thread count, in one process.
 The share is sync / (sync + one SFT ``train_step`` of that model on the default batch), a
@@ -29,6 +30,7 @@ SIZES = {
     "50m": (512, 15, 8, 1536),  # 51 M
     "150m": (1024, 12, 16, 2816),  # 155 M
     "500m": (1536, 18, 24, 4096),  # 510 M
+    "smollm2-135m": "real",  # SmolLM2-135M-Instruct: 135 M, a 49 k vocabulary
 }
 
 
@@ -43,6 +45,8 @@ def model_dir(name: str, root: Path) -> str:
     builtin = resolve_model_path("builtin")
     if SIZES[name] is None:
         return builtin
+    if SIZES[name] == "real":
+        return resolve_model_path(name)
     hidden, layers, heads, ffn = SIZES[name]
     tok = AutoTokenizer.from_pretrained(builtin)
     torch.manual_seed(0)

@@ -42,8 +42,27 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def read_run(run_dir: Path) -> dict:
-    """``{"run": RunRecord, "config": {...}, "history": [{...}], "summary": {...}}``."""
+def read_run(run_dir: Path, wait_s: float = 60.0) -> dict:
+    """``{"run": RunRecord, "config": {...}, "history": [{...}], "summary": {...}}``.
+
+    W&B's service process writes the log: on a loaded machine ``run.finish()`` can return
+    before the last records are on disk, so this reads until the exit record is there."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            out = _read(run_dir)
+        except Exception:  # the file not there yet, or its last record half written
+            if time.monotonic() > deadline:
+                raise
+            out = {"exit": None}
+        if out["exit"] is not None or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
+
+
+def _read(run_dir: Path) -> dict:
     (path,) = run_dir.glob("run-*.wandb")
     out = {"run": None, "config": {}, "history": [], "summary": {}, "exit": None}
     for rec in records(path):

@@ -79,8 +79,8 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
 
 class _EvalEngines:
     """What ``evaluate`` scores with, each started on first use: one in-process
-    ``RolloutWorker`` for log-likelihoods, token logprobs and, with ``eval.backend=vllm``,
-    greedy generation (``generation.py`` batches it with transformers), and an in-process
+    ``RolloutWorker`` (``eval.backend``: vLLM or transformers) for greedy generation,
+    log-likelihoods and token logprobs, and an in-process
     ``JudgeWorker`` (the sandbox, the LLM judge)."""
 
     def __init__(self, cfg, path: str) -> None:
@@ -89,24 +89,15 @@ class _EvalEngines:
         self._worker, self._worker_path, self._judge = None, None, None
 
     def greedy(self, prompts: list[str]) -> list[str]:
-        from ray_s3ft.evaluation.generation import generate_greedy_hf
+        """Greedy answers from the scoring engine (vLLM or transformers: one engine)."""
+        from rich.progress import Progress
 
         cfg, started = self.cfg, time.perf_counter()
-        if cfg.eval.backend == "vllm":  # the scoring engine decodes too: one vLLM engine
-            out = self.worker(self.path).greedy(prompts, cfg.eval.max_new_tokens)
-        else:
-            from rich.progress import Progress
-
-            with Progress(transient=True) as bar:
-                task = bar.add_task("generating", total=len(prompts))
-                out = generate_greedy_hf(
-                    self.path,
-                    prompts,
-                    cfg.eval.max_new_tokens,
-                    batch_size=cfg.eval.batch_size,
-                    dtype=cfg.model.dtype,
-                    on_batch=lambda n: bar.advance(task, n),
-                )
+        with Progress(transient=True) as bar:
+            task = bar.add_task("generating", total=len(prompts))
+            out = self.worker(self.path).greedy(
+                prompts, cfg.eval.max_new_tokens, on_batch=lambda n: bar.advance(task, n)
+            )
         self.generate_s += time.perf_counter() - started
         return out
 
@@ -126,7 +117,7 @@ class _EvalEngines:
             )
             self._worker = RolloutWorker(
                 path, rollout, cfg.model.max_model_len, cfg.data.max_prompt_tokens,
-                trust_remote_code=cfg.model.trust_remote_code,
+                trust_remote_code=cfg.model.trust_remote_code, hf_batch_size=cfg.eval.batch_size,
             )  # fmt: skip
             self._worker_path = path
         return self._worker

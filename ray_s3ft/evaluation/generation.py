@@ -1,5 +1,5 @@
-"""Greedy generation for evaluation with transformers, batched (vLLM decodes through a
-``RolloutWorker``, ``evaluate._EvalEngines``).
+"""Greedy answers with transformers on a model directory, in one call: a ``RolloutWorker`` on
+the ``hf`` backend (``workers/engines.HFEngine``), the seam every generation goes through.
 
 Evaluation is greedy (temperature 0), as the S3FT paper evaluates, so its numbers do not depend on
 a sampling seed.
@@ -18,40 +18,17 @@ def generate_greedy_hf(
     dtype: str = "float32",
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Chat-format each prompt, decode greedily with ``transformers.generate``; the response
-    texts. ``on_batch(n)`` is called after each batch of n prompts (progress display)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    """Chat-format each prompt, decode greedily with ``transformers.generate`` in batches of
+    prompts of similar length; the response texts. ``on_batch(n)`` is called after each batch
+    of n prompts (progress display). Prompts are not cut."""
+    from ray_s3ft.config import RolloutConfig
+    from ray_s3ft.workers.rollout import RolloutWorker
 
-    from ray_s3ft.model.encoding import load_tokenizer, render_prompt
-
-    tokenizer = load_tokenizer(model_path)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
-    model.eval()
-    rendered = [render_prompt(tokenizer, p) for p in prompts]
-    # Batches of similar length waste little compute on padding.
-    order = sorted(range(len(rendered)), key=lambda i: len(rendered[i]))
-    out: list[str] = [""] * len(rendered)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [rendered[i] for i in idx],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            )
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )  # [b, T_prompt + T_new]
-            new = gen[:, enc["input_ids"].shape[1] :]  # [b, T_new]
-            for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                out[i] = text
-            if on_batch is not None:
-                on_batch(len(idx))
-    return out
+    worker = RolloutWorker(
+        model_path,
+        RolloutConfig(backend="hf", temperature=0.0, dtype=dtype),
+        max_model_len=1 << 30,  # only vLLM reads it
+        max_prompt_tokens=1 << 30,
+        hf_batch_size=batch_size,
+    )
+    return worker.greedy(prompts, max_new_tokens, on_batch=on_batch)

@@ -209,7 +209,9 @@ def launch(
     )
     # the pinned groups reserve their nodes before the unpinned judges take CPUs wherever
     # there is room (else judges on a learner node could leave its ranks no CPU)
-    learner = _launch_learner(cfg, model_path, local, log_dir) if learners else None
+    # the learner group's placement first, its setup (DeepSpeed: the longest start) after the
+    # judges were created, so the judge processes start while the ranks set up
+    learner = _place_learner(cfg, model_path, local, log_dir) if learners else None
     judge = ActorGroup(
         JudgeWorker,
         r.judge_workers,
@@ -225,6 +227,12 @@ def launch(
     )
     if not learners:
         return Groups(rollout=rollout, judge=judge, learner=None)
+    try:
+        _setup_learner(learner)
+    except BaseException:
+        judge.shutdown()
+        rollout.shutdown()
+        raise
     groups = Groups(
         rollout=rollout,
         judge=judge,
@@ -249,6 +257,15 @@ def rollout_threads(cfg: Config) -> int:
 def _launch_learner(
     cfg: Config, model_path: str, local: bool, log_dir: str | None, ready_timeout_s: float = 600.0
 ):
+    learner = _place_learner(cfg, model_path, local, log_dir, ready_timeout_s)
+    _setup_learner(learner)
+    return learner
+
+
+def _place_learner(
+    cfg: Config, model_path: str, local: bool, log_dir: str | None, ready_timeout_s: float = 600.0
+):
+    """The learner group, placed and its actors created; ``_setup_learner`` joins them."""
     from ray_s3ft.workers.learner import LearnerActor
 
     r = cfg.resources
@@ -280,13 +297,19 @@ def _launch_learner(
         ready_timeout_s=ready_timeout_s,
         log_dir=log_dir,
     )
+    return learner
+
+
+def _setup_learner(learner) -> None:
+    """The ranks join their process group and build their engines (collective)."""
+    from ray_s3ft.workers.learner import LearnerActor
+
     try:
         addr, port = learner.call_one(LearnerActor.master_address)
         learner.call(LearnerActor.setup, addr, port)
     except BaseException:
         learner.shutdown()  # not half a group left holding its placement
         raise
-    return learner
 
 
 def _node_resource(name: str | None) -> dict[str, float]:

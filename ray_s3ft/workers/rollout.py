@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ray_s3ft.config import RolloutConfig
 from ray_s3ft.prompts import build_paraphrase_prompt
@@ -45,10 +45,12 @@ class RolloutWorker:
         nccl_sync: bool = False,
         threads: int | None = None,
         peers: int = 1,
+        hf_batch_size: int = 64,
     ) -> None:
         """``nccl_sync``: weights will arrive by NCCL broadcast (GPU), not as a state dict.
         ``threads``: torch threads of the engine (``rollout.threads``; None: as the process has
-        them, 0: this node's cores shared by ``peers`` rollout workers)."""
+        them, 0: this node's cores shared by ``peers`` rollout workers). ``hf_batch_size``: prompts per
+        ``transformers.generate`` batch (``rollout.backend=hf``)."""
         from ray_s3ft.model.encoding import load_tokenizer
 
         if threads is not None:
@@ -60,8 +62,12 @@ class RolloutWorker:
         self.max_prompt_tokens = max_prompt_tokens
         self.version = 0
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        engine = VLLMEngine if cfg.backend == "vllm" else HFEngine
-        self.engine = engine(model_path, cfg, max_model_len, trust_remote_code, nccl_sync)
+        if cfg.backend == "vllm":
+            self.engine = VLLMEngine(model_path, cfg, max_model_len, trust_remote_code, nccl_sync)
+        else:
+            self.engine = HFEngine(
+                model_path, cfg, max_model_len, trust_remote_code, nccl_sync, hf_batch_size
+            )
 
     # ------------------------------------------------------------------------------ sampling
 
@@ -69,7 +75,11 @@ class RolloutWorker:
         return encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
 
     def generate(
-        self, prompts: Sequence[str], sampling: Sampling, seeds: Sequence[int] | None = None
+        self,
+        prompts: Sequence[str],
+        sampling: Sampling,
+        seeds: Sequence[int] | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> RolloutResult:
         """``len(prompts) * sampling.n`` generations, prompt-major, with per-token logprobs.
         ``seeds``: one per prompt; sample k of a prompt draws from ``seed + k``, so what is
@@ -79,7 +89,7 @@ class RolloutWorker:
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         started = time.perf_counter()
         ids = self.encode_prompts(prompts)
-        gens = self.engine.generate(ids, sampling, self.tokenizer, seeds)
+        gens = self.engine.generate(ids, sampling, self.tokenizer, seeds, on_batch)
         return RolloutResult(
             generations=gens,
             weights_version=self.version,
@@ -91,10 +101,16 @@ class RolloutWorker:
         """``generate`` over (prompt, seed) pairs: the form ``ActorGroup.map_chunks`` splits."""
         return self.generate([p for p, _ in items], sampling, [s for _, s in items])
 
-    def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """Greedy response texts (S3FT's self answers, evaluation)."""
-        sampling = Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-        return [g.text for g in self.generate(prompts, sampling).generations]
+    def greedy(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """Greedy response texts (S3FT's self answers, evaluation). ``on_batch(n)``: progress,
+        in-process callers only."""
+        sampling = Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens, logprobs=False)
+        return [g.text for g in self.generate(prompts, sampling, on_batch=on_batch).generations]
 
     def paraphrase(
         self, pairs: Sequence[tuple[str, str]], max_new_tokens: int, template: str | None = None

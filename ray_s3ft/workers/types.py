@@ -18,6 +18,7 @@ class Sampling:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     max_new_tokens: int = 96
+    logprobs: bool = True  # each token's logprob wanted (text-only greedy calls: False)
 
 
 @dataclass(frozen=True)

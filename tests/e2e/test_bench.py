@@ -40,6 +40,7 @@ def test_rollout(tmp_path):
     for size in result["details"].values():
         assert size["same_tokens"]  # actor and direct engine sampled the same tokens
         assert size["actor"]["tokens"] == size["vllm"]["tokens"]
+        assert all(t > 0 for t in size["hf"]["tokens"])  # transformers.generate's baseline
 
 
 def test_learner(tmp_path):
@@ -87,3 +88,7 @@ def test_bf16(tmp_path):
     assert first["bf16_full"] == pytest.approx(first["fp32_full"], rel=2e-2)
     assert first["bf16_lora"] == pytest.approx(first["bf16_full"], rel=1e-3)
     assert cells["fp32_lora"]["trainable_params"] < cells["fp32_full"]["trainable_params"] / 10
+    # the roofline: LoRA's step has 4/6 of full fine-tuning's dense FLOPs, the same attention
+    full, lora = cells["fp32_full"]["step_flops"], cells["fp32_lora"]["step_flops"]
+    assert 4 / 6 < lora / full < 1
+    assert d["matmul"]["float32"]["flops_per_s"] > 0 and d["matmul"]["bfloat16"]["flops_per_s"] > 0
