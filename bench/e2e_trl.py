@@ -24,7 +24,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from bench.common import Row, parser, report
+from bench.common import ROOT, Row, parser, report
 
 TRL = "trl==1.16.0"
 VENV = Path(
@@ -81,12 +81,13 @@ def ours(args, overrides: list[str], work: Path) -> dict:
     run = work / "ours"
     exe = Path(sys.executable).with_name("ray-s3ft")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ray_s3ft.cli"]
+    cmd.append("train")
     if args.config:
         cmd += ["--config", str(Path(args.config).resolve())]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a private cluster
     r = subprocess.run(
-        [*cmd, "train", *overrides, f"trainer.output_dir={run}"],
-        env=env, cwd=work, capture_output=True, text=True,
+        [*cmd, *overrides, f"trainer.output_dir={run}"],
+        env=env, cwd=ROOT, capture_output=True, text=True,  # the config's relative paths
     )  # fmt: skip
     if r.returncode:
         sys.exit(f"ray-s3ft train failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
@@ -140,6 +141,10 @@ def main(argv=None) -> dict:
 
     ap = parser("e2e_trl", __doc__)
     ap.add_argument("--config", help="a run config (default: the built-in run)")
+    ap.add_argument(
+        "--ours", default="", help="space-separated key=value for ray-s3ft's side only, such as "
+        "rollout.async=true (one-step off-policy sampling; TRL has no CPU equivalent)",
+    )  # fmt: skip
     ap.add_argument("--steps", type=int, default=12, help="GRPO steps, warm-up included")
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the rates")
     ap.add_argument("--prompts-per-step", type=int, default=4)
@@ -169,14 +174,15 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="rb-e2e-") as tmp:
         work = Path(tmp)
         peer = trl(args, cfg, work)
-        mine = ours(args, overrides, work)
+        mine = ours(args, overrides + args.ours.split(), work)
     rows = [
         Row("ray-s3ft vs TRL GRPOTrainer: samples/s", mine["samples_per_s"],
             peer["samples_per_s"], "samples/s", (">=", 2.0)),
         Row("ray-s3ft vs TRL GRPOTrainer: tokens/s", mine["tokens_per_s"],
             peer["tokens_per_s"], "tokens/s", (">=", 2.0)),
     ]  # fmt: skip
-    details = {"ours": mine, "trl": peer, "trl_version": TRL, "overrides": overrides}
+    details = {"ours": mine, "trl": peer, "trl_version": TRL, "overrides": overrides,
+               "ours_only": args.ours.split()}  # fmt: skip
     return report("e2e_trl", args, rows, details)
 
 

@@ -57,7 +57,17 @@ class VLLMEngine:
         # cache budget from the environment, before the engine starts.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
+        import torch
         from vllm import LLM
+
+        if cfg.enforce_eager and not torch.cuda.is_available():
+            # An eager CPU engine still torch.compiles one sampler helper (the rank of each
+            # sampled token's logprob, an integer count: eager gives the same numbers), and
+            # inductor builds it as C++ at its first call in every process with a cold cache:
+            # 10-15 s of a first run's evaluation on 2 cores. Nothing else here compiles.
+            import torch._dynamo
+
+            torch._dynamo.config.disable = True
 
         extra = {}
         if nccl:
