@@ -10,9 +10,9 @@ it (``ActorGroup.map_chunks(RolloutWorker.sample)``, ray.get included). One engi
 Every timed call gets new prompts (no prefix-cache reuse across calls), as a training step does.
 
 A second baseline, in the same side process after vLLM: ``transformers``' ``generate`` on the
-same prompt ids and sampling (the whole call as one left-padded batch, ``num_return_sequences``
-samples each, no scores kept: its fastest form), tokens counted up to each sample's end of
-sequence. It samples other tokens (another random stream), so only the rate is compared.
+same prompt ids and sampling, through the project's ``HFEngine`` without logprobs (the whole
+call as one left-padded batch, ``num_return_sequences`` samples each, no scores kept: its
+fastest form), tokens counted up to each sample's end of sequence. It samples other tokens (another random stream), so only the rate is compared.
 ``--model`` picks the model (a known name such as ``smollm2-135m`` is fetched once);
 ``--threads`` the engine's torch threads on both sides.
 """
@@ -20,6 +20,7 @@ sequence. It samples other tokens (another random stream), so only the rate is c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -87,7 +88,7 @@ def direct(args) -> None:
 
     from ray_s3ft.config import load_config
     from ray_s3ft.model.paths import resolve_model_path
-    from ray_s3ft.workers.engines import VLLMEngine, encode_prompts
+    from ray_s3ft.workers.engines import HFEngine, VLLMEngine, encode_prompts
 
     torch.set_num_threads(args.threads)  # before the engine starts, as RolloutWorker does
     path = resolve_model_path(args.model)
@@ -123,46 +124,17 @@ def direct(args) -> None:
 
         out[prompts] = {"vllm": _timed(args, calls, vllm_direct)}
         out[prompts]["wrapper"] = _timed(args, calls, wrapper)
-    model = _hf_model(path)
+    # the project's transformers backend, text only: one left-padded batch per call, no scores
+    hf = HFEngine(path, load_config().rollout, MAX_MODEL_LEN, False, False)
+    text_only = dataclasses.replace(s, logprobs=False)
+
+    def hf_generate(items):
+        ids = encode_prompts(tok, [p for p, _ in items], MAX_PROMPT_TOKENS)
+        return [g.token_ids for g in hf.generate(ids, text_only, tok, None)]
+
     for prompts in args.prompts:
-        out[prompts]["hf"] = _timed(
-            args, _calls(args, prompts), lambda items: _hf_generate(args, model, tok, s, items)
-        )
+        out[prompts]["hf"] = _timed(args, _calls(args, prompts), hf_generate)
     args.side_out.write_text(json.dumps(out))
-
-
-def _hf_model(path: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
-def _hf_generate(args, model, tok, s, items) -> list[list[int]]:
-    """``model.generate`` on the call's prompts as one left-padded batch; each sample's new
-    tokens up to and including its end of sequence."""
-    import torch
-
-    from ray_s3ft.workers.engines import encode_prompts
-
-    ids = encode_prompts(tok, [p for p, _ in items], MAX_PROMPT_TOKENS)
-    width = max(len(x) for x in ids)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    batch = torch.full((len(ids), width), pad, dtype=torch.long)  # [P, Tp]
-    attn = torch.zeros_like(batch)
-    for i, x in enumerate(ids):
-        batch[i, width - len(x) :] = torch.tensor(x)
-        attn[i, width - len(x) :] = 1
-    torch.manual_seed(items[0][1])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=batch, attention_mask=attn, do_sample=True, temperature=s.temperature,
-            top_p=s.top_p, top_k=0, num_return_sequences=s.n, max_new_tokens=s.max_new_tokens,
-            pad_token_id=pad, eos_token_id=tok.eos_token_id,
-        )  # fmt: skip
-    new = out[:, width:].tolist()  # [P*n, T_new]
-    eos = tok.eos_token_id
-    return [row[: row.index(eos) + 1] if eos in row else row for row in new]
 
 
 def actor(args, logs: str) -> dict:
