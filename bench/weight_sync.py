@@ -1,7 +1,9 @@
 """Weight sync: seconds per learner -> engine sync (the CPU path of ``sampling.WeightSync.to``:
-``LearnerActor.engine_weights`` -> Ray's object store -> ``RolloutWorker.update_weights``),
-and the same through ``LearnerActor.full_state_dict`` (torch tensors: the path before),
-against a plain in-memory copy of the same bytes, and as a share of the step.
+``LearnerActor.engine_weights`` -> Ray's object store -> ``RolloutWorker.update_weights``,
+into vLLM through the name map, ``rollout.weight_loader=name_map``), against a plain
+in-memory copy of the same bytes, and as a share of the step. The paths before, in the same
+run: the same numpy views into vLLM's ``reload_weights`` (``vllm_reload``), and torch
+tensors (``LearnerActor.full_state_dict``) into ``reload_weights``.
 
 Sizes: the built-in model, random Llamas (the built-in tokenizer, head_dim 64, fp32, saved
 with ``save_pretrained`` so vLLM loads them) and the real SmolLM2-135M-Instruct
@@ -15,6 +17,7 @@ One learner rank (a larger model does not fit twice in 24 GiB), one engine.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import statistics
 import tempfile
@@ -101,22 +104,33 @@ def measure(args, name: str, path: str, logs: str) -> dict:
                     seed=0, threads=t),
         rank_kwargs=lambda i: {"rank": i},
     )  # fmt: skip
-    rollout = ActorGroup(
-        RolloutWorker, 1, name=f"rollout-{name}", log_dir=logs,
-        resources=Resources(1.0, 0.0, {"OMP_NUM_THREADS": "1"}),
-        kwargs=dict(model_path=path, cfg=cfg.rollout, max_model_len=cfg.model.max_model_len,
-                    max_prompt_tokens=cfg.data.max_prompt_tokens),
-    )  # fmt: skip
+
+    def engine(loader: str) -> ActorGroup:
+        rollout_cfg = dataclasses.replace(cfg.rollout, weight_loader=loader)
+        return ActorGroup(
+            RolloutWorker, 1, name=f"rollout-{name}-{loader}", log_dir=logs,
+            resources=Resources(1.0, 0.0, {"OMP_NUM_THREADS": "1"}),
+            kwargs=dict(model_path=path, cfg=rollout_cfg, max_model_len=cfg.model.max_model_len,
+                        max_prompt_tokens=cfg.data.max_prompt_tokens),
+        )  # fmt: skip
+
+    rollout = None
     try:
         addr, port = learner.call_one(LearnerActor.master_address)
         learner.call(LearnerActor.setup, addr, port)
-        rollout.call(RolloutWorker.weights_version)  # the engine is up
         timed = {}
-        # before: torch tensors through the store; after: numpy views (workers/weights.py)
-        for how, fn in (
-            ("torch", LearnerActor.full_state_dict),
-            ("numpy", LearnerActor.engine_weights),
+        # before: torch tensors through the store, then numpy views (workers/weights.py), both
+        # into vLLM's reload_weights; now: numpy views through the name map (vllm_weights.py)
+        for how, fn, loader in (
+            ("torch", LearnerActor.full_state_dict, "vllm_reload"),
+            ("numpy", LearnerActor.engine_weights, "vllm_reload"),
+            ("name_map", LearnerActor.engine_weights, "name_map"),
         ):
+            if rollout is None or rollout.name != f"rollout-{name}-{loader}":
+                if rollout is not None:
+                    rollout.shutdown()
+                rollout = engine(loader)
+                rollout.call(RolloutWorker.weights_version)  # the engine is up
             state_s, load_s = [], []
             for version in range(1, args.warmup + args.repeats + 1):
                 started = time.perf_counter()
@@ -129,7 +143,7 @@ def measure(args, name: str, path: str, logs: str) -> dict:
                 if version > args.warmup:
                     state_s.append(stored - started)
                     load_s.append(time.perf_counter() - stored)
-            timed[how] = (state_s, load_s)
+            timed[how] = (state_s, load_s, rollout.call_one(RolloutWorker.weights_loaded_by))
         rollout.shutdown()  # its memory, before the optimizer state is allocated
 
         tok = AutoTokenizer.from_pretrained(path)
@@ -144,16 +158,18 @@ def measure(args, name: str, path: str, logs: str) -> dict:
             if i >= args.step_warmup:
                 step_s.append(time.perf_counter() - started)
     finally:
-        rollout.shutdown()
+        if rollout is not None:
+            rollout.shutdown()
         learner.shutdown()
     out = {"step_s": step_s, "median_step_s": statistics.median(step_s)}
-    for how, (state_s, load_s) in timed.items():
+    for how, (state_s, load_s, loaded_by) in timed.items():
         sync = [a + b for a, b in zip(state_s, load_s, strict=True)]
         out[how] = {
             "sync_s": sync,
             "median_sync_s": statistics.median(sync),
             "learner_side_s": state_s,  # the state dict and its put into the object store
-            "engine_side_s": load_s,  # fetch + vLLM reload_weights + prefix-cache reset
+            "engine_side_s": load_s,  # fetch + the engine's load + prefix-cache reset
+            "loaded_by": loaded_by,  # name_map, or vllm_reload (asked, or fallen back to)
         }
     return out
 
@@ -184,16 +200,19 @@ def main(argv=None) -> dict:
             details[name] = {"copy": copy, **ours}
             gb = copy["bytes"] / 1e9
             label = f"{name} ({copy['params'] / 1e6:.1f} M params, {gb:.2f} GB)"
-            sync, step = ours["numpy"]["median_sync_s"], ours["median_step_s"]
-            before = ours["torch"]["median_sync_s"]
+            sync, step = ours["name_map"]["median_sync_s"], ours["median_step_s"]
+            reload, before = ours["numpy"]["median_sync_s"], ours["torch"]["median_sync_s"]
             rows += [
                 Row(f"{label}: sync vs plain copy", sync, copy["median_s"], "s", ("<=", 3.0)),
                 Row(f"{label}: sync vs sync + train step", sync, sync + step, "s",
                     ("<=", 0.05)),
-                Row(f"{label}: sync, numpy views vs torch tensors (before)", sync, before, "s"),
+                Row(f"{label}: sync, name map vs vLLM reload_weights", sync, reload, "s"),
+                Row(f"{label}: reload_weights sync, numpy views vs torch tensors", reload,
+                    before, "s"),
             ]  # fmt: skip
-            print(f"{label}: sync {sync:.3f} s (torch tensors: {before:.3f} s), "
-                  f"copy {copy['median_s']:.4f} s, train step {step:.2f} s", flush=True)  # fmt: skip
+            print(f"{label}: sync {sync:.3f} s (reload_weights: {reload:.3f} s, with torch "
+                  f"tensors: {before:.3f} s), copy {copy['median_s']:.4f} s, "
+                  f"train step {step:.2f} s", flush=True)  # fmt: skip
     return report("weight_sync", args, rows, details)
 
 

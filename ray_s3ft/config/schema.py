@@ -35,6 +35,8 @@ from ray_s3ft.config.rules import (
 DTYPES = ("float32", "bfloat16", "float16")
 TASKS = ("builtin", "gsm8k", "mbpp", "nq")
 ENGINES = ("vllm", "hf")
+# how learner weights reach a vLLM engine (ray_s3ft.workers.vllm_weights)
+WEIGHT_LOADERS = ("name_map", "vllm_reload")
 VERIFIERS = ("auto", "steps", "math", "code", "llm")
 MATH_EXTRACT = ("flexible", "strict")
 LLM_JUDGE_MODES = ("loglik", "generate")
@@ -138,6 +140,10 @@ class RolloutConfig:
     # share of the GPU vLLM may take, in (0, 1]
     gpu_memory_utilization: float = checked(0.5, FRACTION_ABOVE_0)
     enforce_eager: bool = True  # skip CUDA-graph capture (faster start, slower decode)
+    # WEIGHT_LOADERS: name_map = copy into vLLM's fused parameters through a name map built
+    # once (falls back to vllm_reload where it cannot: quantized, several ranks, vLLM LoRA);
+    # vllm_reload = vLLM's layerwise reload_weights
+    weight_loader: str = checked("name_map", one_of(WEIGHT_LOADERS))
     seed: int = checked(0, AT_LEAST_0)  # sampling seed of the engine
     # torch threads of each rollout engine. 0 = auto: synchronous, only one phase runs at a
     # time, so an engine takes its node's cores shared by the rollout workers; async, it keeps

@@ -10,7 +10,9 @@ get the base weights with the next sync. The base model is evaluated once and th
 store is built once; every cell reads the rung its method asks for from that store.
 
 A finished cell (its ``summary.json`` exists) is skipped, so an interrupted grid resumes where
-it stopped; a cell cut short resumes from its last checkpoint. Results:
+it stopped; a cell cut short resumes from its last checkpoint. ``--gather`` trains nothing and
+writes the tables of the finished cells (methods may then have different numbers of seeds).
+Results:
 
     OUT/results.json   every cell, and mean / std per method over seeds
     OUT/results.md     the same as tables
@@ -72,7 +74,11 @@ def cell_config(config: str | None, overrides: list[str], cell: Cell, out: Path)
     )
 
 
-def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path) -> dict:
+def run_grid(
+    config: str | None, overrides: list[str], methods, seeds, out: Path, gather: bool = False
+) -> dict:
+    """``gather``: train nothing; the tables of the cells already finished (a grid whose seeds
+    differ by method, or one still running elsewhere)."""
     from ray_s3ft.console import Phases
     from ray_s3ft.run.session import Session
     from ray_s3ft.run.train import train_and_evaluate
@@ -86,7 +92,12 @@ def run_grid(config: str | None, overrides: list[str], methods, seeds, out: Path
     todo = [c for c in cells if not (out / "cells" / c.name / "summary.json").exists()]
     say(f"compare: {len(cells)} cells ({len(cells) - len(todo)} done) in {out}")
     started = time.perf_counter()
-    if not todo and (out / "eval_before.json").exists() and (out / STORE).exists():
+    if gather:
+        missing = [f for f in ("eval_before.json", STORE) if not (out / f).exists()]
+        if missing:
+            raise ConfigError(f"--gather: {out} has no {' or '.join(missing)}: not a grid run")
+        say(f"compare --gather: {len(cells) - len(todo)} finished cells, nothing trained")
+    if (gather or not todo) and (out / "eval_before.json").exists() and (out / STORE).exists():
         before = json.loads((out / "eval_before.json").read_text())
         store = TargetSet(read_store(out / STORE), "s3ft", computed=0, reused=0)
         return _finish(config, overrides, methods, seeds, out, before, store, started)
@@ -182,6 +193,11 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated integers (default: 0,1,2)")
     ap.add_argument("--out", default="runs/compare", help="grid directory (default: runs/compare)")
+    ap.add_argument(
+        "--gather",
+        action="store_true",
+        help="start nothing: write results.md / results.json from the cells already finished",
+    )
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every cell")
     args = ap.parse_args(argv)
     methods = parse_list(args.methods, "methods", METHODS)
@@ -192,7 +208,7 @@ def main(argv: list[str]) -> int:
             f"--seeds: expected comma-separated integers, got {args.seeds!r}"
         ) from None
     out = Path(args.out)
-    results = run_grid(args.config, args.overrides, methods, seeds, out)
+    results = run_grid(args.config, args.overrides, methods, seeds, out, gather=args.gather)
     print(results_markdown(results))
     print(f"saved {out / 'results.md'} and {out / 'results.json'}")
     return 0

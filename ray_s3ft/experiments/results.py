@@ -196,12 +196,13 @@ def results_markdown(r: dict) -> str:
     lines = [
         "# ray-s3ft compare",
         "",
-        f"Seeds {', '.join(map(str, r['seeds']))}; mean ± std over seeds (sample std). "
+        f"Seeds {', '.join(map(str, r['seeds']))}; mean ± std over a method's finished seeds "
+        "(sample std; 0 for one seed). "
         "Held-out drop = base held-out mean minus the method's, in points (positive = forgot).",
         "",
-        "| method | task accuracy | task gain (pts) | held-out mean | held-out drop (pts) "
+        "| method | seeds | task accuracy | task gain (pts) | held-out mean | held-out drop (pts) "
         "| self / para / gold % | SFT / GRPO steps | GRPO reward | wall s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for a in r["summary"]:
         t = a["targets"]
@@ -217,7 +218,8 @@ def results_markdown(r: dict) -> str:
         reward = (a.get("grpo_reward") or {}).get("mean")
         reward = "-" if reward is None else f"{reward:.3f}"
         lines.append(
-            f"| {a['method']} | {pct(a['task_accuracy']['mean'], a['task_accuracy']['std'])} "
+            f"| {a['method']} | {a['n_seeds']} "
+            f"| {pct(a['task_accuracy']['mean'], a['task_accuracy']['std'])} "
             f"| {_pts(a['task_gain'])} "
             f"| {pct(a['heldout_mean']['mean'], a['heldout_mean']['std'])} "
             f"| {_pts(a['heldout_drop'])} | {src} | {steps} | {reward} | {wall} |"

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -47,8 +48,9 @@ from ray_s3ft.run.cluster import Groups
 from ray_s3ft.run.metrics import MetricsLogger, Progress, eval_metrics, step_row
 from ray_s3ft.run.recovery import FAULTS, Recovery
 from ray_s3ft.run.rewards import Rewards
-from ray_s3ft.run.sampling import GRPOStats, WeightSync, data_order, make_sampler
+from ray_s3ft.run.sampling import GRPOStats, data_order, make_sampler
 from ray_s3ft.run.target_store import TargetSet
+from ray_s3ft.run.weight_sync import WeightSync
 from ray_s3ft.tasks.types import Example
 from ray_s3ft.timing import Timer
 from ray_s3ft.workers.batches import grpo_batch, sft_batch, shard
@@ -57,6 +59,7 @@ from ray_s3ft.workers.learner import LearnerActor
 from ray_s3ft.workers.types import StepStats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PHASES = (
     "batch", "sync", "rollout", "judge", "prefetch", "train", "probe", "reference",
@@ -274,10 +277,15 @@ class Controller(Recovery):
         it follows has been taken)."""
 
         def evaluate() -> dict[str, float]:
-            self.sync_weights()
-            return eval_metrics(self.evaluate())
+            return eval_metrics(self.on_synced_engines(self.evaluate))
 
         return self.after_lost_node(evaluate)
+
+    def on_synced_engines(self, fn: Callable[[], T]) -> T:
+        """``fn()`` (an evaluation) on engines that serve the current weights throughout: one
+        that crashed and came back with the base weights on the way is synced and ``fn`` runs
+        again (``WeightSync.evaluate``)."""
+        return self.weights.evaluate(self.state.version, fn)
 
     def probe(self) -> float:
         """SASR's gradient-only SFT probe on the batch the next SFT step will train on."""

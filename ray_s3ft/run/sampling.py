@@ -7,7 +7,8 @@ also starts the next GRPO batch before the learners train on this one
 (``prefetch``), and serves it at the next step when it is fresh enough, so the engines generate
 while the learners train. The controller calls the same methods of either.
 
-``WeightSync`` brings the engines to the learner's version lazily, right before they generate.
+``WeightSync`` (``run/weight_sync.py``) brings the engines to the learner's version lazily,
+right before they generate.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from ray_s3ft.config import Config
+from ray_s3ft.run.weight_sync import WeightSync
 from ray_s3ft.tasks.types import Example
 from ray_s3ft.timing import Timer
 from ray_s3ft.workers.group import ActorDied, ActorGroup
-from ray_s3ft.workers.learner import LearnerActor
 from ray_s3ft.workers.rollout import RolloutWorker
 from ray_s3ft.workers.types import Generation, RolloutResult, Sampling
 
@@ -106,40 +107,6 @@ class GRPOStats:
         by_key = {v: k for k, v in cls.KEYS.items()}
         names = {f.name for f in fields(cls)}
         return cls(**{by_key.get(k, k): v for k, v in d.items() if by_key.get(k, k) in names})
-
-
-class WeightSync:
-    """Brings the rollout engines to the learner's weights version, lazily: a call when they
-    already serve it does nothing. ``version``: what the engines serve now (-1: unknown, as
-    when they hold another run's weights or a restarted engine came back with the base)."""
-
-    def __init__(self, learner: ActorGroup, rollout: ActorGroup, nccl_meta, version: int = 0):
-        self.learner, self.rollout, self.nccl_meta = learner, rollout, nccl_meta
-        self.version = version
-
-    def to(self, version: int, wait: bool = True) -> list:
-        """Sync to ``version``. On CPU, rank 0's weights go into the object store once and
-        every engine reads that one copy; on GPU one NCCL broadcast reaches every engine.
-
-        ``wait=False`` (CPU path): only queue the transfer; the engines' futures are returned.
-        Each actor runs its calls in order, so a learner step queued next starts after its
-        weights were read, and a generation queued next samples with the new weights."""
-        if self.version == version:
-            return []
-        if self.nccl_meta is not None:  # GPU: one broadcast, both sides at once
-            sent = self.learner.submit(LearnerActor.nccl_broadcast)
-            self.rollout.call(RolloutWorker.nccl_update, version, self.nccl_meta)
-            self.learner.wait(sent)
-            self.version = version
-            return []
-        refs = self.learner.submit(LearnerActor.engine_weights)  # collective under ZeRO-3
-        loads = self.rollout.submit(RolloutWorker.update_weights, version, refs[0])
-        self.version = version
-        if not wait:  # a dead learner rank surfaces at its next step
-            return loads
-        self.rollout.wait(loads)
-        self.learner.wait(refs[1:])
-        return []
 
 
 @dataclass

@@ -91,7 +91,7 @@ def _train_and_evaluate(
     phases.run("train", ctl.train, trackers)
     ckpt = phases.run("checkpoint", ctl.checkpoint)
     phases.run("sync", ctl.sync_weights)
-    after = phases.run("eval_after", session.evaluate, cfg)
+    after = phases.run("eval_after", ctl.on_synced_engines, lambda: session.evaluate(cfg))
     (run_dir / "eval_after.json").write_text(json.dumps(after, indent=2) + "\n")
     phases.s["total"] = time.perf_counter() - started
     summary = {

@@ -87,6 +87,8 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",
             **extra,
         )
+        self.weight_loader = cfg.weight_loader
+        self.fell_back = False  # the last load went through reload_weights
 
     def generate(
         self,
@@ -157,12 +159,24 @@ class VLLMEngine:
         return prefill_groups(prompt_ids, n, budget)
 
     def load_weights(self, weights: dict) -> None:
-        # vLLM's in-place reload: maps HF names onto its fused layers (qkv_proj, gate_up_proj) and
-        # redoes the CPU weight repacking; a plain model.load_weights misses the latter.
-        self.llm.collective_rpc(
-            "reload_weights",
-            kwargs={"weights_iterator": list(weights.items()), "is_checkpoint_format": True},
-        )
+        """``rollout.weight_loader`` name_map: straight into the fused parameters
+        (``ray_s3ft.workers.vllm_weights``), else, or where that cannot place the weights,
+        vLLM's in-place ``reload_weights``: it maps HF names onto the fused layers layer by
+        layer and redoes the CPU weight packing (a plain ``model.load_weights`` misses the
+        latter)."""
+        from ray_s3ft.workers.vllm_weights import load_in_worker
+
+        items = list(weights.items())
+        why = "rollout.weight_loader is vllm_reload"
+        if self.weight_loader == "name_map":
+            why = self.llm.collective_rpc(load_in_worker, args=(items,))[0]
+            if why is not None and not self.fell_back:
+                print(f"weight sync: name-map load not possible ({why}); vLLM reload_weights")
+        self.fell_back = why is not None
+        if why is not None:
+            self.llm.collective_rpc(
+                "reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True}
+            )
         self.llm.reset_prefix_cache()  # cached KV of old weights must not be reused
 
 

@@ -54,9 +54,15 @@ def test_learner(tmp_path):
 def test_weight_sync(tmp_path):
     d = _smoke("weight_sync", tmp_path)["details"]["tiny"]
     assert d["copy"]["bytes"] > 0
-    for how in ("torch", "numpy"):  # the sync before and after weights went as numpy views
+    # before and after the weights went as numpy views, then through the name map
+    for how, loaded_by in (
+        ("torch", "vllm_reload"),
+        ("numpy", "vllm_reload"),
+        ("name_map", "name_map"),
+    ):
         s = d[how]
         assert len(s["sync_s"]) == len(s["learner_side_s"]) == len(s["engine_side_s"]) >= 1
+        assert s["loaded_by"] == loaded_by, how
 
 
 def test_e2e_trl(tmp_path):

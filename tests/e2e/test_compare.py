@@ -65,9 +65,9 @@ def test_collect_means_and_sample_std_by_hand(tmp_path):
     assert base["heldout"]["b"]["se"] == pytest.approx(math.sqrt(0.6 * 0.4 / 100))
     md = results_markdown(r)
     # 0.65 ± 3.37 %, 0.45 ± 3.52 %
-    assert "| sft_gold | 55.0 ± " in md and "| 65.0 ± 3.4 % | 45.0 ± 3.5 % | - |" in md
-    assert "| sft_gold | 55.0 ± 7.1 % | +15.0 ± 7.1 | 55.0 ± 7.1 % | +15.0 ± 7.1 |" in md
-    assert "| base | 40.0 ± 0.0 % | +0.0 ± 0.0 |" in md
+    assert "| sft_gold | 2 | 55.0 ± " in md and "| 65.0 ± 3.4 % | 45.0 ± 3.5 % | - |" in md
+    assert "| sft_gold | 2 | 55.0 ± 7.1 % | +15.0 ± 7.1 | 55.0 ± 7.1 % | +15.0 ± 7.1 |" in md
+    assert "| base | 1 | 40.0 ± 0.0 % | +0.0 ± 0.0 |" in md
 
 
 def test_collect_skips_unfinished_cells(tmp_path):
@@ -75,6 +75,13 @@ def test_collect_skips_unfinished_cells(tmp_path):
     _summary(tmp_path, "s3ft-s0", 0.5, {"a": 0.8})
     r = collect(tmp_path, ["s3ft"], [0, 1], before, {})
     assert [c["seed"] for c in r["cells"]] == [0] and r["summary"][0]["n_seeds"] == 1
+
+
+def test_gather_needs_a_grid_directory(tmp_path):
+    from ray_s3ft.experiments.compare import run_grid
+
+    with pytest.raises(ConfigError, match="has no eval_before.json or targets.jsonl: not a grid"):
+        run_grid(None, [], ["base", "s3ft"], [0], tmp_path, gather=True)
 
 
 def test_method_and_seed_lists_are_checked():
@@ -152,6 +159,17 @@ def test_compare_smoke_grid_then_report(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-4000:]
     assert "2 cells (2 done)" in r.stdout
     assert (out / "cells" / "sasr-s0" / "summary.json").stat().st_mtime_ns == before
+    # --gather over more methods and seeds than ran: the finished cells' tables, nothing trained
+    r = subprocess.run(
+        [sys.executable, "-m", "ray_s3ft.cli", "compare", "--methods", "base,sft_gold,s3ft,sasr",
+         "--seeds", "0,1", "--out", str(out), "--gather", *small],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "6 cells (2 done)" in r.stdout and "2 finished cells, nothing trained" in r.stdout
+    assert sorted(p.name for p in (out / "cells").iterdir()) == ["s3ft-s0", "sasr-s0"]
+    gathered = json.loads((out / "results.json").read_text())
+    assert gathered["cells"] == res["cells"] and "--gather" not in gathered["command"]
     # the report over the grid: one row per cell with its numbers
     r = subprocess.run(
         [sys.executable, "-m", "ray_s3ft.cli", "report", str(out), "--out", str(tmp_path / "rep")],

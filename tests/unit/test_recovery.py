@@ -137,3 +137,54 @@ def test_keep_checkpoints_deletes_all_but_the_newest_complete_ones(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step_12"
     assert prune(tmp_path, keep=2) == []  # nothing more to delete
     assert [d.name for d in prune(tmp_path, keep=1)] == ["step_8"]
+
+
+class Engines:
+    """Rollout engines whose first evaluation is answered partly by a restarted engine."""
+
+    def __init__(self, restarts: int) -> None:
+        self.restarts, self.served, self.loads = restarts, [5, 5], []
+
+    def submit(self, fn, version, ref):  # RolloutWorker.update_weights
+        self.loads.append(version)
+        self.served = [version] * len(self.served)
+        return []
+
+    def wait(self, refs) -> None:
+        pass
+
+    def call(self, fn):  # RolloutWorker.weights_version
+        return list(self.served)
+
+    def crash_one(self) -> None:
+        if self.restarts:
+            self.restarts -= 1
+            self.served[1] = 0  # back with the base weights; Ray retried its calls there
+
+
+def _sync(engines: Engines):
+    from ray_s3ft.run.weight_sync import WeightSync
+
+    learner = SimpleNamespace(submit=lambda fn: ["weights"], wait=lambda refs: None)
+    return WeightSync(learner, engines, nccl_meta=None, version=4)
+
+
+def test_an_evaluation_answered_by_a_restarted_engine_is_resynced_and_run_again(caplog):
+    engines = Engines(restarts=1)
+    sync, runs = _sync(engines), []
+
+    def evaluate():
+        runs.append(list(engines.served))
+        engines.crash_one()
+        return {"accuracy": len(runs)}
+
+    assert sync.evaluate(5, evaluate) == {"accuracy": 2}  # the second run's answers
+    assert runs == [[5, 5], [5, 5]] and engines.loads == [5, 5] and sync.version == 5
+    assert "engine versions [5, 0] after an evaluation, expected 5" in caplog.text
+
+
+def test_an_evaluation_on_engines_that_keep_restarting_stops():
+    engines = Engines(restarts=3)
+    with pytest.raises(RuntimeError, match="rollout engines keep losing their weights"):
+        _sync(engines).evaluate(5, engines.crash_one)
+    assert engines.loads == [5, 5, 5]
