@@ -100,7 +100,7 @@ def run_grid(
     if (gather or not todo) and (out / "eval_before.json").exists() and (out / STORE).exists():
         before = json.loads((out / "eval_before.json").read_text())
         store = TargetSet(read_store(out / STORE), "s3ft", computed=0, reused=0)
-        return _finish(config, overrides, methods, seeds, out, before, store, started)
+        return _finish(config, overrides, methods, seeds, out, before, store, started, gather)
     phases = Phases()
     session = phases.run("startup", Session.open, base, True)
     # the grid is a tracked run of its own; each cell a child of it (trainer.loggers)
@@ -165,21 +165,25 @@ def _track_grid(grid, out: Path, results: dict) -> None:
     grid.log_files([*files, *sorted((out / "report").glob("*"))], base=out)
 
 
-def _finish(config, overrides, methods, seeds, out: Path, before, store, started) -> dict:
+def _finish(
+    config, overrides, methods, seeds, out: Path, before, store, started, gather=False
+) -> dict:
     results = collect(out, methods, seeds, before, store.fractions())
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    results["command"] = _command(config, overrides, methods, seeds, out)
+    results["command"] = _command(config, overrides, methods, seeds, out, gather)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(results))
     return results
 
 
-def _command(config, overrides, methods, seeds, out) -> str:
+def _command(config, overrides, methods, seeds, out, gather=False) -> str:
     parts = ["ray-s3ft compare"]
     if config:
         parts.append(f"--config {config}")
     parts += [f"--methods {','.join(methods)}", f"--seeds {','.join(map(str, seeds))}"]
     parts.append(f"--out {out}")
+    if gather:
+        parts.append("--gather")
     return " ".join(parts + list(overrides))
 
 

@@ -169,7 +169,9 @@ def test_compare_smoke_grid_then_report(tmp_path_factory):
     assert "6 cells (2 done)" in r.stdout and "2 finished cells, nothing trained" in r.stdout
     assert sorted(p.name for p in (out / "cells").iterdir()) == ["s3ft-s0", "sasr-s0"]
     gathered = json.loads((out / "results.json").read_text())
-    assert gathered["cells"] == res["cells"] and "--gather" not in gathered["command"]
+    assert gathered["cells"] == res["cells"] and gathered["command"].endswith(
+        "--gather " + " ".join(small)
+    )
     # the report over the grid: one row per cell with its numbers
     r = subprocess.run(
         [sys.executable, "-m", "ray_s3ft.cli", "report", str(out), "--out", str(tmp_path / "rep")],
