@@ -207,13 +207,23 @@ def _styles(runs: list[Run]) -> list[dict]:
     return [{"color": colours[k], "ls": dashes[keys[:i].count(k) % 4]} for i, k in enumerate(keys)]
 
 
+MANY_RUNS = 6  # more runs than this (a grid's cells): one legend of the runs, beside the figure
+
+
+def _run_handles(runs, styles) -> list:
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], label=r.name, **st) for r, st in zip(runs, styles)]
+
+
 def _key(ax, marks, runs, styles) -> None:
-    """A legend of what the markers mean, and of the runs when there are several."""
+    """A legend of what the markers mean, and of the runs when there are several (a few: in
+    the panel; many: the figure's legend holds them)."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color="k", marker=m, ls="none", label=k) for m, k in marks]
-    if len(runs) > 1:
-        handles += [Line2D([], [], label=r.name, **st) for r, st in zip(runs, styles)]
+    if 1 < len(runs) <= MANY_RUNS:
+        handles += _run_handles(runs, styles)
     ax.legend(handles=handles, fontsize="small")
 
 
@@ -353,10 +363,13 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
             for a in ax[0]:
                 a.grid(alpha=0.3)
                 a.set_axisbelow(True)
-                if len(runs) > 1 and a.get_legend() is None:
+                if 1 < len(runs) <= MANY_RUNS and a.get_legend() is None:
                     a.legend(fontsize="small")
             fig.tight_layout()
-            fig.savefig(path, dpi=110)
+            if len(runs) > MANY_RUNS and wide:
+                fig.legend(handles=_run_handles(runs, styles), fontsize="small",
+                           loc="center left", bbox_to_anchor=(1.0, 0.5))  # fmt: skip
+            fig.savefig(path, dpi=110, bbox_inches="tight")
             lines += [f"![{stem}]({stem}.png)", ""]
         else:
             path.unlink(missing_ok=True)  # no stale figure from an earlier report
