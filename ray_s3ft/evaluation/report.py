@@ -356,7 +356,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     styles = _styles(runs)
     for stem, plot, title, missing in FIGURES:
         path, wide = out / f"{stem}.png", stem != "targets"
-        size = (12, 4.5) if wide else (2.2 * len(runs) + 4.5, 4.5)
+        size = (12, 4.5) if wide else (min(2.2 * len(runs) + 4.5, 16), 4.5)  # a grid: capped
         fig, ax = plt.subplots(1, 2 if wide else 1, figsize=size, squeeze=False)
         if plot(runs, styles, list(ax[0])):
             fig.suptitle(title)
