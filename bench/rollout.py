@@ -12,7 +12,8 @@ Every timed call gets new prompts (no prefix-cache reuse across calls), as a tra
 A second baseline, in the same side process after vLLM: ``transformers``' ``generate`` on the
 same prompt ids and sampling, through the project's ``HFEngine`` without logprobs (the whole
 call as one left-padded batch, ``num_return_sequences`` samples each, no scores kept: its
-fastest form), tokens counted up to each sample's end of sequence. It samples other tokens (another random stream), so only the rate is compared.
+fastest form), tokens counted up to each sample's end of sequence. It samples other tokens
+(another random stream), so only the rate is compared.
 ``--model`` picks the model (a known name such as ``smollm2-135m`` is fetched once);
 ``--threads`` the engine's torch threads on both sides.
 """

@@ -114,7 +114,7 @@ def measure(args, name: str, path: str, logs: str) -> dict:
                         max_prompt_tokens=cfg.data.max_prompt_tokens),
         )  # fmt: skip
 
-    rollout = None
+    rollout, serving = None, None  # the engine and its weight_loader
     try:
         addr, port = learner.call_one(LearnerActor.master_address)
         learner.call(LearnerActor.setup, addr, port)
@@ -126,10 +126,10 @@ def measure(args, name: str, path: str, logs: str) -> dict:
             ("numpy", LearnerActor.engine_weights, "vllm_reload"),
             ("name_map", LearnerActor.engine_weights, "name_map"),
         ):
-            if rollout is None or rollout.name != f"rollout-{name}-{loader}":
+            if loader != serving:
                 if rollout is not None:
                     rollout.shutdown()
-                rollout = engine(loader)
+                rollout, serving = engine(loader), loader
                 rollout.call(RolloutWorker.weights_version)  # the engine is up
             state_s, load_s = [], []
             for version in range(1, args.warmup + args.repeats + 1):

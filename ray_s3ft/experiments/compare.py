@@ -97,7 +97,7 @@ def run_grid(
         if missing:
             raise ConfigError(f"--gather: {out} has no {' or '.join(missing)}: not a grid run")
         say(f"compare --gather: {len(cells) - len(todo)} finished cells, nothing trained")
-    if (gather or not todo) and (out / "eval_before.json").exists() and (out / STORE).exists():
+    if gather or (not todo and (out / "eval_before.json").exists() and (out / STORE).exists()):
         before = json.loads((out / "eval_before.json").read_text())
         store = TargetSet(read_store(out / STORE), "s3ft", computed=0, reused=0)
         return _finish(config, overrides, methods, seeds, out, before, store, started, gather)

@@ -88,7 +88,7 @@ class VLLMEngine:
             **extra,
         )
         self.weight_loader = cfg.weight_loader
-        self.fell_back = False  # the last load went through reload_weights
+        self.loaded_by: str | None = None  # how the last weights went in: WEIGHT_LOADERS
 
     def generate(
         self,
@@ -170,13 +170,15 @@ class VLLMEngine:
         why = "rollout.weight_loader is vllm_reload"
         if self.weight_loader == "name_map":
             why = self.llm.collective_rpc(load_in_worker, args=(items,))[0]
-            if why is not None and not self.fell_back:
+            if why is not None and self.loaded_by != "vllm_reload":
                 print(f"weight sync: name-map load not possible ({why}); vLLM reload_weights")
-        self.fell_back = why is not None
-        if why is not None:
+        if why is None:
+            self.loaded_by = "name_map"
+        else:
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True}
             )
+            self.loaded_by = "vllm_reload"
         self.llm.reset_prefix_cache()  # cached KV of old weights must not be reused
 
 

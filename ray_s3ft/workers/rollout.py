@@ -197,7 +197,4 @@ class RolloutWorker:
     def weights_loaded_by(self) -> str:
         """How the last weights went in: ``name_map`` or ``vllm_reload`` (a vLLM engine:
         ``rollout.weight_loader``, or the reload it fell back to), ``hf``."""
-        fell_back = getattr(self.engine, "fell_back", None)
-        if fell_back is None:
-            return "hf"
-        return "vllm_reload" if fell_back else "name_map"
+        return getattr(self.engine, "loaded_by", None) or "hf"

@@ -112,7 +112,8 @@ def _why_not(vllm_config) -> str | None:
     return None
 
 
-_PLANS: dict[int, tuple[tuple, list[Target] | str]] = {}  # id(model) -> (names+shapes, plan)
+# id(model) -> (names and shapes, the plan or why none, the modules repacked besides its targets)
+_PLANS: dict[int, tuple[tuple, list[Target] | str, list[str]]] = {}
 
 
 def load_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> str | None:
@@ -131,14 +132,15 @@ def load_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> str | None:
         tied = bool(getattr(model.config, "tie_word_embeddings", False))
         packed = dict(getattr(model, "packed_modules_mapping", None) or {})
         made = plan(dict(key), _expected_shapes(model), packed, tied)
-        _PLANS[id(model)] = cached = (key, made)
-    targets = cached[1]
+        sharing = [] if isinstance(made, str) else _sharing(model, made)
+        _PLANS[id(model)] = cached = (key, made, sharing)
+    _, targets, sharing = cached
     if isinstance(targets, str):
         return targets
     with torch.no_grad():
         for t in targets:
             _load_target(model.get_submodule(t.module), t, w)
-        for name in _sharing(model, targets):
+        for name in sharing:
             mod = model.get_submodule(name)
             mod.quant_method.process_weights_after_loading(mod)
     return None

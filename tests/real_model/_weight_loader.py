@@ -37,7 +37,7 @@ if __name__ == "__main__":
         if i == 3:
             worker.update_weights(i, pack(dict(hf.state_dict())))
         worker.update_weights(i + 1, pack(state))  # numpy views, as from Ray's object store
-        result[f"{i}:{how}"] = decode() + [engine.fell_back]
+        result[f"{i}:{how}"] = decode() + [engine.loaded_by == "vllm_reload"]  # fell back
     hf.load_state_dict(state)
     with torch.no_grad():
         result["transformers"] = [
