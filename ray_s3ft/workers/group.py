@@ -47,12 +47,12 @@ class ActorDied(RuntimeError):
     """An actor of ``group`` died during a call (and Ray did not, or could not, restart it).
     ``lost``: it became unreachable (its node was lost or cut off), not a crash Ray reported."""
 
-    def __init__(self, group: str, cause: BaseException) -> None:
+    def __init__(self, group: str, cause: BaseException, lost: bool | None = None) -> None:
         super().__init__(f"{group}: an actor died: {type(cause).__name__}: {cause}")
         from ray.exceptions import ActorUnavailableError  # also RayTaskError(ActorUnavail...)
 
         self.group = group
-        self.lost = isinstance(cause, ActorUnavailableError)
+        self.lost = isinstance(cause, ActorUnavailableError) if lost is None else lost
 
 
 # the group of every actor started in this process, by actor id: a call that fails because
@@ -193,7 +193,7 @@ class ActorGroup(Generic[T]):
                 ready, pending = ray.wait(pending, num_returns=1)
                 try:
                     ray.get(ready)  # raises this one's error now
-                except ray.exceptions.RayActorError:
+                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
                     raise
                 except ray.exceptions.RayTaskError as e:
                     died = _peer_death(pending)  # the fault, if this error only echoes it
@@ -203,6 +203,11 @@ class ActorGroup(Generic[T]):
             return ray.get(futures)
         except ray.exceptions.RayActorError as e:
             raise ActorDied(_GROUP_OF.get(getattr(e, "actor_id", None) or "", self.name), e) from e
+        except ray.exceptions.ObjectLostError as e:
+            # an argument of the call was lost with the node that held it: the result of an
+            # actor of another group (a learner rank's weights, which the engines read), whose
+            # node is gone; that group is the one to restart
+            raise ActorDied(_producer_group(e) or self.name, e, lost=True) from e
 
     def call(self, fn: Callable, *args: Any, **kw: Any) -> list:
         """The same call on every actor; their results in actor order."""
@@ -319,6 +324,19 @@ class ActorGroup(Generic[T]):
         if self.placement_group is not None:
             ray.util.remove_placement_group(self.placement_group)
         self.actors, self.placement_group = [], None
+
+
+def _producer_group(error) -> str | None:
+    """The group of the actor whose result ``error`` (an ``ObjectLostError``) lost, if this
+    process started it: an actor task's result id holds the task's id, which holds the
+    actor's."""
+    import ray
+
+    try:
+        ref = ray.ObjectRef(bytes.fromhex(error.object_ref_hex))
+        return _GROUP_OF.get(ref.task_id().actor_id().hex())
+    except (AttributeError, ValueError, TypeError):
+        return None
 
 
 def _peer_death(pending: list, grace_s: float = 30.0):

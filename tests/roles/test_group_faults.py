@@ -6,7 +6,8 @@
 - a call fails as soon as one actor of it dies, even while another actor is still busy (a rank
   waiting in a collective for a dead peer would otherwise block the controller for good);
 - a rank's error that echoes its peer's death (a broken collective) is reported as the death;
-- a call that waited on a dead actor's output names the dead actor's group, not its own;
+- a call that waited on a dead actor's output names the dead actor's group, not its own; one
+  whose argument was lost with its node names the group that made it, as lost;
 - ``wait_back`` returns once Ray has restarted a killed actor, and fails for one out of restarts;
 - with ``log_dir`` an actor's stdout and stderr land in ``<log_dir>/<group>-<i>.log``.
 """
@@ -49,6 +50,12 @@ class Worker:
             time.sleep(1.0)
             os._exit(1)
         raise RuntimeError("Connection reset by peer")
+
+    def lose(self, ref_hex: str) -> None:
+        """What a call whose argument (``ref_hex``) was lost with its node raises."""
+        import ray
+
+        raise ray.exceptions.ObjectReconstructionFailedError(ref_hex, "", "")
 
     def die_or_wait(self, _shard, die_rank: int) -> int:
         if self.rank == die_rank:
@@ -156,6 +163,23 @@ def test_a_call_on_a_dead_groups_output_names_that_group(ray_cluster):
     assert learner.states() == ["DEAD"] and engines.states() == ["ALIVE"]
     with pytest.raises(ActorDied, match="out of restarts"):
         learner.wait_back(time.monotonic() + 30, print)
+    learner.shutdown()
+    engines.shutdown()
+
+
+def test_a_call_whose_argument_was_lost_names_the_group_that_made_it_as_lost(ray_cluster):
+    """The weights a learner rank put in the object store are gone (their node died while the
+    engines read them): the engines' call fails with Ray's error for that object, and the
+    group to restart is the learner's, as a lost node, not the engines'. (On one node the
+    object cannot be lost: the engine raises the error Ray raises then, for that object.)"""
+    learner = ActorGroup(Worker, 1, name="learner", resources=Resources(cpus=0.5))
+    engines = _group(1, restarts=1)
+    weights = learner.submit(Worker.slow_double, [1, 2, 3])[0]
+    assert learner.wait([weights]) == [[2, 4, 6]]
+    with pytest.raises(ActorDied, match="^learner: an actor died: .*ObjectReconstruction") as e:
+        engines.wait(engines.submit(Worker.lose, weights.hex()))
+    assert e.value.group == "learner" and e.value.lost
+    assert engines.states() == ["ALIVE"]
     learner.shutdown()
     engines.shutdown()
 
