@@ -10,6 +10,7 @@ runs one training run on it, ``ray-s3ft compare`` a grid of cells on the same ac
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,36 @@ class Session:
         run_dir = Path(cfg.trainer.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        model_path = resolve_model_path(cfg.model.path)
-        tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-        examples, eval_sets = load_run_data(  # bad data stops here, with data_report.json
-            cfg, run_dir, count_tokens=prompt_token_counter(tokenizer), with_eval=learners,
-            say=lambda line: say(escape(line)),
-        )  # fmt: skip
-        started_ray = start_ray(cfg, run_dir)
+
+        def read():
+            model_path = resolve_model_path(cfg.model.path)
+            tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+            examples, eval_sets = load_run_data(  # bad data stops here, with data_report.json
+                cfg, run_dir, count_tokens=prompt_token_counter(tokenizer), with_eval=learners,
+                say=lambda line: say(escape(line)),
+            )  # fmt: skip
+            return model_path, tokenizer, examples, eval_sets
+
+        # Ray starts while the model's tokenizer and the data are read (seconds each on a
+        # small machine, one core each); bad data stops the run before any actor starts, and
+        # the Ray this started with it. Ray itself starts on the main thread (signal handlers).
+        import ray
+
+        started_ray, ray_error = False, None
+        with ThreadPoolExecutor(1, thread_name_prefix="ray-s3ft-read") as pool:
+            reading = pool.submit(read)
+            try:
+                started_ray = start_ray(cfg, run_dir)
+            except BaseException as e:  # the data's own error, if any, is the one to show
+                ray_error = e
+            try:
+                model_path, tokenizer, examples, eval_sets = reading.result()
+            except BaseException:
+                if started_ray:
+                    ray.shutdown()
+                raise
+        if ray_error is not None:
+            raise ray_error
         try:
             # resources it lacks: an error, or a wait of resources.wait_for_resources_s for nodes
             # that join late (an autoscaling cluster), with a line on what is missing
@@ -61,8 +85,6 @@ class Session:
             groups = launch(cfg, model_path, learners=learners, log_dir=log_dir(run_dir))
         except BaseException:
             if started_ray:
-                import ray
-
                 ray.shutdown()
             raise
         return cls(cfg, run_dir, model_path, examples, eval_sets, tokenizer, groups, started_ray)

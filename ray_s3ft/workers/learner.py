@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 
 from ray_s3ft.config import GRPOConfig, LearnerConfig, ModelConfig
 from ray_s3ft.workers.learner_model import ModelMixin
@@ -81,6 +82,12 @@ class LearnerActor(ModelMixin, StateMixin):
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group and build the engine; returns the trainable parameter count."""
+        import ray
+
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            # DeepSpeed's autotuner imports MLflow whenever it is installed: 1 s of a rank's
+            # start on 2 cores. A rank actor never tracks (the driver does): MLflow stays out.
+            sys.modules.setdefault("mlflow", None)
         import deepspeed
         import torch
 

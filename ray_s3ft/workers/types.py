@@ -8,8 +8,10 @@ prompt-major (the n samples of a prompt are contiguous), which is the group layo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: a judge worker never loads torch
+    import torch
 
 
 @dataclass(frozen=True)
