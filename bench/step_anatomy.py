@@ -13,6 +13,7 @@ prompts and seeds; the figures come from their ``metrics.jsonl`` (``timing/<phas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -59,23 +60,38 @@ def anatomy(rows: list[dict], samples_per_step: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = parser("step_anatomy", __doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=40, help="GRPO steps per run")
+    ap.add_argument("--steps", type=int, help="GRPO steps per run (default 40; --smoke: 4)")
     ap.add_argument("--skip", type=int, default=3, help="first steps left out of the figures")
     ap.add_argument(
         "--rounds", type=int, default=2, help="sync/async runs, alternated (noise evens out)"
     )
+    ap.add_argument(
+        "--overrides", default="", help="space-separated key=value for both runs, after the "
+        "benchmark's own (trainer.checkpoint_every=3, data.train_size=32...)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--keep", type=Path, help="write the runs here (sync0, async0, ...) and keep them; "
+        "default: a temporary directory",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     extra = []
     if args.smoke:
-        args.steps, args.skip, args.rounds = 4, 1, 1
+        args.steps, args.skip, args.rounds = args.steps or 4, 1, 1
         extra = ["data.train_size=16"]  # 4 steps x 4 prompts
+    args.steps = args.steps or 40
+    extra += args.overrides.split()
     samples = 4 * 4  # trainer.grpo_prompts_per_step x algorithm.grpo.group_size (defaults)
     sync, overlap = [], []
-    with tempfile.TemporaryDirectory(prefix="rb-step-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rb-step-")))
+        else:
+            tmp = args.keep
+            tmp.mkdir(parents=True, exist_ok=True)
         for i in range(args.rounds):
-            sync += run(Path(tmp) / f"sync{i}", args.steps, extra)[args.skip :]
+            sync += run(tmp / f"sync{i}", args.steps, extra)[args.skip :]
             asynchronous = [*extra, "rollout.async=true"]
-            overlap += run(Path(tmp) / f"async{i}", args.steps, asynchronous)[args.skip :]
+            overlap += run(tmp / f"async{i}", args.steps, asynchronous)[args.skip :]
     a, b = anatomy(sync, samples), anatomy(overlap, samples)
     rows = [
         Row("sync: step wall / longest phase", a["wall_over_longest"], 1.0, "x", ("<=", 1.2)),

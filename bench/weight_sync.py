@@ -114,10 +114,13 @@ def measure(args, name: str, path: str, logs: str) -> dict:
                         max_prompt_tokens=cfg.data.max_prompt_tokens),
         )  # fmt: skip
 
-    rollout, serving = None, None  # the engine and its weight_loader
+    # the first engine starts while the learner sets up (one process each): nothing is timed
+    # before both are up
+    rollout, serving = engine("vllm_reload"), "vllm_reload"  # the engine and its weight_loader
     try:
         addr, port = learner.call_one(LearnerActor.master_address)
         learner.call(LearnerActor.setup, addr, port)
+        rollout.call(RolloutWorker.weights_version)  # the engine is up
         timed = {}
         # before: torch tensors through the store, then numpy views (workers/weights.py), both
         # into vLLM's reload_weights; now: numpy views through the name map (vllm_weights.py)
@@ -127,8 +130,7 @@ def measure(args, name: str, path: str, logs: str) -> dict:
             ("name_map", LearnerActor.engine_weights, "name_map"),
         ):
             if loader != serving:
-                if rollout is not None:
-                    rollout.shutdown()
+                rollout.shutdown()
                 rollout, serving = engine(loader), loader
                 rollout.call(RolloutWorker.weights_version)  # the engine is up
             state_s, load_s = [], []
@@ -158,8 +160,7 @@ def measure(args, name: str, path: str, logs: str) -> dict:
             if i >= args.step_warmup:
                 step_s.append(time.perf_counter() - started)
     finally:
-        if rollout is not None:
-            rollout.shutdown()
+        rollout.shutdown()
         learner.shutdown()
     out = {"step_s": step_s, "median_step_s": statistics.median(step_s)}
     for how, (state_s, load_s, loaded_by) in timed.items():

@@ -1,6 +1,14 @@
-"""Shared by the end-to-end tests that run ``ray-s3ft train`` as a user would."""
+"""Shared by the end-to-end tests that run ``ray-s3ft train`` as a user would, and by those that
+run the benchmarks in ``bench/``."""
 
+import json
+import math
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # a short GRPO run on the built-in task: small data and eval sets, no in-loop evaluation
 SHORT_GRPO = [
@@ -17,3 +25,53 @@ def cli_env(tmp) -> dict:
     env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "vllm-cache"), TMPDIR=str(tmp))
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+def bench_smokes(names: list[str], tmp: Path, *args: str, env: dict | None = None) -> dict:
+    """``python -m bench.<name> --smoke ARGS`` for each name, side by side, run end to end at
+    tiny sizes: name -> its JSON result, checked to hold finite, positive figures (or the
+    ``AssertionError`` saying why not). No timing is asserted."""
+    env = {k: v for k, v in (env or os.environ).items() if k != "RAY_ADDRESS"}  # private Rays
+    procs = {}
+    try:
+        for name in names:
+            out, log = tmp / f"{name}.json", tmp / f"{name}.log"
+            with log.open("w") as sink:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", f"bench.{name}", "--smoke", "--out", str(out), *args],
+                    cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+        for proc in procs.values():
+            proc.wait(timeout=840)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    results = {}
+    for name, proc in procs.items():
+        try:
+            results[name] = _checked(name, proc.returncode, tmp)
+        except AssertionError as e:  # raised by the test that asks for this one
+            results[name] = e
+    return results
+
+
+def _checked(name: str, returncode: int, tmp: Path) -> dict:
+    assert returncode == 0, (tmp / f"{name}.log").read_text()[-6000:]
+    result = json.loads((tmp / f"{name}.json").read_text())
+    assert result["benchmark"] == name
+    assert result["machine"]["cpus"] >= 1 and result["machine"]["torch"]
+    assert result["rows"]
+    for row in result["rows"]:
+        for key in ("figure", "baseline", "ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0, row
+        assert row["met"] in (True, False, None)
+    return result
+
+
+def bench_smoke(name: str, tmp: Path, *args: str, env: dict | None = None) -> dict:
+    """One benchmark's smoke run (``bench_smokes``)."""
+    result = bench_smokes([name], tmp, *args, env=env)[name]
+    if isinstance(result, AssertionError):
+        raise result
+    return result

@@ -8,7 +8,12 @@ import sys
 
 if __name__ == "__main__":
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    import torch._dynamo
     from vllm import LLM, SamplingParams
+
+    # eager, as the project's CPU engines run: vLLM would otherwise build one sampler helper
+    # (a logprob rank, not the tokens) with inductor, 10-15 s in a fresh process on 2 cores
+    torch._dynamo.config.disable = True
 
     model, out = sys.argv[1], sys.argv[2]
     with open(os.path.join(os.path.dirname(out), "prompts.json")) as f:

@@ -10,6 +10,11 @@ sampled while the current step trains, with the weights from before that step.
 - exact resume: the checkpoint at step 3 holds the batch that was being prefetched for step 3,
   so a run resumed from it (the later checkpoint gone, as after a crash) trains steps 3-5 on
   the same stale samples, with the same losses, as the run that never stopped.
+
+The synchronous and the asynchronous run are the step-anatomy benchmark's smoke run
+(``bench/step_anatomy.py --keep``: the same two runs, timed by phase), so that benchmark's
+checks are here too: the asynchronous run prefetched, the synchronous one synced and sampled
+inside its steps.
 """
 
 import json
@@ -18,11 +23,21 @@ import subprocess
 import sys
 
 import pytest
-from _e2e import SHORT_GRPO, cli_env
+from _e2e import SHORT_GRPO, bench_smoke, cli_env
 
 pytestmark = pytest.mark.slow
 
-COMMON = [*SHORT_GRPO, "trainer.max_steps=6", "trainer.checkpoint_every=3"]
+# the benchmark's runs are GRPO on gold targets (GRPO steps read no S3FT target)
+COMMON = [
+    *SHORT_GRPO,
+    "algorithm.targets=gold",
+    "trainer.max_steps=6",
+    "trainer.checkpoint_every=3",
+]
+
+
+def _rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _train(tmp, out, *extra):
@@ -33,12 +48,19 @@ def _train(tmp, out, *extra):
         capture_output=True, text=True, env=env, cwd=tmp, timeout=900,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return _rows(out)
 
 
 def test_async_rollout_trains_on_one_step_old_samples_with_is_weights(tmp_path):
-    sync = _train(tmp_path, tmp_path / "sync")
-    rows = _train(tmp_path, tmp_path / "async", "rollout.async=true")
+    runs = tmp_path / "runs"
+    anatomy = bench_smoke(
+        "step_anatomy", tmp_path, "--steps", "6", "--overrides", " ".join(COMMON),
+        "--keep", str(runs), env=cli_env(tmp_path),
+    )["details"]  # fmt: skip
+    # the asynchronous run prefetched; the synchronous one synced and sampled inside its steps
+    assert anatomy["sync"]["phases_s"]["prefetch"] == 0 < anatomy["async"]["phases_s"]["prefetch"]
+    assert anatomy["sync"]["phases_s"]["sync"] > 0
+    sync, rows = _rows(runs / "sync0"), _rows(runs / "async0")
     assert [r["step"] for r in rows] == list(range(6))
     assert [r["rollout/staleness"] for r in rows] == [0, 1, 1, 1, 1, 1]
     assert all(r["rollout/discarded"] == 0 for r in rows)
@@ -54,7 +76,7 @@ def test_async_rollout_trains_on_one_step_old_samples_with_is_weights(tmp_path):
 
     # a crash after the checkpoint at step 3: resume from it
     cut = tmp_path / "cut"
-    shutil.copytree(tmp_path / "async", cut)
+    shutil.copytree(runs / "async0", cut)
     shutil.rmtree(cut / "checkpoints" / "step_6")
     assert (cut / "checkpoints" / "step_3" / "pending_rollout.json").is_file()
     resumed = _train(tmp_path, cut, "rollout.async=true")

@@ -1,58 +1,54 @@
 """Smoke runs of the benchmarks in ``bench/`` (BENCHMARKS.md): each runs end to end at tiny
 sizes and writes its result with finite, positive figures. No timing is asserted; what is
-asserted is that both sides of a comparison did the same work."""
-
-import json
-import math
-import os
-import subprocess
-import sys
-from pathlib import Path
+asserted is that both sides of a comparison did the same work. The step-anatomy benchmark's
+smoke run makes the runs of ``test_async_e2e`` and is checked there."""
 
 import pytest
+from _e2e import bench_smoke, bench_smokes
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
+# Pairs run side by side: each is about one busy process at a time (one core of two), and a
+# pair stays within this machine's memory budget of two vLLM engines and two DeepSpeed ranks
+# (rollout: one engine, then another; learner: two ranks; weight_sync: a rank and an engine;
+# bf16: one rank). The two that run `ray-s3ft train` (e2e_trl, startup) run alone.
+PAIRS = (("rollout", "learner"), ("weight_sync", "bf16"))
 
 
-def _smoke(name: str, tmp_path: Path) -> dict:
-    out = tmp_path / f"{name}.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # private clusters
-    r = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}", "--smoke", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=840,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-    result = json.loads(out.read_text())
-    assert result["benchmark"] == name
-    assert result["machine"]["cpus"] >= 1 and result["machine"]["torch"]
-    assert result["rows"]
-    for row in result["rows"]:
-        for key in ("figure", "baseline", "ratio"):
-            assert math.isfinite(row[key]) and row[key] > 0, row
-        assert row["met"] in (True, False, None)
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory):
+    """name -> its smoke result; a pair runs when the first of its tests asks."""
+    done = {}
+
+    def result(name):
+        if name not in done:
+            (pair,) = [p for p in PAIRS if name in p]
+            done.update(bench_smokes(list(pair), tmp_path_factory.mktemp("-".join(pair))))
+        if isinstance(done[name], AssertionError):
+            raise done[name]
+        return done[name]
+
     return result
 
 
-def test_rollout(tmp_path):
-    result = _smoke("rollout", tmp_path)
+def test_rollout(paired):
+    result = paired("rollout")
     for size in result["details"].values():
         assert size["same_tokens"]  # actor and direct engine sampled the same tokens
         assert size["actor"]["tokens"] == size["vllm"]["tokens"]
         assert all(t > 0 for t in size["hf"]["tokens"])  # transformers.generate's baseline
 
 
-def test_learner(tmp_path):
-    d = _smoke("learner", tmp_path)["details"]
+def test_learner(paired):
+    d = paired("learner")["details"]
     bare = d["bare"]["1"]["losses"]
     for ours in d["ours"].values():  # the same steps: the same losses
         assert ours["losses"] == pytest.approx(bare, rel=1e-4)
     assert d["bare_with_reference"]["losses"] == pytest.approx(bare, rel=1e-6)
 
 
-def test_weight_sync(tmp_path):
-    d = _smoke("weight_sync", tmp_path)["details"]["tiny"]
+def test_weight_sync(paired):
+    d = paired("weight_sync")["details"]["tiny"]
     assert d["copy"]["bytes"] > 0
     # before and after the weights went as numpy views, then through the name map
     for how, loaded_by in (
@@ -67,25 +63,18 @@ def test_weight_sync(tmp_path):
 
 def test_e2e_trl(tmp_path):
     # builds TRL's virtual environment on first use (about a minute with pip's cache warm)
-    d = _smoke("e2e_trl", tmp_path)["details"]
+    d = bench_smoke("e2e_trl", tmp_path)["details"]
     assert len(d["ours"]["step_s"]) == len(d["trl"]["step_s"]) >= 1
     assert all(t > 0 for t in d["ours"]["tokens"] + d["trl"]["tokens"])
 
 
 def test_startup(tmp_path):
-    run = _smoke("startup", tmp_path)["details"]["runs"]["fresh"][0]
+    run = bench_smoke("startup", tmp_path)["details"]["runs"]["fresh"][0]
     assert 0 < run["phases_s"]["startup"] < run["to_first_step_s"] < run["total_s"]
 
 
-def test_step_anatomy(tmp_path):
-    d = _smoke("step_anatomy", tmp_path)["details"]
-    # the asynchronous run prefetched; the synchronous one synced and sampled inside its steps
-    assert d["sync"]["phases_s"]["prefetch"] == 0 < d["async"]["phases_s"]["prefetch"]
-    assert d["sync"]["phases_s"]["sync"] > 0
-
-
-def test_bf16(tmp_path):
-    d = _smoke("bf16", tmp_path)["details"]
+def test_bf16(paired):
+    d = paired("bf16")["details"]
     cells = d["cells"]
     assert set(cells) == {"fp32_full", "bf16_full", "fp32_lora", "bf16_lora"}
     # the same first batch, before any update: the same loss, up to bf16 rounding

@@ -8,9 +8,10 @@ own free ports), like the KubeRay layout in ``cluster/kuberay/rayjob.yaml``:
 
 The run is submitted with ``ray job submit`` before the learner node exists (an autoscaling
 start): ``resources.wait_for_resources_s`` makes the preflight wait for it, saying what is
-missing; the test starts the learner node 20 s after the submit. Mid-run the learner node's
-raylet is SIGKILLed by its PID, then the rollout node's, and a replacement for each starts
-10 s later: the run goes on (``trainer.node_wait_s``), each step logged once, each loss counted.
+missing; the test starts the learner node once the job's logs say it waits. Mid-run the learner
+node's raylet is SIGKILLed by its PID, then the rollout node's, and a replacement for each
+starts once the run has said it lost the node and waits for another: the run goes on
+(``trainer.node_wait_s``), each step logged once, each loss counted.
 With ``trainer.node_wait_s=0`` a lost node stops the run with exit status 1 and the command that
 resumes it. The summary must name a node of the right kind for
 every actor, and the weights crossed from the learner node to the rollout node through the
@@ -20,6 +21,7 @@ its processes outlives that.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -27,6 +29,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -158,6 +162,34 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def _wait_for_log(
+    cluster: _Cluster, job_id: str, text: str, count: int = 1, timeout: float = 300
+) -> float:
+    """Until the job's logs hold ``text`` ``count`` times (read through the job API, a cheap
+    HTTP call); the monotonic time that was seen. A job that ended first fails the test."""
+
+    def get(path: str):
+        req = urllib.request.Request(
+            f"{cluster.address}/api/jobs/{job_id}{path}",
+            headers={"Authorization": f"Bearer {cluster.token}"},
+        )
+        errors = (urllib.error.URLError, ConnectionError, TimeoutError)
+        with contextlib.suppress(*errors), urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+        return None
+
+    deadline, logs = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        logs = (get("/logs") or {}).get("logs", logs)
+        if logs.count(text) >= count:
+            return time.monotonic()
+        status = (get("") or {}).get("status", "RUNNING")
+        assert status in ("PENDING", "RUNNING"), f"the job is {status}:\n{logs[-6000:]}"
+        time.sleep(1)
+    raise AssertionError(f"{text!r} not {count}x in the job's logs in {timeout:.0f} s:\n"
+                         f"{logs[-4000:]}")  # fmt: skip
+
+
 def _wait_for(out: Path, what: str, seen, job, timeout: float = 600) -> float:
     """Until a row of ``metrics.jsonl`` is ``seen``; the monotonic time it appeared."""
     deadline = time.monotonic() + timeout
@@ -179,7 +211,7 @@ def _wait_for(out: Path, what: str, seen, job, timeout: float = 600) -> float:
 
 NODE_LOSS_RUN = [
     *SHORT[:4],  # data and eval sizes of the short run
-    "trainer.max_steps=60", "trainer.checkpoint_every=4", "schedule.warmup_steps=2",
+    "trainer.max_steps=30", "trainer.checkpoint_every=4", "schedule.warmup_steps=2",
 ]  # fmt: skip
 
 
@@ -202,14 +234,17 @@ def test_a_job_waits_for_late_nodes_pins_each_role_and_survives_losing_them(clus
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
     submitted = time.monotonic()
     status = (head, "status", job_id)
-    time.sleep(20)  # the autoscaler's delay
+    waits = _wait_for_log(cluster, job_id, "waiting for the cluster")  # the autoscaler's delay
+    print(f"the preflight waited for nodes {waits - submitted:.0f} s after the submit")
     learner = cluster.add_node("learner", LEARNER)
 
     _wait_for(out, "step 5", lambda r: r["step"] >= 5, status)  # past the step-4 checkpoint
     print(f"step 5 done {time.monotonic() - submitted:.0f} s after the submit")
     _raylet(learner).kill()
     killed = time.monotonic()
-    time.sleep(10)  # a new node comes up some time later
+    lost = "its node was lost; waiting up to"  # a new node comes up once the run waits
+    noticed = _wait_for_log(cluster, job_id, lost)
+    print(f"learner node lost: the run waited for a node {noticed - killed:.0f} s after the kill")
     cluster.add_node("learner2", LEARNER)
     back = _wait_for(out, "a learner restart", lambda r: r["faults/learner_restarts"], status)
     print(f"learner node lost: the next step was logged {back - killed:.0f} s after the kill")
@@ -218,7 +253,8 @@ def test_a_job_waits_for_late_nodes_pins_each_role_and_survives_losing_them(clus
     _wait_for(out, f"step {step + 2}", lambda r: r["step"] >= step + 2, status)
     _raylet(rollout).kill()
     killed = time.monotonic()
-    time.sleep(10)
+    noticed = _wait_for_log(cluster, job_id, lost, count=2)
+    print(f"rollout node lost: the run waited for a node {noticed - killed:.0f} s after the kill")
     rollout2 = cluster.add_node("rollout2", ROLLOUT)
     back = _wait_for(out, "a second node loss", lambda r: r["faults/node_losses"] == 2, status)
     print(f"rollout node lost: the next step was logged {back - killed:.0f} s after the kill")
@@ -229,7 +265,7 @@ def test_a_job_waits_for_late_nodes_pins_each_role_and_survives_losing_them(clus
     assert "waiting for the cluster" in logs and "learner_slot" in logs
     assert "the cluster has what the run needs after" in logs
     # every step once; each lost node counted, with the group it took down
-    assert [r["step"] for r in rows] == list(range(60))
+    assert [r["step"] for r in rows] == list(range(30))
     assert all(r["weights/version"] == r["step"] + 1 for r in rows)
     assert "its node was lost" in logs and "restarting the learner group from" in logs
     summary = json.loads((out / "summary.json").read_text())

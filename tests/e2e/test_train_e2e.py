@@ -5,9 +5,14 @@ One module-scoped run, commands as a user would type them:
   1. ``build-targets`` on a 48-example slice          -> the S3FT store, all three sources
   2. ``train`` (8 steps, sasr) in the same directory  -> reuses the store, checkpoints at 4 and 8
   3. ``train trainer.max_steps=10``                   -> resumes from step 8, runs steps 8-9
-  4. in a second directory: ``train trainer.max_steps=4``, then a checkpoint cut short (no
-     ``trainer_state.json``: a save that died), then ``train`` to 8 -> resumes from step 4 and
+  4. a crash in the middle of run 2, made from a copy of its directory as the crash would have
+     left it: the step-4 checkpoint, a step-6 checkpoint cut short (no ``trainer_state.json``:
+     a save that died), the rows of steps 0-5 (those of 4 and 5 marked, to show they are
+     dropped), no step-8 checkpoint and no summary; then ``train`` -> resumes from step 4 and
      repeats run 2 exactly: the same sampled tokens, the same losses
+
+While 3 and 4 run, a fresh vLLM process decodes run 2's step-8 checkpoint; transformers must
+decode it the same.
 """
 
 import json
@@ -54,6 +59,23 @@ def _cli(tmp, *args):
     return r
 
 
+STALE = -1.0  # the loss written into the rows of the steps after the checkpoint a crash left
+
+
+def _crashed_at_step_6(run_dir: Path, cut: Path) -> Path:
+    """A copy of a finished 8-step run as a crash during step 6's checkpoint leaves it."""
+    done = ("summary.json", "eval_after.json", "tracking.json", ".ray")  # of a finished run
+    shutil.copytree(run_dir, cut, ignore=shutil.ignore_patterns(*done))
+    shutil.rmtree(cut / "checkpoints" / "step_8")
+    half = cut / "checkpoints" / "step_6"  # what a crash in the middle of a save leaves
+    shutil.copytree(cut / "checkpoints" / "step_4" / "deepspeed", half / "deepspeed")
+    rows = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()][:6]
+    for row in rows[4:]:  # written after the checkpoint: the resumed run must replace them
+        row["learner/loss"] = STALE
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return cut
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
@@ -68,20 +90,43 @@ def run(tmp_path_factory):
     first = _cli(tmp, "train", *common)
     summary_1 = json.loads((out / "summary.json").read_text())
     metrics_1 = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    resumed = _cli(tmp, "train", *common, "trainer.max_steps=10")
-    cut = tmp / "cut"
-    cut.mkdir()
-    for name in ("targets.jsonl", "targets.meta.json"):
-        shutil.copy(out / name, cut / name)
-    split = [*SMALL, f"trainer.output_dir={cut}"]
-    _cli(tmp, "train", *split, "trainer.max_steps=4")
-    half = cut / "checkpoints" / "step_6"  # what a crash in the middle of a save leaves
-    shutil.copytree(cut / "checkpoints" / "step_4" / "deepspeed", half / "deepspeed")
-    second_half = _cli(tmp, "train", *split)
-    return {
-        "dir": out, "tmp": tmp, "built": built, "first": first, "resumed": resumed,
-        "summary_1": summary_1, "metrics_1": metrics_1, "cut": cut, "second_half": second_half,
-    }  # fmt: skip
+    # a fresh vLLM engine decodes the step-8 checkpoint while the resumed runs go (one engine
+    # more than a run's: within this machine's two engines and two ranks)
+    fresh = _fresh_vllm_greedy(out / "checkpoints" / "step_8" / "hf", built, tmp / "parity")
+    try:
+        cut = _crashed_at_step_6(out, tmp / "cut")
+        resumed = _cli(tmp, "train", *common, "trainer.max_steps=10")
+        second_half = _cli(tmp, "train", *SMALL, f"trainer.output_dir={cut}")
+        yield {
+            "dir": out, "tmp": tmp, "built": built, "first": first, "resumed": resumed,
+            "summary_1": summary_1, "metrics_1": metrics_1, "cut": cut,
+            "second_half": second_half, "fresh_vllm": fresh,
+        }  # fmt: skip
+    finally:
+        if fresh["proc"].poll() is None:
+            fresh["proc"].kill()
+
+
+def _fresh_vllm_greedy(ckpt: Path, built: dict, work: Path) -> dict:
+    """Start a fresh vLLM process decoding 12 of the store's prompts greedily from ``ckpt``
+    (``_vllm_greedy.py``): its process, the prompts' token ids and where it writes."""
+    from transformers import AutoTokenizer
+
+    from ray_s3ft.model.encoding import render_prompt
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    prompts = [json.loads(x)["prompt"] for x in built["records"].splitlines()[:12]]
+    ids = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    work.mkdir()
+    (work / "prompts.json").write_text(json.dumps(ids))
+    env = dict(os.environ, VLLM_CACHE_ROOT=str(work.parent / "vllm-cache"))
+    env.pop("RAY_ADDRESS", None)
+    with (work / "vllm.log").open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "_vllm_greedy.py"), str(ckpt), str(work / "out.json")],
+            stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    return {"proc": proc, "ckpt": ckpt, "ids": ids, "work": work}
 
 
 def _records(run):
@@ -165,28 +210,16 @@ def test_parameters_changed_and_sft_loss_on_a_fixed_batch_fell(run):
 def test_checkpoint_generates_the_same_greedy_tokens_in_transformers_and_fresh_vllm(run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ray_s3ft.model.encoding import render_prompt
-
-    ckpt = run["dir"] / "checkpoints" / "step_8" / "hf"
-    tok = AutoTokenizer.from_pretrained(ckpt)
-    prompts = [r["prompt"] for r in _records(run)[:12]]
-    ids = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
-    work = run["tmp"] / "parity"
-    work.mkdir()
-    (work / "prompts.json").write_text(json.dumps(ids))
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(run["tmp"] / "vllm-cache"))
-    r = subprocess.run(
-        [sys.executable, str(HERE / "_vllm_greedy.py"), str(ckpt), str(work / "out.json")],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    vllm_ids = json.loads((work / "out.json").read_text())
-    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    fresh = run["fresh_vllm"]  # started by the fixture: a fresh vLLM engine on the checkpoint
+    tok = AutoTokenizer.from_pretrained(fresh["ckpt"])
+    model = AutoModelForCausalLM.from_pretrained(fresh["ckpt"])
     hf_ids = []
-    for p in ids:
+    for p in fresh["ids"]:
         out = model.generate(torch.tensor([p]), max_new_tokens=48, do_sample=False,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
         hf_ids.append(out[0, len(p) :].tolist())
+    assert fresh["proc"].wait(timeout=600) == 0, (fresh["work"] / "vllm.log").read_text()[-3000:]
+    vllm_ids = json.loads((fresh["work"] / "out.json").read_text())
     assert hf_ids == vllm_ids
 
 
@@ -226,10 +259,12 @@ def test_the_run_and_its_resume_are_one_mlflow_run_with_every_step_once(run):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_four_steps_then_a_resume_repeat_the_straight_run_exactly(run):
+def test_a_crash_at_step_6_resumes_from_step_4_and_repeats_the_straight_run_exactly(run):
     straight = run["metrics_1"]
     split = [json.loads(x) for x in (run["cut"] / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in split] == list(range(8))
+    assert split[:4] == straight[:4]  # the rows before the checkpoint kept as they were
+    assert all(r["learner/loss"] != STALE for r in split[4:])  # those after it trained again
     # the half-written step_6 was passed over for the last complete checkpoint
     assert "resumed from" in run["second_half"].stderr
     assert f"{run['cut']}/checkpoints/step_4 at step 4" in run["second_half"].stderr

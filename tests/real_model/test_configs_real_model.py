@@ -24,18 +24,19 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDPROBLEMS = ROOT / "ray_s3ft" / "assets" / "data" / "wordproblems"
-# what a CPU machine can run: one engine, one judge, small budgets, fp32
+# what a CPU machine can run: one engine, one judge, small budgets, fp32; the engine and the
+# learner each take both cores while the other waits (a synchronous run)
 CPU = [
     "model.dtype=float32", "rollout.dtype=float32", "learner.bf16=false",
     "model.max_model_len=640", "data.max_prompt_tokens=320", "data.max_response_tokens=64",
     "rollout.max_new_tokens=48", "eval.max_new_tokens=48", "rollout.enforce_eager=true",
-    "rollout.kv_cache_gib=1", "judge.batch_size=64",
+    "rollout.kv_cache_gib=1", "rollout.threads=0", "judge.batch_size=64",
     "data.train_size=4", "eval.task_size=2", "eval.heldout=[]", "eval.lm_eval_tasks=[]",
-    "eval.every=0", "eval.backend=vllm",
+    "eval.drift_size=2", "eval.every=0", "eval.backend=vllm",
     "resources.rollout_workers=1", "resources.judge_workers=1", "resources.learner_ranks=1",
     "resources.cpus_per_rollout=1", "resources.gpus_per_rollout=0",
     "resources.cpus_per_judge=0.5", "resources.gpus_per_judge=0",
-    "resources.cpus_per_learner=1", "resources.gpus_per_learner=0",
+    "resources.cpus_per_learner=2", "resources.gpus_per_learner=0",
     "learner.micro_batch_size=2", "trainer.sft_batch_size=4", "trainer.grpo_prompts_per_step=2",
     "algorithm.grpo.group_size=2", "trainer.max_steps=2", "schedule.warmup_steps=1",
     "trainer.checkpoint_every=100",

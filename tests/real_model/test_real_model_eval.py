@@ -25,19 +25,30 @@ def model(smollm2_dir):
     return smollm2_dir
 
 
-def _eval(tmp_path, model, backend):
+def _start_eval(tmp_path, model, backend) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / backend
+    out.mkdir()
     env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"), TMPDIR=str(tmp_path),
                VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")  # fmt: skip
-    r = subprocess.run(
-        [sys.executable, "-m", "ray_s3ft.cli", "eval", f"model.path={model}",
-         f"eval.backend={backend}", "eval.task_size=1", "eval.heldout_size=2",
-         f"eval.heldout=[{MC}, humaneval]", "eval.max_new_tokens=64", "model.max_model_len=1024",
-         "data.max_prompt_tokens=512", "eval.drift=true", "eval.drift_size=2",
-         f"eval.output_dir={out}"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
+    with (out / "console.log").open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ray_s3ft.cli", "eval", f"model.path={model}",
+             f"eval.backend={backend}", "eval.task_size=1", "eval.heldout_size=2",
+             f"eval.heldout=[{MC}, humaneval]", "eval.max_new_tokens=64", "model.max_model_len=1024",
+             "data.max_prompt_tokens=512", "eval.drift=true", "eval.drift_size=2",
+             f"eval.output_dir={out}"],
+            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    return proc, out
+
+
+def _finish_eval(proc: subprocess.Popen, out: Path):
+    try:
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (out / "console.log").read_text()[-3000:]
     scores = json.loads((out / "eval.json").read_text())
     records = [json.loads(x) for x in (out / "eval_responses.jsonl").read_text().splitlines()]
     return scores, records
@@ -49,7 +60,17 @@ def test_real_model_suites_on_vllm_with_transformers_logliks(tmp_path, model):
     from ray_s3ft.tasks.benchmarks import load_choice_file
     from ray_s3ft.workers.rollout import RolloutWorker
 
-    scores, records = _eval(tmp_path, model, "vllm")
+    proc, out = _start_eval(tmp_path, model, "vllm")
+    try:  # meanwhile, the log-likelihood of every choice from transformers, in this process
+        examples = load_choice_file(MC, 2)
+        hf = RolloutWorker(model, RolloutConfig(backend="hf", temperature=0.0), 1024, 512)
+        hf_ll = hf.loglikelihoods(
+            [(ex.prompt, c) for ex in examples for c in choice_continuations(ex)]
+        )
+    except BaseException:
+        proc.kill()
+        raise
+    scores, records = _finish_eval(proc, out)
     mc = scores["heldout"]["general_mc"]
     assert mc["n"] == 2 and mc["chance"] == 0.25
     assert 0 <= mc["accuracy"] <= 1 and 0 <= mc["acc_norm"] <= 1
@@ -58,11 +79,7 @@ def test_real_model_suites_on_vllm_with_transformers_logliks(tmp_path, model):
     ran = [r["judge"] for r in records if r["set"] == "humaneval"]
     assert len(ran) == 2 and set(ran) <= {"pass", "fail", "error"}, ran  # the sandbox ran
     assert scores["drift"]["kl"] == 0.0 and scores["drift"]["tokens"] > 0
-    # the same log-likelihood of every choice from transformers, in this process
-    examples = load_choice_file(MC, 2)
-    hf = RolloutWorker(model, RolloutConfig(backend="hf", temperature=0.0), 1024, 512)
-    pairs = [(ex.prompt, c) for ex in examples for c in choice_continuations(ex)]
-    hf_ll = hf.loglikelihoods(pairs)
+    # the same log-likelihood of every choice from transformers and vLLM
     vl_ll = [x for r in records if r["set"] == "general_mc" for x in r["loglik"]]
     assert len(hf_ll) == len(vl_ll) == 8
     diff = max(abs(a - b) for a, b in zip(hf_ll, vl_ll, strict=True))

@@ -50,7 +50,8 @@ def engine(ray_cluster, smollm):
     cfg = load_config(overrides=["rollout.backend=vllm"]).rollout
     group = ActorGroup(
         RolloutWorker, 1, name="rollout-smollm", resources=Resources(cpus=0.5),
-        kwargs=dict(model_path=smollm, cfg=cfg, max_model_len=512, max_prompt_tokens=256),
+        kwargs=dict(model_path=smollm, cfg=cfg, max_model_len=512, max_prompt_tokens=256,
+                    threads=0),  # both cores: the learner waits while the engine samples
     )  # fmt: skip
     yield group
     group.shutdown()

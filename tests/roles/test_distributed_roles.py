@@ -169,8 +169,12 @@ def test_probe_norm_equals_step_norm_and_sft_loss_falls(ray_cluster, model):
 
 def test_grpo_step_moves_logprobs_along_the_advantages(ray_cluster, model):
     path, tok, examples, _ = model
-    group = _learners(path, 2, lr=1e-4)
-    rollout = _rollout(path, "hf")
+    rollout = _rollout(path, "hf")  # the engine starts while the ranks set up
+    try:
+        group = _learners(path, 2, lr=1e-4)
+    except BaseException:
+        rollout.shutdown()
+        raise
     try:
         gens = rollout.call_one(
             RolloutWorker.generate, [e.prompt for e in examples[:4]],
@@ -199,8 +203,12 @@ def test_grpo_step_moves_logprobs_along_the_advantages(ray_cluster, model):
 
 def test_vllm_logprobs_match_the_learner_after_a_weight_sync(ray_cluster, model):
     path, tok, examples, batch = model
-    group = _learners(path, 2, lr=1e-3)
-    rollout = _rollout(path, "vllm")
+    rollout = _rollout(path, "vllm")  # the engine starts while the ranks set up
+    try:
+        group = _learners(path, 2, lr=1e-3)
+    except BaseException:
+        rollout.shutdown()
+        raise
     try:
         for _ in range(2):  # move the weights well away from the base model
             group.scatter(LearnerActor.train_step, shard(batch, 2), mode="sft")

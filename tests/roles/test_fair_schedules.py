@@ -7,6 +7,8 @@ state's first step moves every weight by exactly lr * g / (|g| + eps), that is b
 weight whose gradient is far above eps.
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -111,7 +113,12 @@ def built_in():
     return path, sft, grpo
 
 
-def _learner(path, stage, overrides=(), lr=1e-3, grpo_lr=1e-4):
+_GROUPS = itertools.count()  # groups alive together need names of their own
+
+
+def _start(path, stage, overrides=(), lr=1e-3, grpo_lr=1e-4):
+    """A one-rank learner group, created and set up without waiting: ``_ready`` waits. Groups
+    started together set up side by side (one process each, one core each)."""
     from ray_s3ft.workers.group import ActorGroup, Resources
     from ray_s3ft.workers.learner import LearnerActor
 
@@ -120,14 +127,26 @@ def _learner(path, stage, overrides=(), lr=1e-3, grpo_lr=1e-4):
                    "schedule.kind=sft", "algorithm.grpo.beta=0.0", *overrides]
     )  # fmt: skip
     group = ActorGroup(
-        LearnerActor, 1, name=f"learner-fair-z{stage}", resources=Resources(cpus=1),
+        LearnerActor, 1, name=f"learner-fair-z{stage}-{next(_GROUPS)}",
+        resources=Resources(cpus=1),
         kwargs=dict(world_size=1, model_path=path, model=cfg.model, cfg=cfg.learner,
                     grpo=cfg.algorithm.grpo, lr=lr, weight_decay=0.0, seed=0, grpo_lr=grpo_lr),
         rank_kwargs=lambda i: {"rank": i},
     )  # fmt: skip
     addr, port = group.call_one(LearnerActor.master_address)
-    group.call(LearnerActor.setup, addr, port)
-    return group
+    return group, group.submit(LearnerActor.setup, addr, port)
+
+
+def _ready(*started):
+    """The groups of ``_start``, once set up (all of them shut down if one fails)."""
+    try:
+        for group, setup in started:
+            group.wait(setup)
+    except BaseException:
+        for group, _ in started:
+            group.shutdown()
+        raise
+    return [group for group, _ in started]
 
 
 def _weights(group):
@@ -148,15 +167,18 @@ def _steps(group, batches):
 def test_a_grpo_step_after_sft_steps_moves_by_its_own_adam_at_grpo_lr(ray_cluster, built_in, stage):
     path, sft, grpo = built_in
     lr, grpo_lr = 1e-3, 1e-4
-    deltas = {}
-    for state in ("per_mode", "shared"):
-        group = _learner(path, stage, [f"learner.optimizer_state={state}"], lr, grpo_lr)
-        try:
+    deltas, states = {}, ("per_mode", "shared")
+    groups = _ready(
+        *(_start(path, stage, [f"learner.optimizer_state={s}"], lr, grpo_lr) for s in states)
+    )
+    try:
+        for state, group in zip(states, groups, strict=True):
             _steps(group, [("sft", sft)] * 3)
             before = _weights(group)
             _steps(group, [("grpo", grpo)])
             deltas[state] = _weights(group) - before
-        finally:
+    finally:
+        for group in groups:
             group.shutdown()
     per_mode, shared = deltas["per_mode"], deltas["shared"]
     moved = per_mode.abs() > 0
@@ -184,40 +206,38 @@ def test_per_mode_state_is_checkpointed_and_resumed_exactly(ray_cluster, built_i
 
     path, sft, grpo = built_in
     over = ["learner.optimizer_state=per_mode"]
-    a = _learner(path, 2, over)
+    # a trains and saves; b, a fresh group, loads that; a shared-state group cannot load it
+    a, b, shared = _ready(_start(path, 2, over), _start(path, 2, over), _start(path, 2))
     try:
         _steps(a, [("sft", sft), ("grpo", grpo), ("sft", sft)])  # the SFT state is active
         a.call(LearnerActor.save, str(tmp_path / "ds"), None)
         after_a = _steps(a, [("grpo", grpo), ("sft", sft)])
         w_a = _weights(a)
-    finally:
         a.shutdown()
-    b = _learner(path, 2, over)
-    try:
         b.call(LearnerActor.load, str(tmp_path / "ds"))
         after_b = _steps(b, [("grpo", grpo), ("sft", sft)])
         torch.testing.assert_close(_weights(b), w_a, rtol=0, atol=1e-7)
         assert [s.loss for s in after_b] == pytest.approx([s.loss for s in after_a], abs=1e-7)
-    finally:
-        b.shutdown()
-    shared = _learner(path, 2)  # a shared-state run cannot take a per-mode checkpoint
-    try:
         with pytest.raises(Exception, match="learner.optimizer_state"):
             shared.call(LearnerActor.load, str(tmp_path / "ds"))
     finally:
-        shared.shutdown()
+        for group in (a, b, shared):
+            group.shutdown()
 
 
 @pytest.mark.slow
 def test_several_updates_per_batch_make_the_clip_act(ray_cluster, built_in):
     path, _, grpo = built_in
-    stats = {}
-    for k in (1, 2, 4):
-        # a large GRPO lr, so the second mini-batch's ratio leaves the clip range at once
-        group = _learner(path, 0, [f"algorithm.grpo.updates_per_batch={k}"], grpo_lr=3e-2)
-        try:
+    stats, ks = {}, (1, 2, 4)
+    # a large GRPO lr, so the second mini-batch's ratio leaves the clip range at once
+    groups = _ready(
+        *(_start(path, 0, [f"algorithm.grpo.updates_per_batch={k}"], grpo_lr=3e-2) for k in ks)
+    )
+    try:
+        for k, group in zip(ks, groups, strict=True):
             stats[k] = _steps(group, [("grpo", grpo)])[0]
-        finally:
+    finally:
+        for group in groups:
             group.shutdown()
     assert [stats[k].updates for k in (1, 2, 4)] == [1, 2, 4]
     print({k: (v.clip_frac, v.ratio_dev) for k, v in stats.items()})

@@ -12,15 +12,22 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _eval(tmp_path, backend):
+def _start_eval(tmp_path, backend) -> subprocess.Popen:
     out = tmp_path / backend
+    out.mkdir()
     env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"), TMPDIR=str(tmp_path))
-    r = subprocess.run(
-        [sys.executable, "-m", "ray_s3ft.cli", "eval", f"eval.backend={backend}",
-         "eval.task_size=48", "eval.heldout_size=16", f"eval.output_dir={out}"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
+    with (out / "console.log").open("w") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ray_s3ft.cli", "eval", f"eval.backend={backend}",
+             "eval.task_size=48", "eval.heldout_size=16", f"eval.output_dir={out}"],
+            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )  # fmt: skip
+
+
+def _results(tmp_path, backend, proc: subprocess.Popen):
+    out = tmp_path / backend
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, (out / "console.log").read_text()[-3000:]
     scores = json.loads((out / "eval.json").read_text())
     responses = [
         json.loads(line) for line in (out / "eval_responses.jsonl").read_text().splitlines()
@@ -29,8 +36,15 @@ def _eval(tmp_path, backend):
 
 
 def test_vllm_and_transformers_greedy_agree(tmp_path):
-    hf_scores, hf = _eval(tmp_path, "hf")
-    vl_scores, vl = _eval(tmp_path, "vllm")
+    # two single-process evaluations, one core each: they run side by side
+    procs = {backend: _start_eval(tmp_path, backend) for backend in ("hf", "vllm")}
+    try:
+        hf_scores, hf = _results(tmp_path, "hf", procs["hf"])
+        vl_scores, vl = _results(tmp_path, "vllm", procs["vllm"])
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
     assert len(hf) == len(vl) == 48 + 3 * 16
     assert [r["id"] for r in hf] == [r["id"] for r in vl]
     mismatched = [(a["prompt"], a["response"], b["response"]) for a, b in zip(hf, vl) if a != b]
