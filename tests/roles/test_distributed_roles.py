@@ -81,6 +81,16 @@ def _rollout(path, backend):
     )
 
 
+def _rollout_and_learners(path, backend, lr):
+    """A rollout engine and two ZeRO-2 ranks; the engine starts while the ranks set up."""
+    rollout = _rollout(path, backend)
+    try:
+        return rollout, _learners(path, 2, lr=lr)
+    except BaseException:
+        rollout.shutdown()
+        raise
+
+
 def _single_process_sft(path, batch, bf16=False):
     """Loss and gradient norm of the whole batch in one process: the reference numbers.
     ``bf16``: the parameters in bf16 as DeepSpeed's bf16 mode holds them (buffers such as the
@@ -169,12 +179,7 @@ def test_probe_norm_equals_step_norm_and_sft_loss_falls(ray_cluster, model):
 
 def test_grpo_step_moves_logprobs_along_the_advantages(ray_cluster, model):
     path, tok, examples, _ = model
-    rollout = _rollout(path, "hf")  # the engine starts while the ranks set up
-    try:
-        group = _learners(path, 2, lr=1e-4)
-    except BaseException:
-        rollout.shutdown()
-        raise
+    rollout, group = _rollout_and_learners(path, "hf", lr=1e-4)
     try:
         gens = rollout.call_one(
             RolloutWorker.generate, [e.prompt for e in examples[:4]],
@@ -203,12 +208,7 @@ def test_grpo_step_moves_logprobs_along_the_advantages(ray_cluster, model):
 
 def test_vllm_logprobs_match_the_learner_after_a_weight_sync(ray_cluster, model):
     path, tok, examples, batch = model
-    rollout = _rollout(path, "vllm")  # the engine starts while the ranks set up
-    try:
-        group = _learners(path, 2, lr=1e-3)
-    except BaseException:
-        rollout.shutdown()
-        raise
+    rollout, group = _rollout_and_learners(path, "vllm", lr=1e-3)
     try:
         for _ in range(2):  # move the weights well away from the base model
             group.scatter(LearnerActor.train_step, shard(batch, 2), mode="sft")
