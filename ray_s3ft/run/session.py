@@ -49,14 +49,16 @@ class Session:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
+        # a model to fetch (minutes, once) is fetched first, where Ctrl-C stops it at once
+        model_path = resolve_model_path(cfg.model.path)
+
         def read():
-            model_path = resolve_model_path(cfg.model.path)
             tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
             examples, eval_sets = load_run_data(  # bad data stops here, with data_report.json
                 cfg, run_dir, count_tokens=prompt_token_counter(tokenizer), with_eval=learners,
                 say=lambda line: say(escape(line)),
             )  # fmt: skip
-            return model_path, tokenizer, examples, eval_sets
+            return tokenizer, examples, eval_sets
 
         # Ray starts while the model's tokenizer and the data are read (seconds each on a
         # small machine, one core each); bad data stops the run before any actor starts, and
@@ -71,7 +73,7 @@ class Session:
             except BaseException as e:  # the data's own error, if any, is the one to show
                 ray_error = e
             try:
-                model_path, tokenizer, examples, eval_sets = reading.result()
+                tokenizer, examples, eval_sets = reading.result()
             except BaseException:
                 if started_ray:
                     ray.shutdown()
