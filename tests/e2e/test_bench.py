@@ -8,11 +8,12 @@ from _e2e import bench_smoke, bench_smokes
 
 pytestmark = pytest.mark.slow
 
-# Pairs run side by side: each is about one busy process at a time (one core of two), and a
-# pair stays within this machine's memory budget of two vLLM engines and two DeepSpeed ranks
-# (rollout: one engine, then another; learner: two ranks; weight_sync: a rank and an engine;
-# bf16: one rank). The two that run `ray-s3ft train` (e2e_trl, startup) run alone.
-PAIRS = (("rollout", "learner"), ("weight_sync", "bf16"))
+# Pairs run side by side: each leaves a core of two idle much of the time, and a pair stays
+# within this machine's memory budget of two vLLM engines and two DeepSpeed ranks (rollout:
+# one engine, then another; startup: a `ray-s3ft train` run, one engine and two ranks, then a
+# bare engine; weight_sync: a rank and an engine; bf16: one rank). The others (e2e_trl: a run
+# and TRL; learner: two ranks) run alone.
+PAIRS = (("rollout", "startup"), ("weight_sync", "bf16"))
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,8 @@ def test_rollout(paired):
         assert all(t > 0 for t in size["hf"]["tokens"])  # transformers.generate's baseline
 
 
-def test_learner(paired):
-    d = paired("learner")["details"]
+def test_learner(tmp_path):
+    d = bench_smoke("learner", tmp_path)["details"]
     bare = d["bare"]["1"]["losses"]
     for ours in d["ours"].values():  # the same steps: the same losses
         assert ours["losses"] == pytest.approx(bare, rel=1e-4)
@@ -68,8 +69,8 @@ def test_e2e_trl(tmp_path):
     assert all(t > 0 for t in d["ours"]["tokens"] + d["trl"]["tokens"])
 
 
-def test_startup(tmp_path):
-    run = bench_smoke("startup", tmp_path)["details"]["runs"]["fresh"][0]
+def test_startup(paired):
+    run = paired("startup")["details"]["runs"]["fresh"][0]
     assert 0 < run["phases_s"]["startup"] < run["to_first_step_s"] < run["total_s"]
 
 
