@@ -13,7 +13,6 @@ prompts and seeds; the figures come from their ``metrics.jsonl`` (``timing/<phas
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
@@ -82,12 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     extra += args.overrides.split()
     samples = 4 * 4  # trainer.grpo_prompts_per_step x algorithm.grpo.group_size (defaults)
     sync, overlap = [], []
-    with contextlib.ExitStack() as stack:
-        if args.keep is None:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rb-step-")))
-        else:
-            tmp = args.keep
-            tmp.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rb-step-") as scratch:
+        tmp = args.keep or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         for i in range(args.rounds):
             sync += run(tmp / f"sync{i}", args.steps, extra)[args.skip :]
             asynchronous = [*extra, "rollout.async=true"]

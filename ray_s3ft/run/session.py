@@ -65,22 +65,14 @@ class Session:
         # the Ray this started with it. Ray itself starts on the main thread (signal handlers).
         import ray
 
-        started_ray, ray_error = False, None
-        with ThreadPoolExecutor(1, thread_name_prefix="ray-s3ft-read") as pool:
-            reading = pool.submit(read)
-            try:
-                started_ray = start_ray(cfg, run_dir)
-            except BaseException as e:  # the data's own error, if any, is the one to show
-                ray_error = e
-            try:
-                tokenizer, examples, eval_sets = reading.result()
-            except BaseException:
-                if started_ray:
-                    ray.shutdown()
-                raise
-        if ray_error is not None:
-            raise ray_error
+        started_ray = False
         try:
+            with ThreadPoolExecutor(1, thread_name_prefix="ray-s3ft-read") as pool:
+                reading = pool.submit(read)
+                try:
+                    started_ray = start_ray(cfg, run_dir)
+                finally:  # the data's own error, if any, is the one shown
+                    tokenizer, examples, eval_sets = reading.result()
             # resources it lacks: an error, or a wait of resources.wait_for_resources_s for nodes
             # that join late (an autoscaling cluster), with a line on what is missing
             check_cluster(cfg, learners=learners, say=lambda line: say(escape(line)))
