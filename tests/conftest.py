@@ -6,6 +6,7 @@ on the real stack: Ray actors, a vLLM engine, DeepSpeed ranks), ``e2e`` (whole r
 ``-m roles`` or ``-m "not real_model"`` select by tier; ``slow`` marks the long ones in any
 tier (``make test-fast`` is unit and roles without them)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,18 @@ def pytest_collection_modifyitems(config, items):
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: a test outside the tier folders {TIERS}")
         item.add_marker(tier)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vllm_cache(tmp_path_factory) -> Path:
+    """One vLLM cache for every engine of the session (``VLLM_CACHE_ROOT``, inherited by the
+    runs, Ray clusters and scripts the tests start), inside the session's temp dir. vLLM keeps
+    there what it learns of a model class in a subprocess that imports vLLM (8-9 s of each
+    engine start on 2 cores); the built-in model and SmolLM2 are the same class, so only the
+    session's first engine pays it."""
+    path = tmp_path_factory.getbasetemp() / "vllm-cache"
+    os.environ["VLLM_CACHE_ROOT"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +54,6 @@ def ray_cluster(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("ray")
     # its own auth token, not ~/.ray/auth_token: that would switch the user's other Rays
-    init_private_ray(tmp, 4, {"VLLM_CACHE_ROOT": str(tmp / "vllm"), "OMP_NUM_THREADS": "1"})
+    init_private_ray(tmp, 4, {"OMP_NUM_THREADS": "1"})
     yield
     ray.shutdown()

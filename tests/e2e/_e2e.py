@@ -21,8 +21,9 @@ SHORT_GRPO = [
 
 
 def cli_env(tmp) -> dict:
-    """The CLI's environment: caches under ``tmp``, a private Ray whatever the shell says."""
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "vllm-cache"), TMPDIR=str(tmp))
+    """The CLI's environment: temp files under ``tmp``, the session's vLLM cache
+    (``conftest.vllm_cache``), a private Ray whatever the shell says."""
+    env = dict(os.environ, TMPDIR=str(tmp))
     env.pop("RAY_ADDRESS", None)
     return env
 

@@ -49,7 +49,7 @@ REQUIRED = [
 
 
 def _cli(tmp, *args):
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "vllm-cache"), TMPDIR=str(tmp))
+    env = dict(os.environ, TMPDIR=str(tmp))
     env.pop("RAY_ADDRESS", None)  # a private cluster, whatever the caller's shell says
     r = subprocess.run(
         [sys.executable, "-m", "ray_s3ft.cli", *args],
@@ -119,7 +119,7 @@ def _fresh_vllm_greedy(ckpt: Path, built: dict, work: Path) -> dict:
     ids = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
     work.mkdir()
     (work / "prompts.json").write_text(json.dumps(ids))
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(work.parent / "vllm-cache"))
+    env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     with (work / "vllm.log").open("w") as sink:
         proc = subprocess.Popen(

@@ -28,8 +28,7 @@ def model(smollm2_dir):
 def _start_eval(tmp_path, model, backend) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / backend
     out.mkdir()
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"), TMPDIR=str(tmp_path),
-               VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")  # fmt: skip
+    env = dict(os.environ, TMPDIR=str(tmp_path), VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
     with (out / "console.log").open("w") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ray_s3ft.cli", "eval", f"model.path={model}",

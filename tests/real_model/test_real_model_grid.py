@@ -41,7 +41,7 @@ METHODS = ["--methods", "base,s3ft,sasr"]
 
 
 def _compare(tmp: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp / "vllm-cache"), TMPDIR=str(tmp))
+    env = dict(os.environ, TMPDIR=str(tmp))
     env.pop("RAY_ADDRESS", None)
     r = subprocess.run(
         [sys.executable, "-m", "ray_s3ft.cli", *args],

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_name_map_load_decodes_as_vllm_reload_and_transformers(smollm2_dir, tmp_path):
     out = tmp_path / "result.json"
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / "vllm"), TMPDIR=str(tmp_path))
+    env = dict(os.environ, TMPDIR=str(tmp_path))
     script = Path(__file__).with_name("_weight_loader.py")
     r = subprocess.run(
         [sys.executable, str(script), smollm2_dir, str(out)],

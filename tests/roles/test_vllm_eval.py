@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def _start_eval(tmp_path, backend) -> subprocess.Popen:
     out = tmp_path / backend
     out.mkdir()
-    env = dict(os.environ, VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"), TMPDIR=str(tmp_path))
+    env = dict(os.environ, TMPDIR=str(tmp_path))
     with (out / "console.log").open("w") as sink:
         return subprocess.Popen(
             [sys.executable, "-m", "ray_s3ft.cli", "eval", f"eval.backend={backend}",
