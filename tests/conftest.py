@@ -7,11 +7,19 @@ on the real stack: Ray actors, a vLLM engine, DeepSpeed ranks), ``e2e`` (whole r
 tier (``make test-fast`` is unit and roles without them)."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 TIERS = ("unit", "roles", "e2e", "real_model")
+# DeepSpeed builds its CPU Adam op (optimizer offload) on first use: 35 s on 2 cores in a new
+# environment. A session with a ``cpu_adam`` test builds it in the background while the unit
+# tier runs (one compile job, low priority) into DeepSpeed's own cache, where the test's
+# ranks then load it; a failed build shows in the test, which builds it again.
+_CPU_ADAM_BUILD = "from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()"
+_background: list[subprocess.Popen] = []
 
 
 def pytest_collection_modifyitems(config, items):
@@ -20,6 +28,30 @@ def pytest_collection_modifyitems(config, items):
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: a test outside the tier folders {TIERS}")
         item.add_marker(tier)
+
+
+def pytest_collection_finish(session):
+    if any(item.get_closest_marker("cpu_adam") for item in session.items):
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        env = dict(os.environ, MAX_JOBS="1")
+        build = [sys.executable, "-c", _CPU_ADAM_BUILD]
+        _background.append(
+            subprocess.Popen(build, env=env, preexec_fn=lambda: os.nice(10), **quiet)
+        )
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("cpu_adam"):
+        _wait_background()
+
+
+def pytest_sessionfinish(session):
+    _wait_background()  # a build stopped halfway leaves a lock that stalls the next one
+
+
+def _wait_background() -> None:
+    while _background:
+        _background.pop().wait()
 
 
 @pytest.fixture(scope="session", autouse=True)

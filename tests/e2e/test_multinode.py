@@ -1,6 +1,7 @@
-"""A multi-node Ray cluster on this host: three raylets started as a user starts them (``ray
-start --head`` and ``ray start --address``, each ``--block`` in its own process group, with its
-own free ports), like the KubeRay layout in ``cluster/kuberay/rayjob.yaml``:
+"""``ray job submit`` to a multi-node Ray cluster on this host, as a user runs it: three raylets
+started with ``ray start --head`` and ``ray start --address`` (each ``--block`` in its own
+process group, with its own free ports, temp dir and the head's auth token), like the KubeRay
+layout in ``cluster/kuberay/rayjob.yaml``:
 
     head      1 CPU, no role resource       the driver (the job's entrypoint) and the judges
     rollout   1 CPU, ``rollout_slot: 1``    the vLLM rollout worker
@@ -21,7 +22,6 @@ its processes outlives that.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -29,24 +29,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
-from test_job_submit import (
-    BIN,
-    PINNED,
-    ROOT,
-    SHORT,
-    _free_ports,
-    _job,
-    _stop,
-    _wait_for_jobs_api,
-    follow_to_success,
-)
+from _jobs import BIN, PINNED, ROOT, api, follow_to_success, free_ports, stop_node
+from _jobs import job as ray_job
+from _jobs import wait_for_jobs_api as _wait_for_jobs_api
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +71,9 @@ class _Cluster:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), TMPDIR=str(self.temp))
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
         self.env, self.token = env, token.read_text()
-        self.gcs, dash, client = _free_ports(3)
+        self.gcs, dash, client = free_ports(3)
         self.address = f"http://127.0.0.1:{dash}"
-        cmd = _node_cmd(HEAD, _free_ports(6), None) + [
+        cmd = _node_cmd(HEAD, free_ports(6), None) + [
             f"--temp-dir={self.temp}", f"--port={self.gcs}", f"--ray-client-server-port={client}",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
         ]  # fmt: skip
@@ -100,7 +90,7 @@ class _Cluster:
     def add_node(self, name: str, spec: dict) -> subprocess.Popen:
         temp = Path(tempfile.mkdtemp(prefix=f"rm{name[0]}-", dir="/tmp"))
         self.temps.append(temp)
-        return self._start(name, [*_node_cmd(spec, _free_ports(6), self.gcs), f"--temp-dir={temp}"])
+        return self._start(name, [*_node_cmd(spec, free_ports(6), self.gcs), f"--temp-dir={temp}"])
 
     def nodes(self) -> list[dict]:
         r = subprocess.run(
@@ -117,7 +107,7 @@ class _Cluster:
         the head's runtime_env files when its agent starts)."""
         left = []
         for proc, temp in reversed(list(zip(self.procs, self.temps, strict=True))):
-            left += _stop(proc, temp)
+            left += stop_node(proc, temp)
             shutil.rmtree(temp, ignore_errors=True)
         return left
 
@@ -169,14 +159,7 @@ def _wait_for_log(
     HTTP call); the monotonic time that was seen. A job that ended first fails the test."""
 
     def get(path: str):
-        req = urllib.request.Request(
-            f"{cluster.address}/api/jobs/{job_id}{path}",
-            headers={"Authorization": f"Bearer {cluster.token}"},
-        )
-        errors = (urllib.error.URLError, ConnectionError, TimeoutError)
-        with contextlib.suppress(*errors), urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-        return None
+        return api(cluster.address, cluster.token, f"jobs/{job_id}{path}")
 
     deadline, logs = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
@@ -198,10 +181,10 @@ def _wait_for(out: Path, what: str, seen, job, timeout: float = 600) -> float:
         if any(seen(r) for r in _rows(out)):
             return time.monotonic()
         if time.monotonic() - asked > 15:  # the job still runs
-            status = _job(*job)
+            status = ray_job(*job)
             text = status.stdout + status.stderr
             if "RUNNING" not in text and "PENDING" not in text:
-                logs = _job(job[0], "logs", job[2]).stdout.splitlines()
+                logs = ray_job(job[0], "logs", job[2]).stdout.splitlines()
                 logs = [x for x in logs if "state-dump" not in x and "(raylet)" not in x]
                 raise AssertionError(text[-1000:] + "\n".join(logs)[-6000:])
             asked = time.monotonic()
@@ -210,7 +193,7 @@ def _wait_for(out: Path, what: str, seen, job, timeout: float = 600) -> float:
 
 
 NODE_LOSS_RUN = [
-    *SHORT[:4],  # data and eval sizes of the short run
+    "data.train_size=16", "eval.task_size=20", "eval.heldout_size=10", "eval.every=0",
     "trainer.max_steps=30", "trainer.checkpoint_every=4", "schedule.warmup_steps=2",
 ]  # fmt: skip
 
@@ -224,7 +207,7 @@ def test_a_job_waits_for_late_nodes_pins_each_role_and_survives_losing_them(clus
     out = tmp_path / "run"
     job_id = f"ray-s3ft-multinode-{secrets.token_hex(4)}"
     head = (cluster.address, cluster.env)
-    submit = _job(
+    submit = ray_job(
         head, "submit", f"--submission-id={job_id}",
         "--runtime-env=cluster/runtime_env.yaml", "--no-wait", "--",
         str(BIN / "ray-s3ft"), "train", "--config", "configs/default.yaml",
@@ -261,6 +244,9 @@ def test_a_job_waits_for_late_nodes_pins_each_role_and_survives_losing_them(clus
     logs = follow_to_success(head, job_id, timeout=900)
     rows = _rows(out)
 
+    # ray job submit ran the run from the uploaded working dir (runtime_env.yaml, a relative
+    # --config) and the driver's progress reached the job's logs
+    assert "targets (s3ft)" in logs
     # the preflight waited for the learner node, naming what was missing, instead of failing
     assert "waiting for the cluster" in logs and "learner_slot" in logs
     assert "the cluster has what the run needs after" in logs
@@ -269,6 +255,9 @@ def test_a_job_waits_for_late_nodes_pins_each_role_and_survives_losing_them(clus
     assert all(r["weights/version"] == r["step"] + 1 for r in rows)
     assert "its node was lost" in logs and "restarting the learner group from" in logs
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"]["sft"] + summary["steps"]["grpo"] == 30
+    assert summary["checkpoint"] == str(out / "checkpoints" / "step_30")
+    assert (out / "checkpoints" / "step_30" / "hf" / "model.safetensors").is_file()
     faults = summary["faults"]
     assert faults["node_losses"] == 2, faults
     assert faults["learner_restarts"] == 1 and faults["rollout_restarts"] == 1, faults
@@ -303,14 +292,14 @@ def test_with_node_wait_0_a_lost_learner_node_stops_the_run_with_how_to_resume(c
         "trainer.max_steps=12", *PINNED, "trainer.node_wait_s=0", f"trainer.output_dir={out}",
     ]  # fmt: skip
     job_id = f"ray-s3ft-nowait-{secrets.token_hex(4)}"
-    submit = _job(head, "submit", f"--submission-id={job_id}",
+    submit = ray_job(head, "submit", f"--submission-id={job_id}",
                   "--runtime-env=cluster/runtime_env.yaml", "--no-wait", "--", *cmd)  # fmt: skip
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
     _wait_for(out, "step 5", lambda r: r["step"] >= 5, (head, "status", job_id))
     _raylet(learner).kill()
-    logs = _job(head, "logs", "--follow", job_id, timeout=300).stdout
+    logs = ray_job(head, "logs", "--follow", job_id, timeout=300).stdout
     logs = "\n".join(x for x in logs.splitlines() if "state-dump" not in x)  # the raylet's
-    status = _job(head, "status", job_id)
+    status = ray_job(head, "status", job_id)
     assert "failed" in (status.stdout + status.stderr).lower(), status.stdout[-2000:]
     assert "trainer.node_wait_s=0: the run stopped" in logs, logs[-4000:]
     assert f"Its latest checkpoint is {out / 'checkpoints'}/step_" in logs, logs[-4000:]

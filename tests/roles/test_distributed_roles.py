@@ -125,7 +125,9 @@ def _single_process_sft(path, batch, bf16=False):
 # optimizer once left the gate one micro-batch's norm; compared with a bf16 single process.
 @pytest.mark.parametrize(
     "stage, offload, bf16",
-    [(0, False, False), (2, False, False), (3, False, False), (1, True, False), (2, True, False),
+    [(0, False, False), (2, False, False), (3, False, False),
+     pytest.param(1, True, False, marks=pytest.mark.cpu_adam),
+     pytest.param(2, True, False, marks=pytest.mark.cpu_adam),
      (0, False, True), (2, False, True)],
 )  # fmt: skip
 def test_two_ranks_match_one_process(ray_cluster, model, stage, offload, bf16):

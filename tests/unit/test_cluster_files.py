@@ -270,5 +270,5 @@ def test_runtime_env_file_is_a_runtime_env_that_shares_a_key_with_the_driver():
     env = yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())
     RuntimeEnv(**env)  # raises on unknown fields or bad values
     # a shared key is what once failed a submitted job (Ray's runtime_env merge conflict);
-    # tests/e2e/test_job_submit.py submits with this file, so it keeps that case covered
+    # tests/e2e/test_multinode.py submits with this file, so it keeps that case covered
     assert set(worker_env(Path("run"))) & set(env.get("env_vars", {}))
