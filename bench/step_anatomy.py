@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     args = ap.parse_args(argv)
     extra = []
+    args.steps = args.steps or (4 if args.smoke else 40)
     if args.smoke:
-        args.steps, args.skip, args.rounds = args.steps or 4, 1, 1
+        args.skip, args.rounds = 1, 1
         extra = ["data.train_size=16"]  # 4 steps x 4 prompts
-    args.steps = args.steps or 40
     extra += args.overrides.split()
     samples = 4 * 4  # trainer.grpo_prompts_per_step x algorithm.grpo.group_size (defaults)
     sync, overlap = [], []

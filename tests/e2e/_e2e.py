@@ -4,9 +4,10 @@ run the benchmarks in ``bench/``."""
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from _procs import kill_running, start
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,18 +37,13 @@ def bench_smokes(names: list[str], tmp: Path, *args: str, env: dict | None = Non
     procs = {}
     try:
         for name in names:
-            out, log = tmp / f"{name}.json", tmp / f"{name}.log"
-            with log.open("w") as sink:
-                procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", f"bench.{name}", "--smoke", "--out", str(out), *args],
-                    cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+            out = str(tmp / f"{name}.json")
+            cmd = [sys.executable, "-m", f"bench.{name}", "--smoke", "--out", out, *args]
+            procs[name] = start(cmd, tmp / f"{name}.log", cwd=ROOT, env=env)
         for proc in procs.values():
             proc.wait(timeout=840)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
+        kill_running(procs.values())
     results = {}
     for name, proc in procs.items():
         try:

@@ -34,9 +34,17 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from _jobs import BIN, PINNED, ROOT, api, follow_to_success, free_ports, stop_node
+from _jobs import (
+    BIN,
+    PINNED,
+    ROOT,
+    api,
+    follow_to_success,
+    free_ports,
+    stop_node,
+    wait_for_jobs_api,
+)
 from _jobs import job as ray_job
-from _jobs import wait_for_jobs_api as _wait_for_jobs_api
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +86,7 @@ class _Cluster:
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
         ]  # fmt: skip
         self.head = self._start("head", cmd)
-        _wait_for_jobs_api(self.address, self.token, self.head, tmp / "head.log")
+        wait_for_jobs_api(self.address, self.token, self.head, tmp / "head.log")
 
     def _start(self, name: str, cmd: list) -> subprocess.Popen:
         with (self.tmp / f"{name}.log").open("w") as out:

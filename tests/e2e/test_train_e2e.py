@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _procs import kill_running, start, succeeded
 
 pytestmark = pytest.mark.slow
 
@@ -103,8 +104,7 @@ def run(tmp_path_factory):
             "second_half": second_half, "fresh_vllm": fresh,
         }  # fmt: skip
     finally:
-        if fresh["proc"].poll() is None:
-            fresh["proc"].kill()
+        kill_running([fresh["proc"]])
 
 
 def _fresh_vllm_greedy(ckpt: Path, built: dict, work: Path) -> dict:
@@ -119,13 +119,9 @@ def _fresh_vllm_greedy(ckpt: Path, built: dict, work: Path) -> dict:
     ids = [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
     work.mkdir()
     (work / "prompts.json").write_text(json.dumps(ids))
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    with (work / "vllm.log").open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, str(HERE / "_vllm_greedy.py"), str(ckpt), str(work / "out.json")],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, str(HERE / "_vllm_greedy.py"), str(ckpt), str(work / "out.json")]
+    proc = start(cmd, work / "vllm.log", env=env)
     return {"proc": proc, "ckpt": ckpt, "ids": ids, "work": work}
 
 
@@ -218,7 +214,7 @@ def test_checkpoint_generates_the_same_greedy_tokens_in_transformers_and_fresh_v
         out = model.generate(torch.tensor([p]), max_new_tokens=48, do_sample=False,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
         hf_ids.append(out[0, len(p) :].tolist())
-    assert fresh["proc"].wait(timeout=600) == 0, (fresh["work"] / "vllm.log").read_text()[-3000:]
+    succeeded(fresh["proc"], fresh["work"] / "vllm.log", timeout=600)
     vllm_ids = json.loads((fresh["work"] / "out.json").read_text())
     assert hf_ids == vllm_ids
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _procs import kill_running, start, succeeded
 
 pytestmark = pytest.mark.slow
 
@@ -29,25 +30,16 @@ def _start_eval(tmp_path, model, backend) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / backend
     out.mkdir()
     env = dict(os.environ, TMPDIR=str(tmp_path), VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
-    with (out / "console.log").open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ray_s3ft.cli", "eval", f"model.path={model}",
-             f"eval.backend={backend}", "eval.task_size=1", "eval.heldout_size=2",
-             f"eval.heldout=[{MC}, humaneval]", "eval.max_new_tokens=64", "model.max_model_len=1024",
-             "data.max_prompt_tokens=512", "eval.drift=true", "eval.drift_size=2",
-             f"eval.output_dir={out}"],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-        )  # fmt: skip
-    return proc, out
+    cmd = [sys.executable, "-m", "ray_s3ft.cli", "eval", f"model.path={model}",
+           f"eval.backend={backend}", "eval.task_size=1", "eval.heldout_size=2",
+           f"eval.heldout=[{MC}, humaneval]", "eval.max_new_tokens=64", "model.max_model_len=1024",
+           "data.max_prompt_tokens=512", "eval.drift=true", "eval.drift_size=2",
+           f"eval.output_dir={out}"]  # fmt: skip
+    return start(cmd, out / "console.log", env=env, cwd=tmp_path), out
 
 
 def _finish_eval(proc: subprocess.Popen, out: Path):
-    try:
-        proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, (out / "console.log").read_text()[-3000:]
+    succeeded(proc, out / "console.log", timeout=900)
     scores = json.loads((out / "eval.json").read_text())
     records = [json.loads(x) for x in (out / "eval_responses.jsonl").read_text().splitlines()]
     return scores, records
@@ -66,10 +58,9 @@ def test_real_model_suites_on_vllm_with_transformers_logliks(tmp_path, model):
         hf_ll = hf.loglikelihoods(
             [(ex.prompt, c) for ex in examples for c in choice_continuations(ex)]
         )
-    except BaseException:
-        proc.kill()
-        raise
-    scores, records = _finish_eval(proc, out)
+        scores, records = _finish_eval(proc, out)
+    finally:
+        kill_running([proc])
     mc = scores["heldout"]["general_mc"]
     assert mc["n"] == 2 and mc["chance"] == 0.25
     assert 0 <= mc["accuracy"] <= 1 and 0 <= mc["acc_norm"] <= 1

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from _procs import kill_running, start, succeeded
 
 pytestmark = pytest.mark.slow
 
@@ -15,19 +16,14 @@ pytestmark = pytest.mark.slow
 def _start_eval(tmp_path, backend) -> subprocess.Popen:
     out = tmp_path / backend
     out.mkdir()
-    env = dict(os.environ, TMPDIR=str(tmp_path))
-    with (out / "console.log").open("w") as sink:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ray_s3ft.cli", "eval", f"eval.backend={backend}",
-             "eval.task_size=48", "eval.heldout_size=16", f"eval.output_dir={out}"],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-        )  # fmt: skip
+    cmd = [sys.executable, "-m", "ray_s3ft.cli", "eval", f"eval.backend={backend}",
+           "eval.task_size=48", "eval.heldout_size=16", f"eval.output_dir={out}"]  # fmt: skip
+    return start(cmd, out / "console.log", env=dict(os.environ, TMPDIR=str(tmp_path)), cwd=tmp_path)
 
 
 def _results(tmp_path, backend, proc: subprocess.Popen):
     out = tmp_path / backend
-    proc.wait(timeout=600)
-    assert proc.returncode == 0, (out / "console.log").read_text()[-3000:]
+    succeeded(proc, out / "console.log", timeout=600)
     scores = json.loads((out / "eval.json").read_text())
     responses = [
         json.loads(line) for line in (out / "eval_responses.jsonl").read_text().splitlines()
@@ -42,9 +38,7 @@ def test_vllm_and_transformers_greedy_agree(tmp_path):
         hf_scores, hf = _results(tmp_path, "hf", procs["hf"])
         vl_scores, vl = _results(tmp_path, "vllm", procs["vllm"])
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
+        kill_running(procs.values())
     assert len(hf) == len(vl) == 48 + 3 * 16
     assert [r["id"] for r in hf] == [r["id"] for r in vl]
     mismatched = [(a["prompt"], a["response"], b["response"]) for a, b in zip(hf, vl) if a != b]
