@@ -31,6 +31,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
     if any(item.get_closest_marker("cpu_adam") for item in session.items):
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         env = dict(os.environ, MAX_JOBS="1")
