@@ -2,7 +2,7 @@
 
 SASR (arXiv 2505.13026) runs W pure SFT warm-up steps, then draws each step's mode from a
 probability driven by the SFT gradient norm. ``SASRSchedule``'s default is the paper's rule as
-the README's Methods section records it, ``p_t = G_last / (G_last + gamma * G_warm)``; probes,
+docs/methods.md §5 records it, ``p_t = G_last / (G_last + gamma * G_warm)``; probes,
 an EMA, a KL term and clipping are our extensions, off unless configured. The baselines
 ``sft``, ``grpo``, ``sft_then_grpo`` and ``fixed_ratio`` share this interface so one controller
 runs them all by config. Steps are 0-indexed; step < warmup_steps is warm-up.

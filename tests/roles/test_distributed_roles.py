@@ -120,7 +120,7 @@ def _single_process_sft(path, batch, bf16=False):
 
 # SASR's gate reads this grad norm: it must be the single-process norm under gradient
 # accumulation (2 micro-batches per rank) with and without CPU optimizer offload, where a
-# DeepSpeed bug once dropped later micro-batches' gradients (README, Methods).
+# DeepSpeed bug once dropped later micro-batches' gradients (docs/methods.md §5).
 # bf16: DeepSpeed's bf16 mode (bf16 weights and gradients, fp32 master weights), whose ZeRO-0
 # optimizer once left the gate one micro-batch's norm; compared with a bf16 single process.
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The shipped base model does what the methods need (measured numbers in README's Results).
+"""The shipped base model does what the methods need (measured numbers in docs/builtin.md).
 
 S3FT only means something if the base model already solves a fair part of the task in its own
 style, can rewrite a gold answer in its own style, and has skills fine-tuning does not train.
@@ -34,7 +34,7 @@ def test_base_task_accuracy_is_partial(report):
 
 def test_heldout_skills_are_there(report):
     acc = {k: v["accuracy"] for k, v in report["heldout"].items()}
-    # measured on these 100 each: see README's Results (chance for compare is 50 %)
+    # measured on these 100 each: see docs/builtin.md (chance for compare is 50 %)
     assert acc["reverse"] >= 0.80 and acc["sort"] >= 0.50 and acc["compare"] >= 0.60, acc
 
 
