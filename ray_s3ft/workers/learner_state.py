@@ -89,11 +89,8 @@ class StateMixin:
 
         self.engine.save_checkpoint(ckpt_dir, tag="state")
         torch.save(_rng_state(), Path(ckpt_dir) / f"rng_rank{self.rank}.pt")
-        modes = Path(ckpt_dir) / f"optimizer_modes_rank{self.rank}.pt"
         if self.cfg.optimizer_state == "per_mode":  # DeepSpeed saved the active mode's state
-            torch.save(self._mode_states(), modes)
-        else:
-            modes.unlink(missing_ok=True)  # a step saved again, with shared state this time
+            torch.save(self._mode_states(), Path(ckpt_dir) / f"optimizer_modes_rank{self.rank}.pt")
         sd = self.full_state_dict()
         lora = self.model_cfg.lora.enabled
         if lora and hf_dir is not None:
