@@ -7,10 +7,13 @@
     trainer_state.json    the controller's state (step, weights version, data cursors, schedule,
                           the target store's digest, fault counts), written last
 
-``trainer_state.json`` is written last, atomically (a rename): it marks the checkpoint complete.
-A directory without it is an interrupted save and is ignored on resume. With
-``trainer.keep_checkpoints: N`` a complete save then deletes every checkpoint directory of an
-earlier step but the newest N - 1 complete ones.
+A save writes all of it into ``step_N.saving/`` beside, ``trainer_state.json`` last, and then
+renames that to ``step_N/``: a ``step_N/`` is always one whole save, also when a step is saved
+again (a save that stops half-way leaves the earlier ``step_N/`` as it was; written in place,
+the old ``trainer_state.json`` would have marked a mix of two saves complete). A step directory
+without ``trainer_state.json`` (an interrupted save of an earlier version) is ignored on resume.
+With ``trainer.keep_checkpoints: N`` a complete save then deletes every checkpoint directory of
+an earlier step but the newest N - 1 complete ones, and what interrupted saves left of them.
 Every learner rank writes under the same path: on a multi-node cluster ``trainer.output_dir``
 must be on storage that all nodes share.
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 from ray_s3ft.workers.learner import LearnerActor
 
 _STEP_DIR = re.compile(r"step_(\d+)$")
+_LEFTOVER = re.compile(r"step_(\d+)\.(saving|old)$")  # a save that stopped before its renames
 STATE = "trainer_state.json"
 PENDING = "pending_rollout.json"  # rollout.async: the prefetched batch a checkpoint holds
 
@@ -46,24 +50,34 @@ def save_checkpoint(
     of the controller's state (name -> text), written before ``trainer_state.json``.
     ``keep``: then prune to the newest ``keep`` complete checkpoints (``prune``)."""
     ckpt = checkpoint_dir(run_dir, step)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    learners.call(LearnerActor.save, str(ckpt / "deepspeed"), str(ckpt / "hf"))
+    new = ckpt.with_name(f"{ckpt.name}.saving")
+    shutil.rmtree(new, ignore_errors=True)  # what an interrupted save of this step left
+    new.mkdir(parents=True)
+    learners.call(LearnerActor.save, str(new / "deepspeed"), str(new / "hf"))
     for name, text in (files or {}).items():
-        (ckpt / name).write_text(text)
-    if PENDING not in (files or {}):  # a step saved again, without one now
-        (ckpt / PENDING).unlink(missing_ok=True)
-    tmp = ckpt / f"{STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, ckpt / STATE)
+        (new / name).write_text(text)
+    (new / STATE).write_text(json.dumps(state, indent=2) + "\n")
+    _rename_over(new, ckpt)
     if keep is not None:
         prune(run_dir, keep)
     return ckpt
 
 
-def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+def _rename_over(new: Path, ckpt: Path) -> None:
+    """Put directory ``new`` in the place of ``ckpt``. A directory cannot be renamed over a
+    non-empty one: the old one goes aside first and is deleted after."""
+    old = ckpt.with_name(f"{ckpt.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        os.rename(ckpt, old)
+    os.rename(new, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_dirs(run_dir: Path, pattern: re.Pattern = _STEP_DIR) -> list[tuple[int, Path]]:
     found = []
     for d in (run_dir / "checkpoints").glob("step_*"):
-        if m := _STEP_DIR.search(d.name):
+        if m := pattern.search(d.name):
             found.append((int(m.group(1)), d))
     return sorted(found)
 
@@ -76,7 +90,7 @@ def prune(run_dir: Path, keep: int) -> list[Path]:
     complete = [n for n, d in dirs if (d / STATE).is_file()]
     if len(complete) <= keep:
         return []
-    gone = [d for n, d in dirs if n < complete[-keep]]
+    gone = [d for n, d in dirs + _step_dirs(run_dir, _LEFTOVER) if n < complete[-keep]]
     for d in gone:
         shutil.rmtree(d, ignore_errors=True)
     return gone

@@ -47,11 +47,20 @@ class StateMixin:
             opt.state = held if held is not None else _copy_state(self.fresh_opt_state)
         self.opt_mode = mode
 
+    def _state_keys(self) -> list:
+        """The tensors that key the base optimizer's state, in an order every process built
+        from the same config shares: a checkpoint keys the other modes' states by position
+        here. ZeRO-3 keeps its param groups empty but inside its step, where it puts in one
+        sub-group's flat fp32 partition at a time (``_optimizer_step`` in DeepSpeed's
+        ``stage3.py``): there the keys are those partitions, in sub-group order."""
+        if self.cfg.zero_stage == 3:
+            return list(self.engine.optimizer.fp32_partitioned_groups_flat)
+        return [p for g in self._base_optimizer().param_groups for p in g["params"]]
+
     def _mode_states(self) -> dict:
         """The per-mode bookkeeping for a checkpoint: which mode's state the optimizer holds
-        (DeepSpeed saves that one) and the others, keyed by parameter position."""
-        params = [p for g in self._base_optimizer().param_groups for p in g["params"]]
-        index = {id(p): i for i, p in enumerate(params)}
+        (DeepSpeed saves that one) and the others, keyed by position in ``_state_keys``."""
+        index = {id(p): i for i, p in enumerate(self._state_keys())}
         return {
             "active": self.opt_mode,
             "inactive": {
@@ -63,10 +72,10 @@ class StateMixin:
     def _load_mode_states(self, saved: dict) -> None:
         from collections import defaultdict
 
-        params = [p for g in self._base_optimizer().param_groups for p in g["params"]]
+        keys = self._state_keys()
         self.opt_mode = saved["active"]
         self.opt_states = {
-            m: defaultdict(dict, {params[int(i)]: s for i, s in st.items()})
+            m: defaultdict(dict, {keys[int(i)]: s for i, s in st.items()})
             for m, st in saved["inactive"].items()
         }
 
@@ -80,11 +89,8 @@ class StateMixin:
 
         self.engine.save_checkpoint(ckpt_dir, tag="state")
         torch.save(_rng_state(), Path(ckpt_dir) / f"rng_rank{self.rank}.pt")
-        modes = Path(ckpt_dir) / f"optimizer_modes_rank{self.rank}.pt"
         if self.cfg.optimizer_state == "per_mode":  # DeepSpeed saved the active mode's state
-            torch.save(self._mode_states(), modes)
-        else:
-            modes.unlink(missing_ok=True)  # a step saved again, with shared state this time
+            torch.save(self._mode_states(), Path(ckpt_dir) / f"optimizer_modes_rank{self.rank}.pt")
         sd = self.full_state_dict()
         lora = self.model_cfg.lora.enabled
         if lora and hf_dir is not None:

@@ -163,7 +163,7 @@ def _steps(group, batches):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [0, 2])
+@pytest.mark.parametrize("stage", [0, 2, 3])
 def test_a_grpo_step_after_sft_steps_moves_by_its_own_adam_at_grpo_lr(ray_cluster, built_in, stage):
     path, sft, grpo = built_in
     lr, grpo_lr = 1e-3, 1e-4
@@ -201,13 +201,20 @@ def test_a_grpo_step_after_sft_steps_moves_by_its_own_adam_at_grpo_lr(ray_cluste
 
 
 @pytest.mark.slow
-def test_per_mode_state_is_checkpointed_and_resumed_exactly(ray_cluster, built_in, tmp_path):
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_per_mode_state_is_checkpointed_and_resumed_exactly(ray_cluster, built_in, tmp_path, stage):
     from ray_s3ft.workers.learner import LearnerActor
 
     path, sft, grpo = built_in
     over = ["learner.optimizer_state=per_mode"]
-    # a trains and saves; b, a fresh group, loads that; a shared-state group cannot load it
-    a, b, shared = _ready(_start(path, 2, over), _start(path, 2, over), _start(path, 2))
+    # a trains and saves; b, a fresh group, loads that. ZeRO-3 keys Adam's state by its flat
+    # fp32 sub-group partitions and holds them in the param groups only inside its step (and
+    # its own save and load). At one stage (a check of the files, before DeepSpeed loads):
+    # a shared-state group cannot load it
+    started = [_start(path, stage, over), _start(path, stage, over)]
+    if stage == 2:
+        started.append(_start(path, stage))
+    a, b, *shared = _ready(*started)
     try:
         _steps(a, [("sft", sft), ("grpo", grpo), ("sft", sft)])  # the SFT state is active
         a.call(LearnerActor.save, str(tmp_path / "ds"), None)
@@ -218,10 +225,11 @@ def test_per_mode_state_is_checkpointed_and_resumed_exactly(ray_cluster, built_i
         after_b = _steps(b, [("grpo", grpo), ("sft", sft)])
         torch.testing.assert_close(_weights(b), w_a, rtol=0, atol=1e-7)
         assert [s.loss for s in after_b] == pytest.approx([s.loss for s in after_a], abs=1e-7)
-        with pytest.raises(Exception, match="learner.optimizer_state"):
-            shared.call(LearnerActor.load, str(tmp_path / "ds"))
+        for group in shared:
+            with pytest.raises(Exception, match="learner.optimizer_state"):
+                group.call(LearnerActor.load, str(tmp_path / "ds"))
     finally:
-        for group in (a, b, shared):
+        for group in (a, b, *shared):
             group.shutdown()
 
 

@@ -130,13 +130,59 @@ def test_keep_checkpoints_deletes_all_but_the_newest_complete_ones(tmp_path):
         _ckpt(tmp_path, step)
     _ckpt(tmp_path, 6, complete=False)  # an interrupted save between them
     _ckpt(tmp_path, 16, complete=False)  # a save in progress
+    (tmp_path / "checkpoints" / "step_5.saving").mkdir()  # what a save that stopped left
     gone = prune(tmp_path, keep=2)
-    assert sorted(d.name for d in gone) == ["step_4", "step_6"]
+    assert sorted(d.name for d in gone) == ["step_4", "step_5.saving", "step_6"]
     left = sorted(d.name for d in (tmp_path / "checkpoints").iterdir())
     assert left == ["step_12", "step_16", "step_8"]
     assert latest_checkpoint(tmp_path).name == "step_12"
     assert prune(tmp_path, keep=2) == []  # nothing more to delete
     assert [d.name for d in prune(tmp_path, keep=1)] == ["step_8"]
+
+
+class Learners:
+    """Writes files as the learner group's save does, ``tag`` in each; ``crash``: dies between
+    the DeepSpeed state and the HF model."""
+
+    def __init__(self, tag: str, crash: bool = False) -> None:
+        self.tag, self.crash = tag, crash
+
+    def call(self, fn, ds_dir: str, hf_dir: str) -> None:
+        Path(ds_dir).mkdir(parents=True, exist_ok=True)
+        (Path(ds_dir) / "mp_rank_00_model_states.pt").write_text(self.tag)
+        if self.crash:
+            raise ActorDied("learner", ActorDiedError())
+        Path(hf_dir).mkdir(parents=True, exist_ok=True)
+        (Path(hf_dir) / "model.safetensors").write_text(self.tag)
+
+
+def test_a_step_saved_again_is_replaced_whole_or_not_at_all(tmp_path):
+    import json
+
+    from ray_s3ft.run.checkpoints import PENDING, STATE, latest_checkpoint, save_checkpoint
+
+    def saved(d: Path) -> dict:
+        return {str(f.relative_to(d)): f.read_text() for f in sorted(d.rglob("*")) if f.is_file()}
+
+    save_checkpoint(tmp_path, 4, Learners("a"), {"version": 1}, {PENDING: "[1]"})
+    first = saved(tmp_path / "checkpoints" / "step_4")
+    assert first == {
+        PENDING: "[1]", STATE: json.dumps({"version": 1}, indent=2) + "\n",
+        "deepspeed/mp_rank_00_model_states.pt": "a", "hf/model.safetensors": "a",
+    }  # fmt: skip
+    # a learner restart repeats step 4 and dies saving it: the first save stays as it was
+    # (written in place, its trainer_state.json marked the new DeepSpeed state complete)
+    with pytest.raises(ActorDied):
+        save_checkpoint(tmp_path, 4, Learners("b", crash=True), {"version": 2})
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_4"
+    assert saved(tmp_path / "checkpoints" / "step_4") == first
+    # saved again in full: nothing of the first save is left (its pending batch neither)
+    save_checkpoint(tmp_path, 4, Learners("c"), {"version": 3})
+    assert saved(tmp_path / "checkpoints" / "step_4") == {
+        STATE: json.dumps({"version": 3}, indent=2) + "\n",
+        "deepspeed/mp_rank_00_model_states.pt": "c", "hf/model.safetensors": "c",
+    }  # fmt: skip
+    assert [d.name for d in (tmp_path / "checkpoints").iterdir()] == ["step_4"]
 
 
 class Engines:
