@@ -76,6 +76,7 @@ def _train_and_evaluate(
     session, cfg, run_dir, targets, before, phases, started, engine_version, trackers
 ) -> dict:
     from ray_s3ft.run.controller import Controller
+    from ray_s3ft.tasks.data_report import rows_too_long
     from ray_s3ft.tracking import eval_table, run_files
 
     groups = session.groups
@@ -101,6 +102,10 @@ def _train_and_evaluate(
         "accuracy_after": after,
         "targets": targets.fractions(),
         "targets_undecided": targets.undecided(),
+        # accepted self answers / paraphrases over data.max_response_tokens (gold used instead)
+        "targets_too_long": targets.too_long(),
+        # rows skipped at load for a token budget (prompt, gold answer): data_report.json
+        "data_too_long": rows_too_long(session.run_dir),
         "targets_reused": targets.computed == 0,
         "grpo": _grpo_summary(ctl.state.judged),
         "steps": dict(ctl.state.steps),
@@ -150,7 +155,7 @@ def build_targets_only(cfg: Config) -> dict:
         result = session.build_targets()
         return {
             "computed": result.computed, "reused": result.reused, **result.fractions(),
-            "undecided": result.undecided(),
+            "undecided": result.undecided(), "too_long": result.too_long(),
         }  # fmt: skip
 
 
@@ -189,6 +194,7 @@ def print_summary(s: dict) -> None:
     console = Console()
     console.print(table)
     t, u = s["targets"], s.get("targets_undecided", {})
+    long, rows = s.get("targets_too_long", {}), s.get("data_too_long", {})
     g = s.get("grpo") or {}
     grpo = ""
     if g.get("samples"):
@@ -199,7 +205,10 @@ def print_summary(s: dict) -> None:
     console.print(
         f"targets: self {pct(t['self'])}, paraphrase {pct(t['paraphrase'])}, gold {pct(t['gold'])}"
         f"{' (reused)' if s['targets_reused'] else ''}; undecided verdicts: "
-        f"self {u.get('self', 0)}, paraphrase {u.get('paraphrase', 0)}\n"
+        f"self {u.get('self', 0)}, paraphrase {u.get('paraphrase', 0)}; over the response "
+        f"budget: self {long.get('self', 0)}, paraphrase {long.get('paraphrase', 0)}\n"
+        f"rows skipped at load, too long: prompt {rows.get('prompt', 0)}, "
+        f"gold {rows.get('gold', 0)}\n"
         f"steps: {s['steps']['sft']} SFT, {s['steps']['grpo']} GRPO\n"
         f"{grpo}"
         f"faults survived: {faults}\n"
