@@ -209,6 +209,9 @@ def evaluate_on_engines(
         judge=lambda items: judge_on(groups.judge, items, judge_timeout_s, by_item=True)[0],
         choice_target=choice_target,
         math_extract=math_extract,
+        cut=lambda prompts, raw=False: groups.rollout.map(
+            RolloutWorker.prompts_cut, prompts, raw=raw
+        ),
     )
     heldout = [v["accuracy"] for v in heldout_sets(out).values()]
     out["heldout_mean"] = sum(heldout) / len(heldout) if heldout else None

@@ -163,7 +163,7 @@ def print_summary(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ray_s3ft.evaluation.scoring import heldout_sets
+    from ray_s3ft.evaluation.scoring import heldout_sets, prompts_cut_note
 
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f} %"
@@ -193,6 +193,9 @@ def print_summary(s: dict) -> None:
         table.add_row("drift from base: log-ratio / k3 (nats/token)", kl(b), kl(a))
     console = Console()
     console.print(table)
+    note = prompts_cut_note(a)  # the same prompts before and after
+    if note:
+        console.print(note, highlight=False)
     t, u = s["targets"], s.get("targets_undecided", {})
     long, rows = s.get("targets_too_long", {}), s.get("data_too_long", {})
     g = s.get("grpo") or {}
