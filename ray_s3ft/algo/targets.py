@@ -5,11 +5,15 @@ the gold answer; staying close to the model's own distribution is what preserves
 ability. S3FT (arXiv 2502.08130) adds a middle rung: the base model's paraphrase of the gold,
 if the judge accepts it (docs/methods.md §3). The fractions of each source are one of the three
 numbers the S3FT paper reports, hence ``source_fractions``.
+
+A self answer or paraphrase is trained on whole or not at all: one that does not fit the
+response budget (``fits``, ``data.max_response_tokens``) is passed over for the next rung, as a
+rejected one is, and counted (``too_long_counts``). Gold answers are held to the budget at load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -26,6 +30,8 @@ class TargetSource(str, Enum):
 class Target:
     text: str
     source: TargetSource
+    # accepted rungs passed over because they do not fit the response budget
+    too_long: tuple[TargetSource, ...] = ()
 
 
 def _accepted(verdict: bool | None, response: str | None, name: str) -> bool:
@@ -49,22 +55,30 @@ def select_target(
     self_ok: bool | None = None,
     paraphrase: str | None = None,
     paraphrase_ok: bool | None = None,
+    fits: Callable[[str], bool] | None = None,
 ) -> Target:
     """The training target for one (x, y_gold) pair under ``mode`` in TARGET_MODES.
 
     gold: always y_gold (plain SFT). ssr: y_self if accepted, else y_gold. s3ft: y_self if
     accepted, else y_para if accepted, else y_gold. Only the rungs consulted are validated
-    (gold mode reads no verdict), so one judged record serves all three modes.
+    (gold mode reads no verdict), so one judged record serves all three modes. ``fits(text)``:
+    whether a self answer or paraphrase fits the response budget; an accepted one that does
+    not is passed over (listed in ``Target.too_long``). None: every one fits.
     """
     if mode not in TARGET_MODES:
         raise ValueError(f"unknown target mode {mode!r}; allowed: {', '.join(TARGET_MODES)}")
+    too_long: list[TargetSource] = []
     if mode in ("ssr", "s3ft") and _accepted(self_ok, self_response, "self"):
         assert self_response is not None  # checked by _accepted; narrows the type
-        return Target(text=self_response, source=TargetSource.SELF)
+        if fits is None or fits(self_response):
+            return Target(text=self_response, source=TargetSource.SELF)
+        too_long.append(TargetSource.SELF)
     if mode == "s3ft" and _accepted(paraphrase_ok, paraphrase, "paraphrase"):
         assert paraphrase is not None
-        return Target(text=paraphrase, source=TargetSource.PARAPHRASE)
-    return Target(text=gold, source=TargetSource.GOLD)
+        if fits is None or fits(paraphrase):
+            return Target(paraphrase, TargetSource.PARAPHRASE, tuple(too_long))
+        too_long.append(TargetSource.PARAPHRASE)
+    return Target(text=gold, source=TargetSource.GOLD, too_long=tuple(too_long))
 
 
 def source_fractions(targets: Iterable[Target]) -> dict[str, float]:
@@ -74,3 +88,13 @@ def source_fractions(targets: Iterable[Target]) -> dict[str, float]:
         counts[TargetSource(target.source).value] += 1
     total = sum(counts.values())
     return {k: (v / total if total else 0.0) for k, v in counts.items()}
+
+
+def too_long_counts(targets: Iterable[Target]) -> dict[str, int]:
+    """Accepted self answers and paraphrases passed over for not fitting the response budget,
+    keys "self", "paraphrase"."""
+    counts = {TargetSource.SELF.value: 0, TargetSource.PARAPHRASE.value: 0}
+    for target in targets:
+        for source in target.too_long:
+            counts[TargetSource(source).value] += 1
+    return counts

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from ray_s3ft.evaluation.scoring import score_sets
+from ray_s3ft.evaluation.scoring import prompts_cut_note, score_sets
 
 
 def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
@@ -43,6 +43,7 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
         judge=engines.judge,
         choice_target=cfg.eval.choice_target,
         math_extract=cfg.judge.math_extract,
+        cut=lambda prompts, raw=False: engines.worker(path).prompts_cut(prompts, raw),
     )
     report: dict = {
         "model": path,
@@ -128,9 +129,7 @@ class _EvalEngines:
             from ray_s3ft.workers.judge import JudgeWorker
 
             cfg = self.cfg
-            self._judge = JudgeWorker(
-                resolved_judge(cfg), cfg.model.max_model_len, cfg.data.max_prompt_tokens
-            )
+            self._judge = JudgeWorker(resolved_judge(cfg), cfg.model.max_model_len)
         return self._judge.judge(items, by_item=True)
 
     def drift(self, path: str) -> dict:
@@ -191,6 +190,9 @@ def print_report(report: dict, console=None) -> None:
     if "heldout_mean" in report:
         table.add_row("held-out mean", pct(report["heldout_mean"]), "", "", "", "")
     console.print(table)
+    note = prompts_cut_note({"task": report["task"], **report["heldout"]})
+    if note:
+        console.print(note, highlight=False)
     task = report["task"]
     if "strict_accuracy" in task:
         console.print(

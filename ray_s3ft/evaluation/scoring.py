@@ -134,6 +134,7 @@ def score_sets(
     judge: Callable[[list], list] | None = None,
     choice_target: str = "text",
     math_extract: str = "flexible",
+    cut: Callable[..., list[bool]] | None = None,
 ) -> tuple[dict[str, dict], list[dict]]:
     """Score every eval set: ``{set: {"accuracy", "correct", "n", "unparsed", ...}}`` and one
     record per example. One call of each kind for all sets together:
@@ -147,7 +148,10 @@ def score_sets(
     - ``judge([JudgeItem]) -> [Verdict]`` for ``code`` (the sandbox: model-written code runs
       nowhere else; HumanEval responses as ``humaneval.program``) and ``llm`` (the LLM judge)
       examples, routed by each example's own verifier. An undecided verdict counts as wrong and
-      as unparsed.
+      as unparsed;
+    - ``cut(prompts, raw=False) -> [bool]``: whether the engine cuts each prompt (or choice
+      context) to its prompt budget, losing its start; each set then gets ``prompts_cut``, the
+      number of its examples the model saw only the end of (``data.max_prompt_tokens``).
     """
     answered = [(name, i) for name, exs in sets.items() for i, ex in enumerate(exs)
                 if ex.verifier != "choice"]  # fmt: skip
@@ -192,6 +196,7 @@ def score_sets(
         lls.setdefault(key, []).append(ll)
 
     scores, records = {}, []
+    was_cut = _cut_prompts(sets, cut, choice_target) if cut is not None else None
     for name, exs in sets.items():
         choice = [i for i, ex in enumerate(exs) if ex.verifier == "choice"]
         if choice and len(choice) == len(exs):
@@ -215,11 +220,45 @@ def score_sets(
                 | ({"judge": reason[(name, i)]} if (name, i) in reason else {})
                 for i in range(len(exs))
             ]
+        if was_cut is not None:
+            scores[name]["prompts_cut"] = sum(was_cut[(name, i)] for i in range(len(exs)))
         records += [
             {"set": name, "id": ex.id, "prompt": ex.prompt, **rec, "answer": ex.answer}
             for ex, rec in zip(exs, recs, strict=True)
         ]
     return scores, records
+
+
+def _cut_prompts(
+    sets: dict[str, list[Example]], cut: Callable[..., list[bool]], choice_target: str
+) -> dict[tuple[str, int], bool]:
+    """Whether the engine cut each example's prompt (a choice example: its context, plain text
+    for ``cloze``), by (set, index)."""
+    chat, plain = [], []  # (set, index) of the chat-formatted prompts, of the plain contexts
+    for name, exs in sets.items():
+        for i, ex in enumerate(exs):
+            (plain if choice_target == "cloze" and ex.verifier == "choice" else chat).append(
+                (name, i)
+            )
+    out: dict[tuple[str, int], bool] = {}
+    if chat:
+        flags = cut([sets[n][i].prompt for n, i in chat])
+        out.update(zip(chat, flags, strict=True))
+    if plain:
+        flags = cut([choice_context(sets[n][i], "cloze") for n, i in plain], raw=True)
+        out.update(zip(plain, flags, strict=True))
+    return out
+
+
+def prompts_cut_note(scores: dict) -> str | None:
+    """A warning naming the eval sets whose prompts the engine cut (``prompts_cut``) and how
+    many of each, or None when none was cut."""
+    cut = [(k, v) for k, v in scores.items() if isinstance(v, dict) and v.get("prompts_cut")]
+    if not cut:
+        return None
+    return "warning: prompts longer than data.max_prompt_tokens, seen without their start: " + (
+        ", ".join(f"{k} {v['prompts_cut']} of {v['n']}" for k, v in cut)
+    )
 
 
 def heldout_sets(scores: dict) -> dict[str, dict]:

@@ -42,8 +42,10 @@ def encode_sft(
     ``loss_mask[b, t] = 1`` where token t is a response token (the response plus the closing
     end-of-turn token), so the NLL is taken over response tokens only. Prompt and response are
     tokenized separately and concatenated, exactly as at generation time, where the model
-    continues the prompt's ids. Rows longer than ``max_len`` are cut from the left of the
-    prompt, never from the response.
+    continues the prompt's ids. Nothing is cut: a cut prompt would lose its chat header and
+    train on a context the model is never asked in, so a row longer than ``max_len`` is an
+    error. Rows are held to the budgets where they are chosen: examples at load
+    (``data_report``), S3FT targets in ``TargetSet``.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -52,9 +54,13 @@ def encode_sft(
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     rows, masks = [], []
-    for p, r in zip(p_ids, r_ids):
+    for i, (p, r) in enumerate(zip(p_ids, r_ids)):
         r = r + [eos]
-        p = p[max(0, len(p) + len(r) - max_len) :]
+        if len(p) + len(r) > max_len:
+            raise ValueError(
+                f"SFT row {i}: prompt {len(p)} + response {len(r)} tokens (with the end-of-"
+                f"sequence token) > {max_len}; rows that do not fit must be skipped before here"
+            )
         rows.append(p + r)
         masks.append([0] * len(p) + [1] * len(r))
     T = max(len(r) for r in rows)

@@ -220,7 +220,6 @@ def launch(
         kwargs=dict(
             cfg=resolved_judge(cfg),
             max_model_len=cfg.model.max_model_len,
-            max_prompt_tokens=cfg.data.max_prompt_tokens,
         ),
         local=local,
         log_dir=log_dir,

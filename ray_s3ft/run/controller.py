@@ -222,7 +222,7 @@ class Controller(Recovery):
         if advance:
             self.state.cursors["sft"] += n
         records = [self.targets.records[i] for i in idx]
-        texts = [r.target(self.targets.mode).text for r in records]
+        texts = [self.targets.targets()[i].text for i in idx]
         batch = sft_batch(
             self.tok, [r.prompt for r in records], texts, self.cfg.model.max_model_len
         )

@@ -9,6 +9,7 @@ runs one training run on it, ``ray-s3ft compare`` a grid of cells on the same ac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -41,7 +42,7 @@ class Session:
         from ray_s3ft.model.paths import resolve_model_path
         from ray_s3ft.run.cluster import launch, log_dir, start_ray
         from ray_s3ft.run.preflight import check_before_ray, check_cluster
-        from ray_s3ft.tasks.data_report import prompt_token_counter
+        from ray_s3ft.tasks.data_report import prompt_token_counter, response_token_counter
         from ray_s3ft.tasks.loaders import load_run_data
 
         check_before_ray(cfg)  # model path, output directory, RAY_ADDRESS
@@ -55,7 +56,8 @@ class Session:
         def read():
             tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
             examples, eval_sets = load_run_data(  # bad data stops here, with data_report.json
-                cfg, run_dir, count_tokens=prompt_token_counter(tokenizer), with_eval=learners,
+                cfg, run_dir, count_tokens=prompt_token_counter(tokenizer),
+                count_response_tokens=response_token_counter(tokenizer), with_eval=learners,
                 say=lambda line: say(escape(line)),
             )  # fmt: skip
             return tokenizer, examples, eval_sets
@@ -118,7 +120,7 @@ class Session:
     def build_targets(self, cfg: Config | None = None):
         """The S3FT target store of ``cfg`` (default: the session's), in the run directory."""
         return build_targets(cfg or self.cfg, self.groups, self.examples, self.run_dir,
-                             self.model_path)  # fmt: skip
+                             self.model_path, self.tokenizer)  # fmt: skip
 
 
 def _working_rule(cfg: Config):
@@ -131,11 +133,12 @@ def _working_rule(cfg: Config):
     return lambda ex, paraphrase: ex.verifier != "math" or keeps_working(paraphrase, ex.gold)
 
 
-def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str):
+def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str, tokenizer):
     from rich.progress import Progress
 
     from ray_s3ft.prompts import paraphrase_template
     from ray_s3ft.run.target_store import build_targets as build
+    from ray_s3ft.tasks.data_report import response_token_counter
     from ray_s3ft.workers.judge import judge_on
     from ray_s3ft.workers.rollout import RolloutWorker
 
@@ -165,12 +168,16 @@ def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str)
             on_chunk=lambda k: bar.advance(task, k),
             keeps_working=_working_rule(cfg),
         )
-    frac, und = result.fractions(), result.undecided()
+    # a self answer or paraphrase over the response budget is never cut: the next rung is used
+    count, budget = response_token_counter(tokenizer), cfg.data.max_response_tokens
+    result = dataclasses.replace(result, fits=lambda text: count(text) <= budget)
+    frac, und, long = result.fractions(), result.undecided(), result.too_long()
     say(
         f"targets ({cfg.algorithm.targets}): {result.computed} built, {result.reused} reused; "
         f"self {frac['self']:.1%}, paraphrase {frac['paraphrase']:.1%}, gold {frac['gold']:.1%}; "
         f"undecided verdicts: self {und['self']}, paraphrase {und['paraphrase']} "
-        f"of {len(result.records)}"
+        f"of {len(result.records)}; over data.max_response_tokens {budget} (next rung used): "
+        f"self {long['self']}, paraphrase {long['paraphrase']}"
     )
     return result
 
@@ -202,6 +209,9 @@ def evaluate_on_engines(
         judge=lambda items: judge_on(groups.judge, items, judge_timeout_s, by_item=True)[0],
         choice_target=choice_target,
         math_extract=math_extract,
+        cut=lambda prompts, raw=False: groups.rollout.map(
+            RolloutWorker.prompts_cut, prompts, raw=raw
+        ),
     )
     heldout = [v["accuracy"] for v in heldout_sets(out).values()]
     out["heldout_mean"] = sum(heldout) / len(heldout) if heldout else None

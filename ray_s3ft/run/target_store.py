@@ -16,10 +16,17 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from ray_s3ft.algo.targets import Target, TargetSource, select_target, source_fractions
+from ray_s3ft.algo.targets import (
+    Target,
+    TargetSource,
+    select_target,
+    source_fractions,
+    too_long_counts,
+)
 from ray_s3ft.tasks.types import Example
 from ray_s3ft.workers.types import JudgeItem, Verdict
 
@@ -36,7 +43,7 @@ class TargetRecord:
     paraphrase: str | None = None  # None when y_self was accepted or the mode is ssr
     paraphrase_ok: bool | None = None
 
-    def target(self, mode: str) -> Target:
+    def target(self, mode: str, fits: Callable[[str], bool] | None = None) -> Target:
         return select_target(
             mode,
             gold=self.gold,
@@ -44,6 +51,7 @@ class TargetRecord:
             self_ok=self.self_ok,
             paraphrase=self.paraphrase,
             paraphrase_ok=self.paraphrase_ok,
+            fits=fits,
         )
 
 
@@ -53,12 +61,23 @@ class TargetSet:
     mode: str
     computed: int  # records built by this call
     reused: int  # records read back from disk
+    # whether a self answer / paraphrase fits data.max_response_tokens (None: all fit)
+    fits: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
 
     def targets(self) -> list[Target]:
-        return [r.target(self.mode) for r in self.records]
+        return self._targets
+
+    @cached_property
+    def _targets(self) -> list[Target]:  # tokenizes every candidate once (``fits``)
+        return [r.target(self.mode, self.fits) for r in self.records]
 
     def fractions(self) -> dict[str, float]:
         return source_fractions(self.targets())
+
+    def too_long(self) -> dict[str, int]:
+        """Accepted self answers / paraphrases not trained on, being over the response budget
+        (the next rung was), per rung."""
+        return too_long_counts(self.targets())
 
     def undecided(self) -> dict[str, int]:
         """Verdicts the judge could not decide (no final answer found, a sandbox timeout, an

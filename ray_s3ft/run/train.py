@@ -76,6 +76,7 @@ def _train_and_evaluate(
     session, cfg, run_dir, targets, before, phases, started, engine_version, trackers
 ) -> dict:
     from ray_s3ft.run.controller import Controller
+    from ray_s3ft.tasks.data_report import rows_too_long
     from ray_s3ft.tracking import eval_table, run_files
 
     groups = session.groups
@@ -101,6 +102,10 @@ def _train_and_evaluate(
         "accuracy_after": after,
         "targets": targets.fractions(),
         "targets_undecided": targets.undecided(),
+        # accepted self answers / paraphrases over data.max_response_tokens (gold used instead)
+        "targets_too_long": targets.too_long(),
+        # rows skipped at load for a token budget (prompt, gold answer): data_report.json
+        "data_too_long": rows_too_long(session.run_dir),
         "targets_reused": targets.computed == 0,
         "grpo": _grpo_summary(ctl.state.judged),
         "steps": dict(ctl.state.steps),
@@ -150,7 +155,7 @@ def build_targets_only(cfg: Config) -> dict:
         result = session.build_targets()
         return {
             "computed": result.computed, "reused": result.reused, **result.fractions(),
-            "undecided": result.undecided(),
+            "undecided": result.undecided(), "too_long": result.too_long(),
         }  # fmt: skip
 
 
@@ -158,7 +163,7 @@ def print_summary(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ray_s3ft.evaluation.scoring import heldout_sets
+    from ray_s3ft.evaluation.scoring import heldout_sets, prompts_cut_note
 
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f} %"
@@ -188,7 +193,11 @@ def print_summary(s: dict) -> None:
         table.add_row("drift from base: log-ratio / k3 (nats/token)", kl(b), kl(a))
     console = Console()
     console.print(table)
+    note = prompts_cut_note(a)  # the same prompts before and after
+    if note:
+        console.print(note, highlight=False)
     t, u = s["targets"], s.get("targets_undecided", {})
+    long, rows = s.get("targets_too_long", {}), s.get("data_too_long", {})
     g = s.get("grpo") or {}
     grpo = ""
     if g.get("samples"):
@@ -199,7 +208,10 @@ def print_summary(s: dict) -> None:
     console.print(
         f"targets: self {pct(t['self'])}, paraphrase {pct(t['paraphrase'])}, gold {pct(t['gold'])}"
         f"{' (reused)' if s['targets_reused'] else ''}; undecided verdicts: "
-        f"self {u.get('self', 0)}, paraphrase {u.get('paraphrase', 0)}\n"
+        f"self {u.get('self', 0)}, paraphrase {u.get('paraphrase', 0)}; over the response "
+        f"budget: self {long.get('self', 0)}, paraphrase {long.get('paraphrase', 0)}\n"
+        f"rows skipped at load, too long: prompt {rows.get('prompt', 0)}, "
+        f"gold {rows.get('gold', 0)}\n"
         f"steps: {s['steps']['sft']} SFT, {s['steps']['grpo']} GRPO\n"
         f"{grpo}"
         f"faults survived: {faults}\n"

@@ -1,6 +1,12 @@
 """What reading a run's data gave, per file (``data_report.json``): rows read, used and bad
 with each bad row's problem, and the rules that make a file a ``DataError`` (no rows, no usable
-row, more bad rows than ``data.max_bad_fraction``)."""
+row, more bad rows than ``data.max_bad_fraction``).
+
+The token budgets are rules of a row too: a prompt longer than ``data.max_prompt_tokens`` (chat
+formatted) or, in the training split, a gold answer longer than ``data.max_response_tokens``
+(with its end-of-sequence token) is a bad row, counted per budget under ``too_long``. A row that
+does not fit is never cut to fit: a cut prompt loses its chat header, and the model would train
+on a prompt it is never asked."""
 
 from __future__ import annotations
 
@@ -20,6 +26,15 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "data_report.json"
 MAX_LISTED_PROBLEMS = 1000  # per file in data_report.json; the rest are counted
 _QUOTED = 3  # problems quoted in an error message or a warning
+TOO_LONG = ("prompt", "gold")  # the parts of a row held to a token budget
+
+
+class TooLong(RowError):
+    """A row whose ``part`` (one of TOO_LONG) is longer than its token budget."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(message)
+        self.part = part
 
 
 @dataclass
@@ -31,6 +46,12 @@ class FileReport:
     used: int = 0
     complete: bool = True  # False when reading stopped after `limit` usable rows
     problems: list[str] = field(default_factory=list)
+    too_long: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOO_LONG, 0))
+
+    def add_problem(self, where: str, error: RowError) -> None:
+        self.problems.append(f"{where}: {error}")
+        if isinstance(error, TooLong):
+            self.too_long[error.part] += 1
 
     @property
     def bad(self) -> int:
@@ -47,6 +68,7 @@ class FileReport:
             "bad": self.bad,
             "bad_fraction": self.bad_fraction,
             "complete": self.complete,
+            "too_long": dict(self.too_long),  # of the bad rows, those over a token budget
             "problems": self.problems[:MAX_LISTED_PROBLEMS],
             "problems_not_listed": max(0, self.bad - MAX_LISTED_PROBLEMS),
         }
@@ -57,8 +79,9 @@ class DataReport:
     """The rules a run's rows are held to, and what each file read gave (``data_report.json``).
 
     ``count_tokens(prompt)`` is the prompt's length as the engines see it (``prompt_token_counter``);
-    without it prompt lengths are not checked. ``warn`` logs each file's bad rows, for callers
-    that do not write the report themselves.
+    without it prompt lengths are not checked. ``count_response_tokens(text)`` is a response's
+    length in an SFT row (``response_token_counter``); without it gold answers are not checked.
+    ``warn`` logs each file's bad rows, for callers that do not write the report themselves.
     """
 
     max_bad_fraction: float = 1.0
@@ -66,21 +89,43 @@ class DataReport:
     count_tokens: Callable[[str], int] | None = None
     warn: bool = False
     files: dict[str, FileReport] = field(default_factory=dict)
+    max_response_tokens: int | None = None
+    count_response_tokens: Callable[[str], int] | None = None
 
     @classmethod
     def for_config(
-        cls, data, count_tokens: Callable[[str], int] | None = None, warn: bool = False
+        cls,
+        data,
+        count_tokens: Callable[[str], int] | None = None,
+        warn: bool = False,
+        count_response_tokens: Callable[[str], int] | None = None,
     ) -> DataReport:
         """The rules of a ``DataConfig``."""
-        return cls(data.max_bad_fraction, data.max_prompt_tokens, count_tokens, warn)
+        return cls(
+            data.max_bad_fraction, data.max_prompt_tokens, count_tokens, warn,
+            max_response_tokens=data.max_response_tokens,
+            count_response_tokens=count_response_tokens,
+        )  # fmt: skip
 
     def check_prompt(self, prompt: str) -> None:
         if self.count_tokens is None or self.max_prompt_tokens is None:
             return
         n = self.count_tokens(prompt)
         if n > self.max_prompt_tokens:
-            raise RowError(
-                f"prompt is {n} tokens > data.max_prompt_tokens {self.max_prompt_tokens}"
+            raise TooLong(
+                "prompt", f"prompt is {n} tokens > data.max_prompt_tokens {self.max_prompt_tokens}"
+            )
+
+    def check_gold(self, gold: str) -> None:
+        """A gold answer an SFT step would train on must fit ``data.max_response_tokens``."""
+        if self.count_response_tokens is None or self.max_response_tokens is None:
+            return
+        n = self.count_response_tokens(gold)
+        if n > self.max_response_tokens:
+            raise TooLong(
+                "gold",
+                f"gold answer is {n} tokens with the end-of-sequence token > "
+                f"data.max_response_tokens {self.max_response_tokens}",
             )
 
     def add(self, file: FileReport, task: str) -> None:
@@ -109,8 +154,11 @@ class DataReport:
         return {
             "files": {name: f.to_dict() for name, f in self.files.items()},
             "max_bad_fraction": self.max_bad_fraction,
-            # null when prompt lengths were not checked
+            # null when prompt lengths / gold answers' lengths were not checked
             "max_prompt_tokens": self.max_prompt_tokens if self.count_tokens else None,
+            "max_response_tokens": (
+                self.max_response_tokens if self.count_response_tokens else None
+            ),
         }
 
     def write(self, run_dir: str | os.PathLike) -> Path:
@@ -127,8 +175,20 @@ class DataReport:
         out = []
         for f in self.files.values():
             line = f"data: {f.name}: {f.rows:,} rows read, {f.used:,} used, "
-            out.append(line + (f"{f.bad:,} bad skipped (see {path})" if f.bad else "none bad"))
+            long = ", ".join(f"{n:,} {part} too long" for part, n in f.too_long.items() if n)
+            bad = f"{f.bad:,} bad skipped ({long + '; ' if long else ''}see {path})"
+            out.append(line + (bad if f.bad else "none bad"))
         return out
+
+
+def rows_too_long(run_dir: str | os.PathLike) -> dict[str, int]:
+    """Rows skipped for a token budget, by part, over every file of ``run_dir``'s report
+    (the run summary's ``data_too_long``); zeros when there is no report."""
+    path = Path(run_dir) / REPORT_NAME
+    files = json.loads(path.read_text())["files"] if path.exists() else {}
+    return {
+        part: sum(f.get("too_long", {}).get(part, 0) for f in files.values()) for part in TOO_LONG
+    }
 
 
 def prompt_token_counter(tokenizer) -> Callable[[str], int]:
@@ -138,5 +198,15 @@ def prompt_token_counter(tokenizer) -> Callable[[str], int]:
 
     def count(prompt: str) -> int:
         return len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False).input_ids)
+
+    return count
+
+
+def response_token_counter(tokenizer) -> Callable[[str], int]:
+    """A response's token count in an SFT row (``encode_sft``): its own tokens and the closing
+    end-of-sequence token."""
+
+    def count(response: str) -> int:
+        return len(tokenizer(response, add_special_tokens=False).input_ids) + 1
 
     return count

@@ -5,8 +5,10 @@ saved dataset / hub name through ``datasets``), so that a broken row is skipped 
 
 Every row then goes through the task's converter, which holds each field to one rule: text
 fields must be non-empty strings (an NQ answer may also be a number), so a missing field, a null,
-an empty string or another type is a bad row. With a token counter, a prompt longer than
-``data.max_prompt_tokens`` is a bad row too (the engines would cut its start off).
+an empty string or another type is a bad row. With token counters, a row over a token budget
+is a bad row too (``data_report``): a prompt longer than ``data.max_prompt_tokens`` (the engines
+would cut its start off) or, in the training split, a gold answer longer than
+``data.max_response_tokens`` (an SFT step could not train on all of it).
 
 Reading stops once ``limit`` usable rows are found, so a file's counts cover the rows read.
 What every file gave goes to a ``data_report.DataReport``, which also decides when a file is a
@@ -109,11 +111,14 @@ def load_examples(
     *,
     report: DataReport | None = None,
     template: str | None = None,
+    trains_on_gold: bool = False,
 ) -> list[Example]:
     """The first `limit` usable rows of `source` as Examples, ids ``{split}-{row index:05d}``.
 
     ``template``: the prompt template (``{question}``) each example's prompt goes through; None
     = the task's own (``prompts.TASK_PROMPTS``). Prompt lengths are checked after it.
+    ``trains_on_gold``: the gold answers are SFT targets (the training split), held to
+    ``data.max_response_tokens``.
     Bad rows are recorded in `report` (without one: logged, and only a file with no usable row
     is an error); DataError for an unreadable, empty, unusable or too broken file.
     """
@@ -138,9 +143,11 @@ def load_examples(
                 raise RowError(f"not a JSON object (got {kind_of(row)})")
             example = apply_template(convert(row, f"{split}-{i:05d}"), template)
             report.check_prompt(example.prompt)
+            if trains_on_gold:
+                report.check_gold(example.gold)
             out.append(example)
         except RowError as e:
-            file.problems.append(f"{name}:{n}: {e}")
+            file.add_problem(f"{name}:{n}", e)
     file.used = len(out)
     report.add(file, task)
     return out
@@ -161,11 +168,18 @@ def load_train_examples(data, report: DataReport | None = None) -> list[Example]
     if data.task == "builtin":
         template = task_prompt_template("builtin", data.prompt_template)
         examples = builtin.task_split("train", data.train_size, data.seed)
-        return [apply_template(ex, template) for ex in examples]
+        examples = [apply_template(ex, template) for ex in examples]
+        for ex in examples if report is not None else ():
+            try:  # generated data has no row to skip: budgets too small for it stop the run
+                report.check_prompt(ex.prompt)
+                report.check_gold(ex.gold)
+            except RowError as e:
+                raise DataError(f"built-in task, example {ex.id}: {e}") from None
+        return examples
     report = DataReport.for_config(data, warn=True) if report is None else report
     return load_examples(
         data.task, data.train_path, "train", limit=data.train_size, report=report,
-        template=data.prompt_template,
+        template=data.prompt_template, trains_on_gold=True,
     )  # fmt: skip
 
 
@@ -216,16 +230,20 @@ def load_run_data(
     run_dir: str | os.PathLike,
     *,
     count_tokens: Callable[[str], int] | None = None,
+    count_response_tokens: Callable[[str], int] | None = None,
     with_eval: bool = True,
     say: Callable[[str], None] = print,
 ) -> tuple[list[Example], dict[str, list[Example]]]:
-    """A run's training examples and (`with_eval`) eval sets, held to ``cfg.data``'s rules.
+    """A run's training examples and (`with_eval`) eval sets, held to ``cfg.data``'s rules
+    (token budgets: with ``count_tokens`` / ``count_response_tokens``, ``DataReport``).
 
     Writes ``run_dir/data_report.json`` (``{"files": {}}`` for the built-in task's generated data)
     and says one line per file read. A DataError, raised before any actor starts, names the
     written report.
     """
-    report = DataReport.for_config(cfg.data, count_tokens)
+    report = DataReport.for_config(
+        cfg.data, count_tokens, count_response_tokens=count_response_tokens
+    )
     try:
         examples = load_train_examples(cfg.data, report)
         eval_sets = load_eval_examples(cfg.data, cfg.eval, report) if with_eval else {}

@@ -5,6 +5,10 @@ its tests in the sandbox (the only place model-written code ever runs), and an L
 own engine (by default the run's base model, as in S3FT, arXiv 2502.08130; it stays frozen, so it
 never needs the trained weights). A verifier that raises, times out or cannot be parsed gives
 ``Verdict(None)``: counted by the caller, never a crash of the run.
+
+An LLM judge's prompt (the question, the reference and the candidate) is never cut to fit its
+engine: a cut prompt loses the instructions at its start. One longer than the engine takes
+(``model.max_model_len`` less ``judge.llm_max_new_tokens``) is undecided, and logged with the count.
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class JudgeWorker:
-    def __init__(
-        self, cfg: JudgeConfig, max_model_len: int = 2048, max_prompt_tokens: int = 1024
-    ) -> None:
+    def __init__(self, cfg: JudgeConfig, max_model_len: int = 2048) -> None:
         """``cfg`` must be resolved (``config.resolved_judge``): no "auto", no "base"."""
         self.cfg = cfg
-        self.max_model_len, self.max_prompt_tokens = max_model_len, max_prompt_tokens
+        self.max_model_len = max_model_len
+        # the judge's prompt: whatever its engine's context leaves beside the verdict it writes
+        self.max_prompt_tokens = max_model_len - cfg.llm_max_new_tokens
         self._llm = None  # the LLM judge's engine, started on first use
 
     def judge(self, items: Sequence[JudgeItem], by_item: bool = False) -> list[Verdict]:
@@ -75,21 +79,32 @@ class JudgeWorker:
             return Verdict(None, f"{kind} verifier error: {type(e).__name__}")
 
     def _llm_verdicts(self, items: list[JudgeItem]) -> list[Verdict]:
-        from ray_s3ft.verifiers.llm_judge import build_judge_prompt, parse_verdict
+        from ray_s3ft.verifiers.llm_judge import build_judge_prompt
 
         prompts = [build_judge_prompt(it.prompt, it.answer, it.response) for it in items]
         try:
-            if self.cfg.llm_mode == "loglik":
-                return self._loglik_verdicts(prompts)
-            texts = self._engine().greedy(prompts, self.cfg.llm_max_new_tokens)
+            too_long = self._engine().prompts_cut(prompts)
+            fit = [p for p, cut in zip(prompts, too_long, strict=True) if not cut]
+            if any(too_long):
+                log.warning(
+                    "judge: %d of %d LLM-judge prompts are longer than %d tokens "
+                    "(model.max_model_len - judge.llm_max_new_tokens): undecided, not cut",
+                    sum(too_long), len(prompts), self.max_prompt_tokens,
+                )  # fmt: skip
+            if not fit:
+                judged = []
+            elif self.cfg.llm_mode == "loglik":
+                judged = self._loglik_verdicts(fit)
+            else:
+                texts = self._engine().greedy(fit, self.cfg.llm_max_new_tokens)
+                judged = [_parsed(text) for text in texts]
         except Exception as e:
             log.warning("judge: LLM judge failed on %d items: %s", len(items), e)
             return [Verdict(None, f"llm judge error: {type(e).__name__}")] * len(items)
-        out = []
-        for text in texts:
-            ok = parse_verdict(text)
-            out.append(Verdict(ok, "" if ok is not None else "unparseable verdict"))
-        return out
+        verdicts = iter(judged)
+        return [
+            Verdict(None, "judge prompt too long") if cut else next(verdicts) for cut in too_long
+        ]
 
     def _loglik_verdicts(self, prompts: list[str]) -> list[Verdict]:
         """``judge.llm_mode=loglik``: the verdict the judge model finds likelier as its whole
@@ -116,6 +131,13 @@ class JudgeWorker:
                 self.cfg.llm_model, cfg, self.max_model_len, self.max_prompt_tokens
             )
         return self._llm
+
+
+def _parsed(text: str) -> Verdict:
+    from ray_s3ft.verifiers.llm_judge import parse_verdict
+
+    ok = parse_verdict(text)
+    return Verdict(ok, "" if ok is not None else "unparseable verdict")
 
 
 def judge_on(group, items: Sequence[JudgeItem], timeout_s: float | None, **kw) -> tuple[list, int]:

@@ -159,6 +159,16 @@ class RolloutWorker:
         cont = self.tokenizer([x for _, x in pairs], add_special_tokens=False)["input_ids"]
         return [(c, list(x)) for c, x in zip(ctx, cont, strict=True)]
 
+    def prompts_cut(self, prompts: Sequence[str], raw: bool = False) -> list[bool]:
+        """Whether each prompt is longer than ``max_prompt_tokens``, so that generation and
+        scoring see only its end (``encode_prompts``; ``raw``: a plain-text context, as
+        ``encode_pairs`` reads it): evaluation counts them (``scoring.score_sets``)."""
+        from ray_s3ft.model.encoding import render_prompt
+
+        texts = list(prompts) if raw else [render_prompt(self.tokenizer, p) for p in prompts]
+        ids = self.tokenizer(texts, add_special_tokens=raw)["input_ids"]
+        return [len(x) > self.max_prompt_tokens for x in ids]
+
     def loglikelihoods(self, pairs: Sequence[tuple[str, str]], raw: bool = False) -> list[float]:
         """log p(continuation | chat-formatted context), summed over the continuation's tokens,
         per (context, continuation) pair: multiple-choice scoring as lm-evaluation-harness

@@ -141,6 +141,10 @@ def test_target_phase_gives_all_three_sources_and_is_reused(run):
     assert store.stat().st_mtime_ns == run["built"]["mtime"]
     assert run["summary_1"]["targets_reused"] is True
     assert "0 built, 48 reused" in run["first"].stdout
+    # 96 new tokens at most (+ the end token) fit data.max_response_tokens 128: nothing passed
+    # over; the built-in task's data has no file row to skip
+    assert run["summary_1"]["targets_too_long"] == {"self": 0, "paraphrase": 0}
+    assert run["summary_1"]["data_too_long"] == {"prompt": 0, "gold": 0}
 
 
 def test_every_step_logs_the_required_keys_with_finite_values(run):

@@ -80,7 +80,7 @@ def test_the_real_model_as_llm_judge_always_rules_by_log_likelihood(smollm2_dir)
     was unparseable), but it ranks the two: log-likelihood verdicts are never undecided."""
     cfg = JudgeConfig(verifier="llm", llm_model=smollm2_dir, llm_backend="hf")
     assert cfg.llm_mode == "loglik"
-    judge = JudgeWorker(cfg, max_model_len=512, max_prompt_tokens=400)
+    judge = JudgeWorker(cfg, max_model_len=512)
     items = [
         JudgeItem("Which planet do we live on?", "Earth.", "Earth", "llm"),
         JudgeItem("Which planet do we live on?", "We live on Mars.", "Earth", "llm"),

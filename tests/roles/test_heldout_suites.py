@@ -282,7 +282,8 @@ def test_evaluate_on_engines_with_choices_code_and_drift(tmp_path, builtin_worke
     out = evaluate_on_engines(groups, sets, 16, choice_target="text")
     assert set(out) == {"task", "compare", "mini_mc", "code", "heldout_mean", "drift"}
     assert out["mini_mc"]["n"] == 2 and out["mini_mc"]["chance"] == 0.5
-    assert out["code"] == {"accuracy": 0.0, "correct": 0, "n": 1, "unparsed": 0}  # ran: failed
+    assert out["code"] == {"accuracy": 0.0, "correct": 0, "n": 1, "unparsed": 0, "prompts_cut": 0}
+    assert out["task"]["prompts_cut"] == out["mini_mc"]["prompts_cut"] == 0  # all fit 256
     assert out["drift"]["kl"] == 0.0 and out["drift"]["tokens"] > 0  # the base against itself
     accs = [out[k]["accuracy"] for k in ("compare", "mini_mc", "code")]
     assert out["heldout_mean"] == pytest.approx(sum(accs) / 3)

@@ -48,6 +48,7 @@ def test_report_lists_each_file_and_the_console_gets_one_line_each(tmp_path):
                 "bad": 1,
                 "bad_fraction": 0.05,
                 "complete": True,
+                "too_long": {"prompt": 0, "gold": 0},
                 "problems": [
                     f"{train}:20: invalid JSON: Expecting property name enclosed in double "
                     "quotes (col 2)"
@@ -60,12 +61,14 @@ def test_report_lists_each_file_and_the_console_gets_one_line_each(tmp_path):
                 "bad": 0,
                 "bad_fraction": 0.0,
                 "complete": True,
+                "too_long": {"prompt": 0, "gold": 0},
                 "problems": [],
                 "problems_not_listed": 0,
             },
         },
         "max_bad_fraction": 0.05,
         "max_prompt_tokens": None,  # no token counter given
+        "max_response_tokens": None,
     }
     path = tmp_path / "run" / "data_report.json"
     assert said == [
@@ -132,7 +135,12 @@ def test_builtin_task_writes_a_report_without_files(tmp_path):
     examples, eval_sets = load_run_data(cfg, tmp_path / "run", say=said.append)
     assert len(examples) == 8 and len(eval_sets["task"]) == 4
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
-    assert report == {"files": {}, "max_bad_fraction": 0.05, "max_prompt_tokens": None}
+    assert report == {
+        "files": {},
+        "max_bad_fraction": 0.05,
+        "max_prompt_tokens": None,
+        "max_response_tokens": None,
+    }
     assert said == []
 
 
@@ -162,3 +170,78 @@ def test_prompt_token_counter_counts_the_chat_formatted_prompt():
         [{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True
     )
     assert prompt_token_counter(tok)(prompt) == len(chat["input_ids"]) > len(tok(prompt).input_ids)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from ray_s3ft.model.paths import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path("builtin"))
+
+
+def test_a_gold_answer_over_the_response_budget_is_a_bad_row_counted_as_too_long(
+    tmp_path, tokenizer
+):
+    from ray_s3ft.tasks.data_report import response_token_counter, rows_too_long
+
+    # "7 + 5 = 12.\n#### 12": 7 / +/ 5/ =/ 1/2/./\n/##/##/ 1/2, 12 tokens, 13 with <|end|>;
+    # "#### 7": ##/##/ 7, 3 tokens, 4 with <|end|>
+    count = response_token_counter(tokenizer)
+    assert (count("7 + 5 = 12.\n#### 12"), count("#### 7")) == (13, 4)
+    long_gold = json.dumps({"question": "What is 7 + 5?", "answer": "7 + 5 = 12.\n#### 12"})
+    long_prompt = json.dumps({"question": "seven " * 300, "answer": "#### 7"})
+    train = _write(tmp_path / "train.jsonl", [_good(1), long_gold, _good(2), long_prompt])
+    test = _write(tmp_path / "test.jsonl", [_good(1), long_gold])  # eval golds are not trained on
+    cfg = _cfg(
+        train, test, "data.max_response_tokens=12", "rollout.max_new_tokens=12",
+        "data.max_bad_fraction=0.5",
+    )  # fmt: skip
+    said = []
+    examples, eval_sets = load_run_data(
+        cfg, tmp_path / "run", count_tokens=prompt_token_counter(tokenizer),
+        count_response_tokens=count, say=said.append,
+    )  # fmt: skip
+    assert [ex.answer for ex in examples] == ["1", "2"] and len(eval_sets["task"]) == 2
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    entry = report["files"][train]
+    assert (entry["rows"], entry["used"], entry["bad"]) == (4, 2, 2)
+    assert entry["too_long"] == {"prompt": 1, "gold": 1}
+    assert entry["problems"][0] == (
+        f"{train}:2: gold answer is 13 tokens with the end-of-sequence token > "
+        "data.max_response_tokens 12"
+    )
+    assert entry["problems"][1].startswith(f"{train}:4: prompt is ")
+    assert report["files"][test]["too_long"] == {"prompt": 0, "gold": 0}
+    assert (report["max_prompt_tokens"], report["max_response_tokens"]) == (256, 12)
+    path = tmp_path / "run" / "data_report.json"
+    assert said[0] == (
+        f"data: {train}: 4 rows read, 2 used, 2 bad skipped "
+        f"(1 prompt too long, 1 gold too long; see {path})"
+    )
+    assert rows_too_long(tmp_path / "run") == {"prompt": 1, "gold": 1}  # the run summary's
+    # a budget of 13 takes the long gold answer whole
+    cfg = _cfg(
+        train, test, "data.max_response_tokens=13", "rollout.max_new_tokens=12",
+        "data.max_bad_fraction=0.5",
+    )  # fmt: skip
+    examples, _ = load_run_data(
+        cfg, tmp_path / "run13", count_tokens=prompt_token_counter(tokenizer),
+        count_response_tokens=count, say=said.append,
+    )  # fmt: skip
+    assert [ex.answer for ex in examples] == ["1", "12", "2"]
+
+
+def test_a_builtin_gold_answer_over_the_response_budget_stops_the_run(tmp_path, tokenizer):
+    from ray_s3ft.tasks.data_report import response_token_counter
+
+    cfg = load_config(
+        overrides=["data.train_size=4", "data.max_response_tokens=8", "rollout.max_new_tokens=8"]
+    )
+    with pytest.raises(DataError, match=r"built-in task, example train-00000: gold answer is \d+ "
+                       r"tokens with the end-of-sequence token > data.max_response_tokens 8"):  # fmt: skip
+        load_run_data(
+            cfg, tmp_path / "run", count_response_tokens=response_token_counter(tokenizer),
+            with_eval=False, say=print,
+        )  # fmt: skip

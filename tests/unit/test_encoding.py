@@ -31,10 +31,24 @@ def test_loss_mask_is_the_response(tokenizer):
         assert mask[row, n:].sum() == 0 and (ids[row, n:] == tokenizer.pad_token_id).all()
 
 
-def test_long_prompt_is_cut_from_the_left_never_the_response(tokenizer):
-    ids, attn, mask = encode_sft(tokenizer, ["word " * 200], ["The answer is 7."], 40)
-    assert ids.shape[1] == 40
-    assert tokenizer.decode(ids[0][mask[0] == 1]) == "The answer is 7.<|end|>"
+# "x" renders as <|user|> \n x \n <|assistant|> \n: 6 tokens; "The answer is 7." is
+# The / answer / is / 7 / . : 5 tokens, 6 with <|end|>; the whole row 12
+PROMPT, RESPONSE = "x", "The answer is 7."
+
+
+def test_a_row_that_fits_keeps_every_token(tokenizer):
+    ids, attn, mask = encode_sft(tokenizer, [PROMPT], [RESPONSE], 12)
+    assert ids.shape == (1, 12) and int(attn.sum()) == 12
+    assert mask[0].tolist() == [0.0] * 6 + [1.0] * 6
+    assert tokenizer.decode(ids[0][:6]) == render_prompt(tokenizer, PROMPT)  # header intact
+
+
+@pytest.mark.parametrize("max_len", [11, 6, 4])
+def test_a_row_too_long_is_refused_never_cut(tokenizer, max_len):
+    # 11: the old code cut the prompt's <|user|> header off; 6 and 4: the whole prompt went,
+    # and at 4 the row was still 6 tokens, longer than max_len
+    with pytest.raises(ValueError, match=rf"prompt 6 \+ response 6 tokens .* > {max_len};"):
+        encode_sft(tokenizer, [PROMPT, "y"], [RESPONSE, "z"], max_len)
 
 
 def test_mismatched_lengths_rejected(tokenizer):

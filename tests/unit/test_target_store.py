@@ -125,3 +125,16 @@ def test_a_paraphrase_right_by_its_answer_alone_falls_to_gold_under_the_working_
     ruled = build(lambda ex, p: keeps_working(p, ex.gold), tmp_path / "ruled")
     assert [t.source.value for t in ruled.targets()] == ["gold", "paraphrase"]
     assert ruled.targets()[0].text == gold and ruled.records[0].paraphrase_ok is False
+
+
+def test_a_store_with_a_response_budget_trains_on_gold_instead_of_what_does_not_fit(tmp_path):
+    import dataclasses
+
+    result = _build(tmp_path, Engines())
+    # "self of q0" is 10 characters, "para of q1" 10: a budget of 9 passes over both
+    short = dataclasses.replace(result, fits=lambda text: len(text) <= 9)
+    assert [t.source.value for t in short.targets()] == ["gold"] * 9
+    assert short.too_long() == {"self": 3, "paraphrase": 3}
+    assert short.fractions() == {"self": 0.0, "paraphrase": 0.0, "gold": 1.0}
+    assert short.digest() != result.digest()  # a checkpoint of one is not resumed on the other
+    assert result.too_long() == {"self": 0, "paraphrase": 0}

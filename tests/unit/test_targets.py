@@ -8,6 +8,7 @@ from ray_s3ft.algo.targets import (
     TargetSource,
     select_target,
     source_fractions,
+    too_long_counts,
 )
 
 REC = {"gold": "G", "self_response": "S", "paraphrase": "P"}
@@ -64,3 +65,29 @@ def test_source_fractions():
     assert source_fractions(targets) == {"self": 0.5, "paraphrase": 0.25, "gold": 0.25}
     assert source_fractions(iter(targets)) == {"self": 0.5, "paraphrase": 0.25, "gold": 0.25}
     assert source_fractions([]) == {"self": 0.0, "paraphrase": 0.0, "gold": 0.0}
+
+
+def test_an_accepted_target_over_the_response_budget_falls_to_the_next_rung():
+    # the self answer is 4 characters, the paraphrase 3, the gold 1; a budget of 3 passes over
+    # the self answer, 2 over both, 4 over none
+    rec = {"gold": "G", "self_response": "SSSS", "paraphrase": "PPP"}
+
+    def pick(mode, budget, self_ok=True, para_ok=True):
+        return select_target(
+            mode, self_ok=self_ok, paraphrase_ok=para_ok, fits=lambda t: len(t) <= budget, **rec
+        )
+
+    S, P = TargetSource.SELF, TargetSource.PARAPHRASE
+    assert pick("s3ft", 4) == Target("SSSS", S)
+    assert pick("s3ft", 3) == Target("PPP", P, too_long=(S,))
+    assert pick("s3ft", 2) == Target("G", TargetSource.GOLD, too_long=(S, P))
+    assert pick("ssr", 3) == Target("G", TargetSource.GOLD, too_long=(S,))
+    # a rejected rung is never measured, so never counted as too long
+    assert pick("s3ft", 2, self_ok=False) == Target("G", TargetSource.GOLD, too_long=(P,))
+    assert pick("gold", 0) == Target("G", TargetSource.GOLD)
+    # 3 targets: the self answer passed over twice, the paraphrase once
+    picked = [pick("s3ft", 3), pick("s3ft", 2), pick("s3ft", 4)]
+    assert too_long_counts(picked) == {"self": 2, "paraphrase": 1}
+    assert source_fractions(picked) == pytest.approx(
+        {"self": 1 / 3, "paraphrase": 1 / 3, "gold": 1 / 3}
+    )
