@@ -12,10 +12,10 @@ store is built once; every cell reads the rung its method asks for from that sto
 A finished cell (its ``summary.json`` exists) is skipped, so an interrupted grid resumes where
 it stopped; a cell cut short resumes from its last checkpoint. Both only while the cell's
 fingerprint (``cells/<cell>/fingerprint.json``: its resolved config and the model's identity)
-matches the config of this command, and likewise ``eval_before.json`` and the target store;
-a mismatch stops the grid naming the keys that differ, and ``--force`` redoes what differs. ``--gather`` trains nothing and
-writes the tables of the finished cells (methods may then have different numbers of seeds).
-Results:
+matches this command's, and likewise ``eval_before.json`` and the target store: a mismatch
+stops the grid naming the keys that differ, and ``--force`` redoes what differs. ``--gather``
+trains nothing and writes the tables of the finished cells (methods may then have different
+numbers of seeds). Results:
 
     OUT/results.json   every cell, mean / std per method over seeds, the questions' standard
                        errors and the paired differences of the claims (``results``)

@@ -90,8 +90,13 @@ def eval_fingerprint(cfg: Config, model: dict) -> dict:
     return {**fp, "model": model}
 
 
-# where a cell's output goes and what watches it do not change what it computes
-_NOT_CELL = ("trainer.output_dir", "trainer.loggers", "trainer.mlflow.", "trainer.wandb.")
+# where a cell's output goes, what watches it and how long it waits for nodes or keeps old
+# checkpoints do not change what it computes
+_NOT_CELL = (
+    "trainer.output_dir", "trainer.loggers", "trainer.mlflow.", "trainer.wandb.",
+    "trainer.resume", "trainer.node_wait_s", "trainer.max_learner_restarts",
+    "trainer.keep_checkpoints", "resources.wait_for_resources_s",
+)  # fmt: skip
 
 
 def cell_fingerprint(cfg: Config, model: dict) -> dict:
