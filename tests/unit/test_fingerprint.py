@@ -132,3 +132,16 @@ def test_compare_refuses_an_old_cell_and_an_eval_before_of_another_config(tmp_pa
     _grid(tmp_path / "other", ["eval.task_size=8"], ["eval.task_size=8"])
     with pytest.raises(ConfigError, match=r"eval_before.json: .*eval.task_size: 8 -> 1000"):
         run_grid(None, [], ["base"], [0], tmp_path / "other", gather=True)
+
+
+def test_force_is_an_option_of_train_build_targets_and_compare(capsys):
+    from ray_s3ft.cli import _parser
+    from ray_s3ft.experiments.compare import main
+
+    for command in ("train", "build-targets"):
+        args = _parser().parse_args([command, "--force", "trainer.max_steps=3"])
+        assert args.force is True and args.overrides == ["trainer.max_steps=3"]
+        assert _parser().parse_args([command]).force is False
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--force" in capsys.readouterr().out
