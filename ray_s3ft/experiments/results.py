@@ -188,7 +188,8 @@ def _pct_se(ms: dict) -> str:
 def _diff(d: dict | None) -> str:
     if not d or d.get("diff") is None:
         return "-"
-    return f"{100 * d['diff']:+.1f} ± {100 * d['se']:.1f}"
+    se = "n/a" if d.get("se") is None else f"{100 * d['se']:.1f}"
+    return f"{100 * d['diff']:+.1f} ± {se}"
 
 
 def _paired_markdown(rows: list[dict], names: list[str]) -> list[str]:

@@ -54,7 +54,7 @@ def paired_difference(a: Verdicts, b: Verdicts, n_boot: int = 2000, seed: int = 
     its standard error by a paired bootstrap over questions: ``n_boot`` resamples of Q
     questions with replacement (the same draw for A and B, seeds averaged), seeded RNG, the
     sample std of the resampled means. With many resamples ``se`` tends to
-    sqrt( sum_q (d_q - diff)^2 / Q ) / sqrt(Q). ``n``: questions."""
+    sqrt( sum_q (d_q - diff)^2 / Q ) / sqrt(Q) (None for one question). ``n``: questions."""
     import numpy as np
 
     if len(a) != len(b):
@@ -63,6 +63,8 @@ def paired_difference(a: Verdicts, b: Verdicts, n_boot: int = 2000, seed: int = 
     if not q:
         return {"diff": None, "se": None, "n": 0}
     d = np.asarray(a, dtype=float).mean(axis=1) - np.asarray(b, dtype=float).mean(axis=1)  # [Q]
+    if q < 2:  # one question has no spread to resample
+        return {"diff": float(d.mean()), "se": None, "n": q}
     idx = np.random.default_rng(seed).integers(0, q, size=(n_boot, q))  # [n_boot, Q]
     means = d[idx].mean(axis=1)  # [n_boot]
     return {"diff": float(d.mean()), "se": float(means.std(ddof=1)), "n": q}

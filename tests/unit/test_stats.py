@@ -38,6 +38,7 @@ def test_paired_difference_by_hand():
     assert same["diff"] == 0.0
     flat = paired_difference([[1], [1]], [[0], [0]])  # every question differs by 1
     assert flat == {"diff": 1.0, "se": 0.0, "n": 2}
+    assert paired_difference([[1]], [[0]]) == {"diff": 1.0, "se": None, "n": 1}
     with pytest.raises(ValueError, match="2 questions against 1"):
         paired_difference([[1], [0]], [[1]])
 
