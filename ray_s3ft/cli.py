@@ -40,6 +40,15 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _force_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="redo what the output directory holds (eval_before.json, the target store) when "
+        "another config or model made it (default: stop and name the keys that differ)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ray-s3ft", description="Post-training with S3FT targets, GRPO and the SASR schedule."
@@ -52,8 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("train", help="train: S3FT targets, then the SFT/GRPO schedule, then eval")
     _config_args(p)
+    _force_arg(p)
     p = sub.add_parser("build-targets", help="build (or finish) the S3FT target store only")
     _config_args(p)
+    _force_arg(p)
     p = sub.add_parser("eval", help="task and held-out accuracy of a model (greedy)")
     _config_args(p)
     p.add_argument("--model", help="model directory or hub id (default: model.path)")
@@ -102,7 +113,7 @@ def _cmd_train(args) -> int:
     from ray_s3ft.config import load_config
     from ray_s3ft.run.train import train
 
-    train(load_config(args.config, args.overrides))
+    train(load_config(args.config, args.overrides), force=args.force)
     return 0
 
 
@@ -110,7 +121,7 @@ def _cmd_build_targets(args) -> int:
     from ray_s3ft.config import load_config
     from ray_s3ft.run.train import build_targets_only
 
-    build_targets_only(load_config(args.config, args.overrides))
+    build_targets_only(load_config(args.config, args.overrides), force=args.force)
     return 0
 
 

@@ -64,7 +64,7 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
 
         progress(f"lm-eval: {', '.join(lm_tasks)} on {path}")
         started = time.perf_counter()
-        report["lm_eval"] = run_lm_eval(
+        report["lm_eval"], lm_items = run_lm_eval(
             path,
             lm_tasks,
             cfg.eval.lm_eval_include_path,
@@ -72,7 +72,9 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
             cfg.eval.batch_size,
             device="cuda" if torch.cuda.is_available() else "cpu",
             dtype=cfg.model.dtype,
+            with_items=True,
         )
+        records = records + lm_items  # each document's verdict beside the greedy sets' own
         report["lm_eval_s"] = round(time.perf_counter() - started, 2)
     report["responses"] = records
     return report
@@ -155,7 +157,9 @@ class _EvalEngines:
 
 
 def save_report(report: dict, out_dir: str | Path) -> Path:
-    """``eval.json`` (the scores) and ``eval_responses.jsonl`` (every prompt and response)."""
+    """``eval.json`` (the scores) and ``eval_responses.jsonl`` (every prompt and response with
+    its verdict, ``correct``, and the question's ``id`` and prompt hash ``h``; lm-eval's
+    documents as set ``lm_eval/<task>``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scores = {k: v for k, v in report.items() if k != "responses"}

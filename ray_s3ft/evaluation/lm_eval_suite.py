@@ -3,7 +3,8 @@
 ``ray-s3ft eval`` runs these after its own greedy sets when ``eval.lm_eval_tasks`` names any: the
 harness's ``hf`` model scores each task (its registered tasks, or the user's own task YAML files
 in ``eval.lm_eval_include_path``) and the metrics land under ``"lm_eval"`` in ``eval.json`` as
-``{task: {metric: value, "n": examples}}``. The harness is the optional extra
+``{task: {metric: value, "n": examples}}``, and each document's verdict in
+``eval_responses.jsonl`` (set ``lm_eval/<task>``). The harness is the optional extra
 ``pip install 'ray-s3ft[lm-eval]'``; it is imported only here, only when a task is asked for.
 
 Task names are checked against the harness's index before any model is loaded, so a typo fails
@@ -73,6 +74,30 @@ def _metrics(results: dict) -> dict[str, dict]:
     return out
 
 
+# a sample's own verdict, the first of these metrics it has (lm-eval's per-document values)
+_VERDICTS = ("acc", "exact_match", "pass@1", "pass_at_1")
+
+
+def _items(results: dict) -> list[dict]:
+    """The harness's logged samples -> one record per document and filter: ``set``
+    (``lm_eval/<task>``), ``id`` (the document's index), ``h`` (the harness's hash of the
+    document), ``filter``, ``correct`` (its ``acc`` / ``exact_match`` / ``pass@1`` as a bool,
+    None without one) and every numeric per-document ``metrics`` value."""
+    out = []
+    for task, samples in (results.get("samples") or {}).items():
+        for s in samples:
+            metrics = {  # bools included (a pass / fail metric)
+                m: float(s[m]) for m in s.get("metrics", []) if isinstance(s.get(m), (int, float))
+            }
+            verdict = next((metrics[m] for m in _VERDICTS if m in metrics), None)
+            out.append({
+                "set": f"lm_eval/{task}", "id": str(s["doc_id"]), "h": str(s["doc_hash"])[:12],
+                "filter": s.get("filter"), "correct": None if verdict is None else verdict == 1.0,
+                "metrics": metrics,
+            })  # fmt: skip
+    return out
+
+
 def run_lm_eval(
     model_dir: str,
     tasks: list[str],
@@ -81,8 +106,10 @@ def run_lm_eval(
     batch_size: int,
     device: str = "cpu",
     dtype: str = "float32",
-) -> dict:
-    """Evaluate `model_dir` with the harness's ``hf`` model; ``{task: {metric: value, ...}}``."""
+    with_items: bool = False,
+):
+    """Evaluate `model_dir` with the harness's ``hf`` model; ``{task: {metric: value, ...}}``,
+    and with ``with_items`` each document's verdict too (``_items``): ``(metrics, items)``."""
     check_tasks(tasks, include_path)
     import lm_eval
 
@@ -95,10 +122,10 @@ def run_lm_eval(
             limit=limit,
             batch_size=batch_size,
             device=device,
-            log_samples=False,
+            log_samples=with_items,
         )
     except KeyError as e:  # the harness's "not a registered task/group/tag name": a net
         if "registered" not in str(e):
             raise
         raise DataError(f"eval.lm_eval_tasks: {e.args[0]}") from e
-    return _metrics(results)
+    return (_metrics(results), _items(results)) if with_items else _metrics(results)

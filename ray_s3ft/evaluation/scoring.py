@@ -1,6 +1,6 @@
 """Scoring answers against examples: a greedy answer by its verifier (``score_response``), a
 multiple-choice question by the log-likelihood of each choice (``score_choices``), whole eval
-sets with their verdicts (``score_sets``). No engine lives here: the callers pass the greedy,
+sets with their verdicts (``score_sets``; each question's verdict kept by ``item_verdicts``). No engine lives here: the callers pass the greedy,
 log-likelihood and judge functions of theirs (``ray-s3ft eval``, the run's evaluation on the
 rollout engines, the tests)."""
 
@@ -104,7 +104,9 @@ def score_choices(
         correct += pred == gold
         correct_norm += pred_norm == gold
         chance += 1 / len(conts)
-        records.append({"response": pred, "pred_norm": pred_norm, "loglik": lls})
+        records.append(
+            {"response": pred, "pred_norm": pred_norm, "loglik": lls, "correct": pred == gold}
+        )
     n = len(examples)
     scores = {
         "accuracy": correct / max(1, n),
@@ -215,17 +217,18 @@ def score_sets(
                 for mode, got in by_mode.items():
                     hits = sum(got[(name, i)] is True for i in range(len(exs)))
                     scores[name][f"{mode}_accuracy"] = hits / len(exs)
-            recs = [
-                {"response": response[(name, i)]}
+            recs = [  # correct: None when undecided (counted as wrong)
+                {"response": response[(name, i)], "correct": verdict[(name, i)]}
                 | ({"judge": reason[(name, i)]} if (name, i) in reason else {})
                 for i in range(len(exs))
             ]
         if was_cut is not None:
             scores[name]["prompts_cut"] = sum(was_cut[(name, i)] for i in range(len(exs)))
         records += [
-            {"set": name, "id": ex.id, "prompt": ex.prompt, **rec, "answer": ex.answer}
+            {"set": name, "id": ex.id, "h": prompt_hash(ex.prompt), "prompt": ex.prompt, **rec,
+             "answer": ex.answer}
             for ex, rec in zip(exs, recs, strict=True)
-        ]
+        ]  # fmt: skip
     return scores, records
 
 
@@ -259,6 +262,21 @@ def prompts_cut_note(scores: dict) -> str | None:
     return "warning: prompts longer than data.max_prompt_tokens, seen without their start: " + (
         ", ".join(f"{k} {v['prompts_cut']} of {v['n']}" for k, v in cut)
     )
+
+
+def prompt_hash(prompt: str) -> str:
+    """A question's identity beside its id (ids are positions within a split): the first 12
+    hex digits of the prompt's SHA-256."""
+    import hashlib
+
+    return hashlib.sha256(prompt.encode()).hexdigest()[:12]
+
+
+def item_verdicts(records: list[dict]) -> list[dict]:
+    """``score_sets``' records -> one small record per question: ``set``, ``id``, ``h`` (the
+    prompt's hash) and ``correct`` (true, false, or null when undecided), what a paired
+    comparison of two evaluations needs (``experiments.stats``)."""
+    return [{k: r[k] for k in ("set", "id", "h", "correct")} for r in records]
 
 
 def heldout_sets(scores: dict) -> dict[str, dict]:

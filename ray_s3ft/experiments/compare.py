@@ -10,11 +10,15 @@ get the base weights with the next sync. The base model is evaluated once and th
 store is built once; every cell reads the rung its method asks for from that store.
 
 A finished cell (its ``summary.json`` exists) is skipped, so an interrupted grid resumes where
-it stopped; a cell cut short resumes from its last checkpoint. ``--gather`` trains nothing and
-writes the tables of the finished cells (methods may then have different numbers of seeds).
-Results:
+it stopped; a cell cut short resumes from its last checkpoint. Both only while the cell's
+fingerprint (``cells/<cell>/fingerprint.json``: its resolved config and the model's identity)
+matches this command's, and likewise ``eval_before.json`` and the target store: a mismatch
+stops the grid naming the keys that differ, and ``--force`` redoes what differs. ``--gather``
+trains nothing and writes the tables of the finished cells (methods may then have different
+numbers of seeds). Results:
 
-    OUT/results.json   every cell, and mean / std per method over seeds
+    OUT/results.json   every cell, mean / std per method over seeds, the questions' standard
+                       errors and the paired differences of the claims (``results``)
     OUT/results.md     the same as tables
     OUT/cells/<method>-s<seed>/   each cell's run directory (metrics, summary, checkpoints)
 
@@ -75,21 +79,35 @@ def cell_config(config: str | None, overrides: list[str], cell: Cell, out: Path)
 
 
 def run_grid(
-    config: str | None, overrides: list[str], methods, seeds, out: Path, gather: bool = False
+    config: str | None,
+    overrides: list[str],
+    methods,
+    seeds,
+    out: Path,
+    gather: bool = False,
+    force: bool = False,
 ) -> dict:
     """``gather``: train nothing; the tables of the cells already finished (a grid whose seeds
-    differ by method, or one still running elsewhere)."""
+    differ by method, or one still running elsewhere). A cell, the base model's evaluation or
+    the target store made by another config or model is an error naming the keys that differ;
+    ``force``: redo it (a cell's directory is emptied and the cell trained again)."""
     from ray_s3ft.console import Phases
+    from ray_s3ft.model.paths import resolve_model_path
+    from ray_s3ft.run import fingerprint as fp
     from ray_s3ft.run.session import Session
     from ray_s3ft.run.train import train_and_evaluate
     from ray_s3ft.timing import Timer
     from ray_s3ft.workers.learner import LearnerActor
 
+    if gather and force:
+        raise ConfigError("--gather trains and evaluates nothing: --force has nothing to redo")
     base = load_config(config, [*overrides, f"trainer.output_dir={out}"])
     cells = [Cell(m, s) for m in methods if m != "base" for s in seeds]
     # every cell's config is validated before anything starts
     cfgs = {c: cell_config(config, overrides, c, out) for c in cells}
-    todo = [c for c in cells if not (out / "cells" / c.name / "summary.json").exists()]
+    model = fp.model_identity(base.model.path, resolve_model_path(base.model.path))
+    fingerprints = {c: fp.cell_fingerprint(cfgs[c], model) for c in cells}
+    todo = [c for c in cells if not _cell_done(out / "cells" / c.name, fingerprints[c], force)]
     say(f"compare: {len(cells)} cells ({len(cells) - len(todo)} done) in {out}")
     started = time.perf_counter()
     if gather:
@@ -97,7 +115,13 @@ def run_grid(
         if missing:
             raise ConfigError(f"--gather: {out} has no {' or '.join(missing)}: not a grid run")
         say(f"compare --gather: {len(cells) - len(todo)} finished cells, nothing trained")
-    if gather or (not todo and (out / "eval_before.json").exists() and (out / STORE).exists()):
+    before_ok = (out / "eval_before.json").exists() and fp.check_reuse(
+        out / "eval_before.json",
+        fp.load(out / "eval_before.fingerprint.json"),
+        fp.eval_fingerprint(base, model),
+        force,
+    )
+    if gather or (not todo and before_ok and (out / STORE).exists()):
         before = json.loads((out / "eval_before.json").read_text())
         store = TargetSet(read_store(out / STORE), "s3ft", computed=0, reused=0)
         return _finish(config, overrides, methods, seeds, out, before, store, started, gather)
@@ -109,16 +133,17 @@ def run_grid(
     status = "FAILED"
     try:
         session.add_drift()
-        before = phases.run("eval_before", session.eval_before)
+        before = phases.run("eval_before", session.eval_before, force)
         # one store serves every mode: build it with all rungs (s3ft)
         s3ft = dataclasses.replace(
             base, algorithm=dataclasses.replace(base.algorithm, targets="s3ft")
         )
-        store = phases.run("targets", session.build_targets, s3ft)
+        store = phases.run("targets", session.build_targets, s3ft, force)
         for i, cell in enumerate(todo):
             cfg = cfgs[cell]
             cell_dir = Path(cfg.trainer.output_dir)
             cell_dir.mkdir(parents=True, exist_ok=True)
+            fp.save(cell_dir / CELL_FINGERPRINT, fingerprints[cell])  # before any checkpoint
             save_config(cfg, cell_dir / "config.yaml")
             (cell_dir / "eval_before.json").write_text(json.dumps(before, indent=2) + "\n")
             cell_started = time.perf_counter()
@@ -150,6 +175,26 @@ def run_grid(
     finally:
         grid.finish(status)
         session.close()
+
+
+CELL_FINGERPRINT = "fingerprint.json"
+
+
+def _cell_done(cell_dir: Path, fingerprint: dict, force: bool) -> bool:
+    """A cell with a ``summary.json`` is done, and one with anything in its directory is
+    resumed, while its fingerprint (``fingerprint.json``) matches; another one is a
+    ConfigError naming the keys that differ, or with ``force`` an empty directory."""
+    import shutil
+
+    from ray_s3ft.run import fingerprint as fp
+
+    if not cell_dir.is_dir() or not any(cell_dir.iterdir()):
+        return False
+    if not fp.check_reuse(cell_dir, fp.load(cell_dir / CELL_FINGERPRINT), fingerprint, force):
+        say(f"compare --force: {cell_dir} was made by another config or model: redone")
+        shutil.rmtree(cell_dir)
+        return False
+    return (cell_dir / "summary.json").exists()
 
 
 def _track_grid(grid, out: Path, results: dict) -> None:
@@ -202,6 +247,12 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="start nothing: write results.md / results.json from the cells already finished",
     )
+    ap.add_argument(
+        "--force",
+        action="store_true",
+        help="redo the cells, the base model's evaluation and the target store that another "
+        "config or model made (default: stop and name the keys that differ)",
+    )
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every cell")
     args = ap.parse_args(argv)
     methods = parse_list(args.methods, "methods", METHODS)
@@ -212,7 +263,9 @@ def main(argv: list[str]) -> int:
             f"--seeds: expected comma-separated integers, got {args.seeds!r}"
         ) from None
     out = Path(args.out)
-    results = run_grid(args.config, args.overrides, methods, seeds, out, gather=args.gather)
+    results = run_grid(
+        args.config, args.overrides, methods, seeds, out, gather=args.gather, force=args.force
+    )
     print(results_markdown(results))
     print(f"saved {out / 'results.md'} and {out / 'results.json'}")
     return 0

@@ -1,6 +1,7 @@
 """A grid's results: one row per cell from its ``summary.json``, mean / std per method over
-seeds, what a step of each mode was worth per stretch of training (``step_worth``), and the
-Markdown tables of ``results.md``."""
+seeds, the questions' standard errors and the claims' paired differences (``questions``), what
+a step of each mode was worth per stretch of training (``step_worth``), and the Markdown
+tables of ``results.md``."""
 
 from __future__ import annotations
 
@@ -17,17 +18,8 @@ def _heldout(acc: dict) -> dict[str, float]:
     return {k: v["accuracy"] for k, v in heldout_sets(acc).items()}
 
 
-def binomial_se(p: float | None, n: int | None) -> float | None:
-    """The standard error of an accuracy ``p`` measured on ``n`` independent questions."""
-    if p is None or not n:
-        return None
-    return math.sqrt(p * (1 - p) / n)
-
-
 def cell_row(method: str, seed: int, summary: dict | None, before: dict) -> dict:
     """One grid cell's figures; ``base`` is the untrained model (no summary)."""
-    from ray_s3ft.evaluation.scoring import heldout_sets
-
     after = before if summary is None else summary["accuracy_after"]
     row = {
         "method": method,
@@ -41,8 +33,6 @@ def cell_row(method: str, seed: int, summary: dict | None, before: dict) -> dict
             else before["heldout_mean"] - after["heldout_mean"]
         ),
         "heldout": _heldout(after),
-        "heldout_n": {k: v.get("n") for k, v in heldout_sets(after).items()},
-        "task_n": after["task"].get("n"),
         # mean per-token KL(base || policy) on the base's answers to general prompts (eval.drift)
         "drift_k3": (after.get("drift") or {}).get("k3"),
         "unparsed": after["task"].get("unparsed", 0),
@@ -132,7 +122,12 @@ def _step_worth_runs(out: Path, cells: list[dict]) -> list:
 
 
 def collect(out: Path, methods, seeds, before: dict, base_targets: dict) -> dict:
-    cells, summary = [], []
+    """Every finished cell's row, each method's means and spreads over seeds with the
+    questions' standard errors (``questions.set_errors``), and the claims' paired differences
+    (``questions.claims``)."""
+    from ray_s3ft.experiments.questions import NO_ITEMS, claims, method_items, set_errors
+
+    cells, summary, items = [], [], {}
     for method in methods:
         rows = []
         for seed in [seeds[0]] if method == "base" else seeds:
@@ -148,14 +143,15 @@ def collect(out: Path, methods, seeds, before: dict, base_targets: dict) -> dict
         agg.update({k: _mean_std([r.get(k) for r in rows]) for k in _AGG})
         names = rows[0]["heldout"].keys()
         agg["heldout"] = {n: _mean_std([r["heldout"][n] for r in rows]) for n in names}
-        # the questions' sampling error of each mean accuracy (all seeds' answers pooled)
-        agg["task_accuracy"]["se"] = binomial_se(
-            agg["task_accuracy"]["mean"], sum(r.get("task_n") or 0 for r in rows)
-        )
-        for n in names:
-            agg["heldout"][n]["se"] = binomial_se(
-                agg["heldout"][n]["mean"], sum((r.get("heldout_n") or {}).get(n) or 0 for r in rows)
-            )
+        # the questions' sampling error of each seed-mean accuracy, from each question's
+        # verdicts (every seed answers the same questions: pooling them is no more questions)
+        items[method] = method_items(out, method, [r["seed"] for r in rows])
+        errors = set_errors(items[method], ["task", *names])
+        for key, ms in [("task", agg["task_accuracy"]), *((n, agg["heldout"][n]) for n in names)]:
+            ms["se"] = (errors.get(key) or {}).get("se")
+            ms["questions"] = (errors.get(key) or {}).get("n")
+            if key not in errors:
+                ms["se_note"] = NO_ITEMS
         if method == "base":
             agg["targets"] = base_targets  # what the store offers (SFT on gold ignores it)
         else:
@@ -168,6 +164,7 @@ def collect(out: Path, methods, seeds, before: dict, base_targets: dict) -> dict
     worth = {k: step_worth(runs, k) for k in ("eval/task_accuracy", "eval/heldout_mean")}
     return {
         "base": before, "seeds": list(seeds), "cells": cells, "summary": summary,
+        "paired": claims(summary, items),
         "step_worth": {"task": worth["eval/task_accuracy"], "heldout": worth["eval/heldout_mean"]},
     }  # fmt: skip
 
@@ -183,7 +180,40 @@ def _pct_se(ms: dict) -> str:
     if ms.get("mean") is None:
         return "-"
     se = ms.get("se")
-    return f"{100 * ms['mean']:.1f}" + ("" if se is None else f" ± {100 * se:.1f}") + " %"
+    if se is None:
+        return f"{100 * ms['mean']:.1f} % ± {ms.get('se_note', 'n/a')}"
+    return f"{100 * ms['mean']:.1f} ± {100 * se:.1f} %"
+
+
+def _diff(d: dict | None) -> str:
+    if not d or d.get("diff") is None:
+        return "-"
+    se = "n/a" if d.get("se") is None else f"{100 * d['se']:.1f}"
+    return f"{100 * d['diff']:+.1f} ± {se}"
+
+
+def _paired_markdown(rows: list[dict], names: list[str]) -> list[str]:
+    lines = [
+        "",
+        "Paired differences of the claims (method A minus method B on the same questions, in "
+        "points: per question the mean verdict over each method's seeds, A minus B, then the "
+        "mean over questions ± its standard error by a paired bootstrap over questions, 2000 "
+        "resamples, seed 0; held-out mean: the sets' mean, their errors combined as "
+        "independent):",
+        "",
+        "| A - B | questions | task | held-out mean | " + " | ".join(names) + " |",
+        "| --- | --- | --- | --- |" + " --- |" * len(names),
+    ]
+    for p in rows:
+        if "note" in p:
+            lines.append(f"| {p['claim']} | {p['note']} |" + " |" * (len(names) + 2))
+            continue
+        cols = " | ".join(_diff(p["heldout"].get(n)) for n in names)
+        lines.append(
+            f"| {p['claim']} | {p['task']['n']} | {_diff(p['task'])} "
+            f"| {_diff(p['heldout_mean'])} | {cols} |"
+        )
+    return lines
 
 
 def _pts(ms: dict) -> str:
@@ -228,9 +258,11 @@ def results_markdown(r: dict) -> str:
     if names:
         lines += [
             "",
-            "Held-out sets (mean over seeds ± the questions' standard error, all seeds' answers "
-            "pooled; drift: mean per-token KL(base || policy), k3, on the base model's answers "
-            "to general prompts, nats/token):",
+            "Held-out sets (mean over seeds ± the questions' standard error of that mean: per "
+            "question the mean verdict over the seeds, then the standard error of the mean over "
+            "the questions, which more seeds do not shrink; drift: mean per-token "
+            "KL(base || policy), k3, on the base model's answers to general prompts, "
+            "nats/token):",
             "",
             "| method | task | " + " | ".join(names) + " | drift |",
             "| --- | --- |" + " --- |" * len(names) + " --- |",
@@ -240,6 +272,8 @@ def results_markdown(r: dict) -> str:
             k3 = (a.get("drift_k3") or {}).get("mean")
             drift = "-" if k3 is None else f"{k3:.4f}"
             lines.append(f"| {a['method']} | {_pct_se(a['task_accuracy'])} | {cols} | {drift} |")
+    if r.get("paired"):
+        lines += _paired_markdown(r["paired"], names)
     worth = r.get("step_worth") or {}
     if worth.get("task"):
         lines += [

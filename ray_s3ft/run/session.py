@@ -105,22 +105,42 @@ class Session:
             self.cfg, self.groups, self.eval_sets, self.run_dir, self.model_path
         )
 
-    def evaluate(self, cfg: Config | None = None, eval_sets: dict | None = None) -> dict:
+    def evaluate(
+        self, cfg: Config | None = None, eval_sets: dict | None = None, items: bool = False
+    ) -> dict:
         """Every eval set (default: all of the session's) on the rollout engines, with the
-        options of ``cfg`` (default: the session's)."""
+        options of ``cfg`` (default: the session's); ``items``: with each question's verdict
+        (``evaluate_on_engines``)."""
         cfg = cfg or self.cfg
         sets = self.eval_sets if eval_sets is None else eval_sets
-        return evaluate_on_engines(self.groups, sets, cfg.eval.max_new_tokens, **eval_options(cfg))
+        return evaluate_on_engines(
+            self.groups, sets, cfg.eval.max_new_tokens, items=items, **eval_options(cfg)
+        )
 
-    def eval_before(self) -> dict:
-        """The base model's scores, kept in ``run_dir/eval_before.json`` (a resumed run or
-        grid reads them back)."""
-        return cached_eval(self.run_dir / "eval_before.json", self.evaluate)
+    def model_identity(self) -> dict:
+        from ray_s3ft.run.fingerprint import model_identity
 
-    def build_targets(self, cfg: Config | None = None):
-        """The S3FT target store of ``cfg`` (default: the session's), in the run directory."""
+        return model_identity(self.cfg.model.path, self.model_path)
+
+    def eval_before(self, force: bool = False) -> dict:
+        """The base model's scores, kept in ``run_dir/eval_before.json`` with each question's
+        verdict beside them (a resumed run or grid reads them back while their fingerprint
+        matches; ``force``: redo them if it does not)."""
+        from ray_s3ft.run.fingerprint import eval_fingerprint
+
+        fingerprint = eval_fingerprint(self.cfg, self.model_identity())
+        return cached_eval(
+            self.run_dir / "eval_before.json",
+            lambda: self.evaluate(items=True),
+            fingerprint,
+            force,
+        )
+
+    def build_targets(self, cfg: Config | None = None, force: bool = False):
+        """The S3FT target store of ``cfg`` (default: the session's), in the run directory;
+        ``force``: rebuild a store that another setting made."""
         return build_targets(cfg or self.cfg, self.groups, self.examples, self.run_dir,
-                             self.model_path, self.tokenizer)  # fmt: skip
+                             self.model_path, self.tokenizer, force)  # fmt: skip
 
 
 def _working_rule(cfg: Config):
@@ -133,7 +153,9 @@ def _working_rule(cfg: Config):
     return lambda ex, paraphrase: ex.verifier != "math" or keeps_working(paraphrase, ex.gold)
 
 
-def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str, tokenizer):
+def build_targets(
+    cfg: Config, groups, examples, run_dir: Path, model_path: str, tokenizer, force: bool = False
+):
     from rich.progress import Progress
 
     from ray_s3ft.prompts import paraphrase_template
@@ -144,8 +166,10 @@ def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str,
 
     n = cfg.rollout.max_new_tokens
     template = paraphrase_template(cfg.data.task, cfg.data.paraphrase_template)
+    from ray_s3ft.run.fingerprint import model_identity
+
     fingerprint = {  # the prompts are in the examples' digest
-        "model": model_path,
+        "model": model_identity(cfg.model.path, model_path),
         "task": cfg.data.task,
         "train_size": len(examples),
         "max_new_tokens": n,
@@ -167,6 +191,7 @@ def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str,
             max_new_tokens=n,
             on_chunk=lambda k: bar.advance(task, k),
             keeps_working=_working_rule(cfg),
+            force=force,
         )
     # a self answer or paraphrase over the response budget is never cut: the next rung is used
     count, budget = response_token_counter(tokenizer), cfg.data.max_response_tokens
@@ -190,17 +215,20 @@ def evaluate_on_engines(
     choice_target: str = "text",
     judge_timeout_s: float | None = None,
     math_extract: str = "flexible",
+    items: bool = False,
 ) -> dict:
     """Every eval set scored on the rollout engines (the weights being trained): greedy answers,
     multiple choice by log-likelihood, code in the sandbox and llm answers by the LLM judge on
     the judge workers (``scoring.score_sets``); the ``drift`` set (``with_drift``) as
-    ``{"kl", "k3", "tokens", "n"}``. ``{set: scores, "heldout_mean": ..., "drift": ...}``."""
-    from ray_s3ft.evaluation.scoring import heldout_sets, score_sets
+    ``{"kl", "k3", "tokens", "n"}``. ``{set: scores, "heldout_mean": ..., "drift": ...}``;
+    ``items``: also ``"items"``, each question's verdict (``scoring.item_verdicts``), which
+    ``write_eval`` keeps beside the scores."""
+    from ray_s3ft.evaluation.scoring import heldout_sets, item_verdicts, score_sets
     from ray_s3ft.tasks import drift
     from ray_s3ft.workers.judge import judge_on
     from ray_s3ft.workers.rollout import RolloutWorker
 
-    out, _ = score_sets(
+    out, records = score_sets(
         {k: v for k, v in eval_sets.items() if k != drift.NAME},
         greedy=lambda p: groups.rollout.map(RolloutWorker.greedy, p, max_new_tokens=max_new_tokens),
         loglik=lambda pairs, raw=False: groups.rollout.map(
@@ -215,6 +243,8 @@ def evaluate_on_engines(
     )
     heldout = [v["accuracy"] for v in heldout_sets(out).values()]
     out["heldout_mean"] = sum(heldout) / len(heldout) if heldout else None
+    if items:
+        out["items"] = item_verdicts(records)
     if eval_sets.get(drift.NAME):
         items = eval_sets[drift.NAME]
         pairs = [(it.prompt_ids, it.token_ids) for it in items]
@@ -259,9 +289,29 @@ def with_drift(cfg: Config, groups, eval_sets: dict, run_dir: Path, model_path: 
     return {**eval_sets, drift.NAME: items}
 
 
-def cached_eval(path: Path, fn):
-    if path.exists():
+def cached_eval(path: Path, fn, fingerprint: dict, force: bool = False) -> dict:
+    """``fn()``'s scores, written by ``write_eval`` with ``fingerprint`` beside them
+    (``NAME.fingerprint.json``); read back while the fingerprint matches. Another fingerprint
+    (or none) is a ConfigError naming the keys that differ; ``force``: evaluate again."""
+    from ray_s3ft.run import fingerprint as fp
+
+    fp_path = path.with_suffix(".fingerprint.json")
+    if path.exists() and fp.check_reuse(path, fp.load(fp_path), fingerprint, force):
         return json.loads(path.read_text())
-    result = fn()
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    result = write_eval(path, fn())
+    fp.save(fp_path, fingerprint)
     return result
+
+
+def write_eval(path: Path, scores: dict) -> dict:
+    """The scores in ``path`` (``eval_before.json``, ``eval_after.json``), and each question's
+    verdict (``scores["items"]``) beside them in ``NAME.items.jsonl``, one JSON line per
+    question (``set``, ``id``, ``h``: the prompt's hash, ``correct``): a paired comparison of
+    two runs needs their verdicts on the same questions. Returns the scores without items."""
+    items = scores.get("items")
+    scores = {k: v for k, v in scores.items() if k != "items"}
+    path.write_text(json.dumps(scores, indent=2) + "\n")
+    if items is not None:
+        with open(path.with_suffix(".items.jsonl"), "w") as f:
+            f.writelines(json.dumps(it) + "\n" for it in items)
+    return scores

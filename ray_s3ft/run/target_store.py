@@ -120,16 +120,23 @@ def build_targets(
     chunk_size: int = 128,
     on_chunk: Callable[[int], None] | None = None,
     keeps_working: Callable[[Example, str], bool] | None = None,
+    force: bool = False,
 ) -> TargetSet:
     """Build (or reuse, or finish) the store for ``examples`` under ``mode`` gold|ssr|s3ft.
     ``keeps_working(example, paraphrase)``: a second rule a paraphrase the judge accepted
-    must pass too (``judge.paraphrase_keeps_working``)."""
+    must pass too (``judge.paraphrase_keeps_working``). A store (or part of one) that another
+    ``fingerprint`` made is a ConfigError naming the keys that differ; ``force``: rebuild it."""
+    from ray_s3ft.run.fingerprint import check_reuse
+
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = {**fingerprint, "mode": mode, "ids": _ids_digest(examples)}
     store, partial, meta = run_dir / STORE, run_dir / PARTIAL, run_dir / META
-    if store.exists() and _read_meta(meta) == fingerprint:
+    saved = _read_meta(meta)
+    if store.exists() or partial.exists():
+        check_reuse(store if store.exists() else partial, saved, fingerprint, force)
+    if store.exists() and saved == fingerprint:
         return TargetSet(read_store(store), mode, computed=0, reused=len(examples))
-    if _read_meta(meta) != fingerprint:  # another setting's leftovers: start over
+    if saved != fingerprint:  # another setting's leftovers (--force): start over
         for path in (store, partial):
             path.unlink(missing_ok=True)
         _write_json(meta, fingerprint)

@@ -20,18 +20,20 @@ from pathlib import Path
 
 from ray_s3ft.config import Config
 from ray_s3ft.console import Phases
-from ray_s3ft.run.session import Session
+from ray_s3ft.run.session import Session, write_eval
 from ray_s3ft.timing import Timer
 
 log = logging.getLogger(__name__)
 
 
-def train(cfg: Config) -> dict:
+def train(cfg: Config, force: bool = False) -> dict:
+    """``force``: redo the base model's evaluation and the target store of the run directory
+    when another setting made them (else an error naming the keys that differ)."""
     phases, started = Phases(), time.perf_counter()
     with phases.run("startup", Session.open, cfg, True) as session:
         session.add_drift()
-        before = phases.run("eval_before", session.eval_before)
-        targets = phases.run("targets", session.build_targets)
+        before = phases.run("eval_before", session.eval_before, force)
+        targets = phases.run("targets", session.build_targets, None, force)
         summary = train_and_evaluate(
             session, cfg, session.run_dir, targets, before, phases, started
         )
@@ -92,8 +94,10 @@ def _train_and_evaluate(
     phases.run("train", ctl.train, trackers)
     ckpt = phases.run("checkpoint", ctl.checkpoint)
     phases.run("sync", ctl.sync_weights)
-    after = phases.run("eval_after", ctl.on_synced_engines, lambda: session.evaluate(cfg))
-    (run_dir / "eval_after.json").write_text(json.dumps(after, indent=2) + "\n")
+    after = phases.run(
+        "eval_after", ctl.on_synced_engines, lambda: session.evaluate(cfg, items=True)
+    )
+    after = write_eval(run_dir / "eval_after.json", after)  # + eval_after.items.jsonl
     phases.s["total"] = time.perf_counter() - started
     summary = {
         "run_dir": str(run_dir),
@@ -150,9 +154,9 @@ def _grpo_summary(judged: dict) -> dict:
     return out
 
 
-def build_targets_only(cfg: Config) -> dict:
+def build_targets_only(cfg: Config, force: bool = False) -> dict:
     with Session.open(cfg, learners=False) as session:
-        result = session.build_targets()
+        result = session.build_targets(force=force)
         return {
             "computed": result.computed, "reused": result.reused, **result.fractions(),
             "undecided": result.undecided(), "too_long": result.too_long(),

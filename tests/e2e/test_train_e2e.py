@@ -147,6 +147,23 @@ def test_target_phase_gives_all_three_sources_and_is_reused(run):
     assert run["summary_1"]["data_too_long"] == {"prompt": 0, "gold": 0}
 
 
+def test_each_questions_verdict_is_kept_beside_the_scores_with_their_fingerprint(run):
+    from ray_s3ft.evaluation.scoring import heldout_sets
+
+    out = run["dir"]
+    for name in ("eval_before", "eval_after"):
+        scores = json.loads((out / f"{name}.json").read_text())
+        items = [json.loads(x) for x in (out / f"{name}.items.jsonl").read_text().splitlines()]
+        for s in ["task", *heldout_sets(scores)]:
+            got = [i for i in items if i["set"] == s]
+            assert len(got) == scores[s]["n"], (name, s)
+            assert sum(i["correct"] is True for i in got) == scores[s]["correct"], (name, s)
+    fingerprint = json.loads((out / "eval_before.fingerprint.json").read_text())
+    assert fingerprint["eval.task_size"] == 32 and fingerprint["model"]["name"] == "builtin"
+    meta = json.loads((out / "targets.meta.json").read_text())
+    assert meta["model"] == fingerprint["model"]  # the store's model: the same identity
+
+
 def test_every_step_logs_the_required_keys_with_finite_values(run):
     rows = run["metrics_1"]
     assert [r["step"] for r in rows] == list(range(8))

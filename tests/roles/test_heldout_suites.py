@@ -279,7 +279,14 @@ def test_evaluate_on_engines_with_choices_code_and_drift(tmp_path, builtin_worke
     sets = {**load_eval_examples(cfg.data, cfg.eval), "code": [code]}
     sets = with_drift(cfg, groups, sets, tmp_path, "builtin")
     assert (tmp_path / "drift_base.json").is_file() and len(sets["drift"]) == 3
-    out = evaluate_on_engines(groups, sets, 16, choice_target="text")
+    out = evaluate_on_engines(groups, sets, 16, choice_target="text", items=True)
+    items = out.pop("items")  # each question's verdict, for paired comparisons of runs
+    assert [(i["set"], i["id"]) for i in items] == [
+        (name, ex.id) for name, exs in sets.items() if name != "drift" for ex in exs
+    ]
+    for name in ("task", "compare", "mini_mc", "code"):
+        hits = sum(i["correct"] is True for i in items if i["set"] == name)
+        assert hits == out[name]["correct"], name
     assert set(out) == {"task", "compare", "mini_mc", "code", "heldout_mean", "drift"}
     assert out["mini_mc"]["n"] == 2 and out["mini_mc"]["chance"] == 0.5
     assert out["code"] == {"accuracy": 0.0, "correct": 0, "n": 1, "unparsed": 0, "prompts_cut": 0}

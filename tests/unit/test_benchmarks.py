@@ -292,3 +292,11 @@ def test_eval_command_runs_lm_eval(tiny_task, tmp_path, capsys):
     assert report["lm_eval"]["ray_s3ft_tiny_mc"]["n"] == len(QUESTIONS)
     assert 0 <= report["lm_eval"]["ray_s3ft_tiny_mc"]["acc"] <= 1
     assert "lm-evaluation-harness" in capsys.readouterr().out
+    # each document's verdict is kept: the task's accuracy is their mean
+    records = [json.loads(x) for x in (out / "eval_responses.jsonl").read_text().splitlines()]
+    docs = [r for r in records if r["set"] == "lm_eval/ray_s3ft_tiny_mc"]
+    assert sorted(int(r["id"]) for r in docs) == list(range(len(QUESTIONS)))
+    assert all(isinstance(r["correct"], bool) and len(r["h"]) == 12 for r in docs)
+    acc = sum(r["correct"] for r in docs) / len(docs)
+    assert acc == pytest.approx(report["lm_eval"]["ray_s3ft_tiny_mc"]["acc"])
+    assert all(isinstance(r["correct"], bool) for r in records if r["set"] == "task")

@@ -40,11 +40,11 @@ class Engines:
         return [Verdict(ok(it)) for it in items]
 
 
-def _build(tmp_path, engines, mode="s3ft", fingerprint=None, chunk_size=3):
+def _build(tmp_path, engines, mode="s3ft", fingerprint=None, chunk_size=3, force=False):
     return build_targets(
         EXAMPLES, tmp_path, mode=mode, fingerprint=fingerprint or {"model": "m"},
         greedy=engines.greedy, paraphrase=engines.paraphrase, judge=engines.judge,
-        max_new_tokens=8, chunk_size=chunk_size,
+        max_new_tokens=8, chunk_size=chunk_size, force=force,
     )  # fmt: skip
 
 
@@ -92,11 +92,27 @@ def test_an_interrupted_build_resumes_from_its_last_chunk(tmp_path):
     ]
 
 
-def test_a_different_setting_starts_over(tmp_path):
+def test_a_store_of_another_setting_is_refused_naming_the_key_and_force_rebuilds_it(tmp_path):
+    from ray_s3ft.config import ConfigError
+
     _build(tmp_path, Engines())
     e = Engines()
-    result = _build(tmp_path, e, fingerprint={"model": "another"})
+    with pytest.raises(ConfigError, match=r'targets.jsonl: .*model: "m" -> "another".*--force'):
+        _build(tmp_path, e, fingerprint={"model": "another"})
+    assert e.asked == []  # nothing rebuilt, nothing deleted
+    assert len((tmp_path / STORE).read_text().splitlines()) == 9
+    result = _build(tmp_path, e, fingerprint={"model": "another"}, force=True)
     assert result.computed == 9 and len(e.asked) == 9
+    assert _build(tmp_path, Engines(), fingerprint={"model": "another"}).computed == 0
+
+
+def test_a_partial_store_of_another_setting_is_refused(tmp_path):
+    from ray_s3ft.config import ConfigError
+
+    with pytest.raises(RuntimeError, match="engine died"):
+        _build(tmp_path, Engines(fail_after=3))
+    with pytest.raises(ConfigError, match=r"targets.partial.jsonl: .*model.*--force"):
+        _build(tmp_path, Engines(), fingerprint={"model": "another"})
 
 
 def test_a_paraphrase_right_by_its_answer_alone_falls_to_gold_under_the_working_rule(tmp_path):
