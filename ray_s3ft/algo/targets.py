@@ -28,8 +28,11 @@ class Target:
     source: TargetSource
 
 
-def _accepted(verdict: bool | None, response: str | None, name: str) -> bool:
-    """A verdict counts only when it is True; an undecided judge (None) is a rejection.
+def _accepted(verdict: bool | None, response: str | None, finished: bool, name: str) -> bool:
+    """A verdict counts only when it is True; an undecided judge (None) is a rejection, and so
+    is an answer cut at the generation budget: flexible extraction may read its last number as
+    the answer, but trained on (with an end-of-turn appended) it would teach the model to stop
+    mid-sentence.
 
     A True verdict on a missing or blank response means the judge was fed something other than
     what we would train on: raise rather than train on an empty target.
@@ -38,7 +41,7 @@ def _accepted(verdict: bool | None, response: str | None, name: str) -> bool:
         return False
     if response is None or not response.strip():
         raise ValueError(f"{name}_ok is True but {name} response is empty or None")
-    return True
+    return finished
 
 
 def select_target(
@@ -49,19 +52,22 @@ def select_target(
     self_ok: bool | None = None,
     paraphrase: str | None = None,
     paraphrase_ok: bool | None = None,
+    self_finished: bool = True,
+    paraphrase_finished: bool = True,
 ) -> Target:
     """The training target for one (x, y_gold) pair under ``mode`` in TARGET_MODES.
 
     gold: always y_gold (plain SFT). ssr: y_self if accepted, else y_gold. s3ft: y_self if
-    accepted, else y_para if accepted, else y_gold. Only the rungs consulted are validated
-    (gold mode reads no verdict), so one judged record serves all three modes.
+    accepted, else y_para if accepted, else y_gold. Accepted: the judge said True and the
+    answer ended (``*_finished``: not cut at the generation budget). Only the rungs consulted
+    are validated (gold mode reads no verdict), so one judged record serves all three modes.
     """
     if mode not in TARGET_MODES:
         raise ValueError(f"unknown target mode {mode!r}; allowed: {', '.join(TARGET_MODES)}")
-    if mode in ("ssr", "s3ft") and _accepted(self_ok, self_response, "self"):
+    if mode in ("ssr", "s3ft") and _accepted(self_ok, self_response, self_finished, "self"):
         assert self_response is not None  # checked by _accepted; narrows the type
         return Target(text=self_response, source=TargetSource.SELF)
-    if mode == "s3ft" and _accepted(paraphrase_ok, paraphrase, "paraphrase"):
+    if mode == "s3ft" and _accepted(paraphrase_ok, paraphrase, paraphrase_finished, "paraphrase"):
         assert paraphrase is not None
         return Target(text=paraphrase, source=TargetSource.PARAPHRASE)
     return Target(text=gold, source=TargetSource.GOLD)

@@ -156,7 +156,7 @@ def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str)
             run_dir,
             mode=cfg.algorithm.targets,
             fingerprint=fingerprint,
-            greedy=lambda p, m: groups.rollout.map(RolloutWorker.greedy, p, max_new_tokens=m),
+            greedy=lambda p, m: groups.rollout.map(RolloutWorker.answers, p, max_new_tokens=m),
             paraphrase=lambda p, m: groups.rollout.map(
                 RolloutWorker.paraphrase, p, max_new_tokens=m, template=template
             ),
@@ -165,12 +165,14 @@ def build_targets(cfg: Config, groups, examples, run_dir: Path, model_path: str)
             on_chunk=lambda k: bar.advance(task, k),
             keeps_working=_working_rule(cfg),
         )
-    frac, und = result.fractions(), result.undecided()
+    frac, und, cut = result.fractions(), result.undecided(), result.unfinished()
     say(
         f"targets ({cfg.algorithm.targets}): {result.computed} built, {result.reused} reused; "
         f"self {frac['self']:.1%}, paraphrase {frac['paraphrase']:.1%}, gold {frac['gold']:.1%}; "
         f"undecided verdicts: self {und['self']}, paraphrase {und['paraphrase']} "
-        f"of {len(result.records)}"
+        f"of {len(result.records)}; cut at {n} tokens: self {cut['self']} "
+        f"({cut['self_rejected']} accepted by the judge, rejected), paraphrase "
+        f"{cut['paraphrase']} ({cut['paraphrase_rejected']} rejected)"
     )
     return result
 
@@ -195,7 +197,9 @@ def evaluate_on_engines(
 
     out, _ = score_sets(
         {k: v for k, v in eval_sets.items() if k != drift.NAME},
-        greedy=lambda p: groups.rollout.map(RolloutWorker.greedy, p, max_new_tokens=max_new_tokens),
+        greedy=lambda p: groups.rollout.map(
+            RolloutWorker.answers, p, max_new_tokens=max_new_tokens
+        ),
         loglik=lambda pairs, raw=False: groups.rollout.map(
             RolloutWorker.loglikelihoods, pairs, raw=raw
         ),
