@@ -34,8 +34,11 @@ class Target:
     too_long: tuple[TargetSource, ...] = ()
 
 
-def _accepted(verdict: bool | None, response: str | None, name: str) -> bool:
-    """A verdict counts only when it is True; an undecided judge (None) is a rejection.
+def _accepted(verdict: bool | None, response: str | None, finished: bool, name: str) -> bool:
+    """A verdict counts only when it is True; an undecided judge (None) is a rejection, and so
+    is an answer cut at the generation budget: flexible extraction may read its last number as
+    the answer, but trained on (with an end-of-turn appended) it would teach the model to stop
+    mid-sentence.
 
     A True verdict on a missing or blank response means the judge was fed something other than
     what we would train on: raise rather than train on an empty target.
@@ -44,7 +47,7 @@ def _accepted(verdict: bool | None, response: str | None, name: str) -> bool:
         return False
     if response is None or not response.strip():
         raise ValueError(f"{name}_ok is True but {name} response is empty or None")
-    return True
+    return finished
 
 
 def select_target(
@@ -56,24 +59,27 @@ def select_target(
     paraphrase: str | None = None,
     paraphrase_ok: bool | None = None,
     fits: Callable[[str], bool] | None = None,
+    self_finished: bool = True,
+    paraphrase_finished: bool = True,
 ) -> Target:
     """The training target for one (x, y_gold) pair under ``mode`` in TARGET_MODES.
 
     gold: always y_gold (plain SFT). ssr: y_self if accepted, else y_gold. s3ft: y_self if
-    accepted, else y_para if accepted, else y_gold. Only the rungs consulted are validated
-    (gold mode reads no verdict), so one judged record serves all three modes. ``fits(text)``:
-    whether a self answer or paraphrase fits the response budget; an accepted one that does
-    not is passed over (listed in ``Target.too_long``). None: every one fits.
+    accepted, else y_para if accepted, else y_gold. Accepted: the judge said True and the
+    answer ended (``*_finished``: not cut at the generation budget). Only the rungs consulted
+    are validated (gold mode reads no verdict), so one judged record serves all three modes.
+    ``fits(text)``: whether a self answer or paraphrase fits the response budget; an accepted
+    one that does not is passed over (listed in ``Target.too_long``). None: every one fits.
     """
     if mode not in TARGET_MODES:
         raise ValueError(f"unknown target mode {mode!r}; allowed: {', '.join(TARGET_MODES)}")
     too_long: list[TargetSource] = []
-    if mode in ("ssr", "s3ft") and _accepted(self_ok, self_response, "self"):
+    if mode in ("ssr", "s3ft") and _accepted(self_ok, self_response, self_finished, "self"):
         assert self_response is not None  # checked by _accepted; narrows the type
         if fits is None or fits(self_response):
             return Target(text=self_response, source=TargetSource.SELF)
         too_long.append(TargetSource.SELF)
-    if mode == "s3ft" and _accepted(paraphrase_ok, paraphrase, "paraphrase"):
+    if mode == "s3ft" and _accepted(paraphrase_ok, paraphrase, paraphrase_finished, "paraphrase"):
         assert paraphrase is not None
         if fits is None or fits(paraphrase):
             return Target(paraphrase, TargetSource.PARAPHRASE, tuple(too_long))

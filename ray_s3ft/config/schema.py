@@ -43,6 +43,7 @@ LLM_JUDGE_MODES = ("loglik", "generate")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 TARGET_KINDS = ("gold", "ssr", "s3ft")
 LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
+OVERLONG_MODES = ("keep", "mask", "penalty")  # GRPO samples cut at the budget (algo/overlong.py)
 SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
 REFERENCES = ("base", "after_warmup")
 OPTIMIZER_STATES = ("shared", "per_mode")
@@ -236,6 +237,12 @@ class GRPOConfig:
     # rollout rounds per step (then the batch is filled with the flat groups it has)
     dynamic_sampling: bool = False
     max_extra_rollouts: int = checked(2, AT_LEAST_0)
+    # OVERLONG_MODES: samples cut at rollout.max_new_tokens (DAPO §3.4, docs/methods.md §4):
+    # trained on as they are, masked out of the loss, or a soft length penalty on the reward
+    overlong: str = checked("keep", one_of(OVERLONG_MODES))
+    # penalty: L_cache as a share of rollout.max_new_tokens: the reward falls from 0 to -1
+    # over the last this-share of the budget (DAPO: 4096 of 20480 tokens)
+    overlong_cache: float = checked(0.2, FRACTION_ABOVE_0)
 
 
 @dataclass(frozen=True)

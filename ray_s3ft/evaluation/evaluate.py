@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ray_s3ft.evaluation.scoring import prompts_cut_note, score_sets
+from ray_s3ft.workers.types import Answer
 
 
 def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
@@ -91,14 +92,15 @@ class _EvalEngines:
         self.generate_s = 0.0
         self._worker, self._worker_path, self._judge = None, None, None
 
-    def greedy(self, prompts: list[str]) -> list[str]:
-        """Greedy answers from the scoring engine (vLLM or transformers: one engine)."""
+    def greedy(self, prompts: list[str]) -> list[Answer]:
+        """Greedy answers (``Answer``: text, ended or cut) from the scoring engine (vLLM or
+        transformers: one engine)."""
         from rich.progress import Progress
 
         cfg, started = self.cfg, time.perf_counter()
         with Progress(transient=True) as bar:
             task = bar.add_task("generating", total=len(prompts))
-            out = self.worker(self.path).greedy(
+            out = self.worker(self.path).answers(
                 prompts, cfg.eval.max_new_tokens, on_batch=lambda n: bar.advance(task, n)
             )
         self.generate_s += time.perf_counter() - started
@@ -177,7 +179,7 @@ def print_report(report: dict, console=None) -> None:
 
     console = console or Console()
     table = Table(title=f"eval of {report['model']} ({report['backend']}, greedy)")
-    for col in ("set", "accuracy", "correct / n", "unparsed", "acc_norm", "chance"):
+    for col in ("set", "accuracy", "correct / n", "unparsed", "cut", "acc_norm", "chance"):
         table.add_column(col, justify="right" if col != "set" else "left")
     rows = [("task", report["task"])] + [
         (f"held-out: {k}", v) for k, v in report["heldout"].items()
@@ -189,10 +191,10 @@ def print_report(report: dict, console=None) -> None:
     for name, s in rows:
         table.add_row(
             name, pct(s["accuracy"]), f"{s['correct']} / {s['n']}", str(s["unparsed"]),
-            pct(s.get("acc_norm")), pct(s.get("chance")),
+            str(s.get("unfinished", "")), pct(s.get("acc_norm")), pct(s.get("chance")),
         )  # fmt: skip
     if "heldout_mean" in report:
-        table.add_row("held-out mean", pct(report["heldout_mean"]), "", "", "", "")
+        table.add_row("held-out mean", pct(report["heldout_mean"]), "", "", "", "", "")
     console.print(table)
     note = prompts_cut_note({"task": report["task"], **report["heldout"]})
     if note:

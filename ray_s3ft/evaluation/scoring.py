@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from ray_s3ft.config import CHOICE_TARGETS
 from ray_s3ft.tasks.types import Example
 from ray_s3ft.verifiers.registry import RULE_BASED, rule_verdict
+from ray_s3ft.workers.types import Answer
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class SkillScore:
     correct: int
     n: int
     unparsed: int  # responses the verifier could not read (counted as wrong)
+    unfinished: int = 0  # answers cut at eval.max_new_tokens (scored as they stand)
 
 
 def score_response(example: Example, response: str, math_extract: str = "strict") -> bool | None:
@@ -131,7 +133,7 @@ def _judge_item(example: Example, response: str):
 def score_sets(
     sets: dict[str, list[Example]],
     *,
-    greedy: Callable[[list[str]], list[str]],
+    greedy: Callable[[list[str]], list[Answer]],
     loglik: Callable[[list[tuple[str, str]]], list[float]] | None = None,
     judge: Callable[[list], list] | None = None,
     choice_target: str = "text",
@@ -141,8 +143,9 @@ def score_sets(
     """Score every eval set: ``{set: {"accuracy", "correct", "n", "unparsed", ...}}`` and one
     record per example. One call of each kind for all sets together:
 
-    - ``greedy(prompts) -> texts`` for examples that are answered (math, exact, code, llm);
-      math and exact answers are read here;
+    - ``greedy(prompts) -> [Answer]`` for examples that are answered (math, exact, code,
+      llm); math and exact answers are read here; a set counts its answers cut at the budget
+      (``unfinished``), each record says whether its answer ended (``finished``);
     - ``loglik([(context, continuation)]) -> [log p]`` for ``choice`` examples, one pair per
       choice (``score_choices``; the set also gets ``acc_norm`` and ``chance``);
     - math answers are read by ``math_extract`` (``judge.math_extract``), and a math set also
@@ -157,8 +160,9 @@ def score_sets(
     """
     answered = [(name, i) for name, exs in sets.items() for i, ex in enumerate(exs)
                 if ex.verifier != "choice"]  # fmt: skip
-    texts = greedy([sets[n][i].prompt for n, i in answered]) if answered else []
-    response = dict(zip(answered, texts, strict=True))
+    answers = greedy([sets[n][i].prompt for n, i in answered]) if answered else []
+    response = {key: a.text for key, a in zip(answered, answers, strict=True)}
+    finished = {key: a.finished for key, a in zip(answered, answers, strict=True)}
     verdict: dict[tuple[str, int], bool | None] = {}
     reason: dict[tuple[str, int], str] = {}  # judged examples: the judge's word (sandbox status)
     judged = []
@@ -208,17 +212,23 @@ def score_sets(
         else:
             vs = [verdict[(name, i)] for i in range(len(exs))]
             correct = sum(v is True for v in vs)
+            unfinished = sum(not finished[(name, i)] for i in range(len(exs)))
             scores[name] = asdict(
                 SkillScore(
-                    correct / max(1, len(exs)), correct, len(exs), sum(v is None for v in vs)
+                    correct / max(1, len(exs)), correct, len(exs), sum(v is None for v in vs),
+                    unfinished,
                 )
-            )
+            )  # fmt: skip
             if exs and all(ex.verifier == "math" for ex in exs):
                 for mode, got in by_mode.items():
                     hits = sum(got[(name, i)] is True for i in range(len(exs)))
                     scores[name][f"{mode}_accuracy"] = hits / len(exs)
             recs = [  # correct: None when undecided (counted as wrong)
-                {"response": response[(name, i)], "correct": verdict[(name, i)]}
+                {
+                    "response": response[(name, i)],
+                    "correct": verdict[(name, i)],
+                    "finished": finished[(name, i)],
+                }
                 | ({"judge": reason[(name, i)]} if (name, i) in reason else {})
                 for i in range(len(exs))
             ]

@@ -40,6 +40,7 @@ from typing import TypeVar
 import torch
 
 from ray_s3ft.algo.grpo import AGGREGATION, group_advantages
+from ray_s3ft.algo.overlong import loss_weights
 from ray_s3ft.algo.schedules import Decision, make_schedule
 from ray_s3ft.config import Config
 from ray_s3ft.errors import RunFailed
@@ -260,6 +261,8 @@ class Controller(Recovery):
             self.tok.pad_token_id,
             self.cfg.rollout.max_new_tokens,
             temperature=self.cfg.rollout.temperature,  # the learner scores logits / T
+            # overlong mask: cut samples out of the loss, after their rewards made the advantages
+            weights=loss_weights(torch.tensor([g.finished for g in gens]), grpo.overlong),
         )
         if staleness > 0:  # sampled by an older policy: truncated importance weights
             batch = replace(batch, is_cap=self.cfg.rollout.is_cap)

@@ -18,8 +18,8 @@ from pathlib import Path
 METRICS = "metrics.jsonl"
 # the GRPO figures every row reports, in its order (``sampling.GRPOStats`` fields)
 EVERY_ROW = (
-    "reward_mean", "zero_std_groups", "undecided", "undecided_frac", "tokens_per_s",
-    "response_tokens", "discarded",
+    "reward_mean", "zero_std_groups", "undecided", "undecided_frac", "unfinished",
+    "tokens_per_s", "response_tokens", "discarded",
 )  # fmt: skip
 
 

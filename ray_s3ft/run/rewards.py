@@ -2,15 +2,18 @@
 
 ``Rewards.score`` judges a step's samples on the judge actors (a judge actor's share past
 ``judge.timeout_s`` is undecided) and gives 1 for correct, 0 for wrong and
-``algorithm.grpo.undecided_reward`` for undecided. With ``algorithm.grpo.dynamic_sampling``,
-``Rewards.refill`` replaces groups whose rewards are all equal by groups of further prompts.
-The figures go to the run's ``TrainState`` (``grpo``, ``judged``, ``faults``).
+``algorithm.grpo.undecided_reward`` for undecided; with ``algorithm.grpo.overlong: penalty``
+DAPO's soft length penalty is added (``algo.overlong``). With
+``algorithm.grpo.dynamic_sampling``, ``Rewards.refill`` replaces groups whose rewards are all
+equal by groups of further prompts. The figures go to the run's ``TrainState`` (``grpo``: the
+step's, over all its rounds; ``judged``: the run's; ``faults``).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ray_s3ft.algo.overlong import soft_penalty
 from ray_s3ft.config import Config
 from ray_s3ft.run.sampling import SyncSampler, sample_digest
 from ray_s3ft.tasks.types import Example
@@ -25,23 +28,27 @@ class Rewards:
         self.cfg, self.judge, self.sampler = cfg, judge, sampler
 
     def score(self, examples: list[Example], gens, state) -> torch.Tensor:
-        """The rewards of ``gens`` (G per example, example-major): [P * G]."""
-        G = self.cfg.algorithm.grpo.group_size
+        """The rewards of ``gens`` (G per example, example-major): [P * G]. The step's
+        figures (``state.grpo``) are those of these samples; ``refill`` sums its rounds'."""
+        grpo = self.cfg.algorithm.grpo
         items = [
             JudgeItem(ex.prompt, gen.text, ex.answer, ex.verifier, tuple(ex.tests))
             for i, gen in enumerate(gens)
-            for ex in [examples[i // G]]
+            for ex in [examples[i // grpo.group_size]]
         ]
         verdicts = self.verdicts(items, state)
+        rewards = torch.tensor([reward(v, grpo) for v in verdicts])  # [N]
+        if grpo.overlong == "penalty":
+            budget = self.cfg.rollout.max_new_tokens
+            lengths = torch.tensor([len(g.token_ids) for g in gens])  # [N]
+            rewards = rewards + soft_penalty(lengths, budget, grpo.overlong_cache * budget)
         undecided = sum(v.correct is None for v in verdicts)
-        state.grpo.undecided = undecided
-        state.grpo.undecided_frac = undecided / max(len(verdicts), 1)
-        rewards = torch.tensor([reward(v, self.cfg.algorithm.grpo) for v in verdicts])
         judged = state.judged
         judged["samples"] += len(verdicts)
         judged["reward_sum"] += rewards.sum().item()
         judged["undecided"] += undecided
-        state.grpo.reward_mean = rewards.mean().item()
+        judged["unfinished"] = judged.get("unfinished", 0) + unfinished(gens)
+        step_figures(state.grpo, gens, undecided, rewards)
         return rewards
 
     def verdicts(self, items: list[JudgeItem], state) -> list[Verdict]:
@@ -60,11 +67,13 @@ class Rewards:
         grpo, G = self.cfg.algorithm.grpo, self.cfg.algorithm.grpo.group_size
         P = len(examples)
         kept, flat = split_flat_groups(examples, gens, rewards, G)
-        rounds, all_rewards = 0, [rewards]
+        # ``score`` of the first round set the step's figures for its samples
+        rounds, all_gens, all_rewards, undecided = 0, list(gens), [rewards], state.grpo.undecided
         while len(kept) < P and rounds < grpo.max_extra_rollouts:
             rounds += 1
             exs, more = self.sampler.more(step, state, timer, P - len(kept), rounds)
             r = timer.run("judge", self.score, exs, more, state)
+            all_gens, undecided = all_gens + more, undecided + state.grpo.undecided
             all_rewards.append(r)
             k, f = split_flat_groups(exs, more, r, G)
             kept, flat = kept + k, flat + f
@@ -75,7 +84,7 @@ class Rewards:
         judged = state.judged
         judged["extra_rounds"] = judged.get("extra_rounds", 0) + rounds
         judged["dropped_groups"] = judged.get("dropped_groups", 0) + dropped
-        last.reward_mean = torch.cat(all_rewards).mean().item()  # every sample of the step
+        step_figures(last, all_gens, undecided, torch.cat(all_rewards))  # every round's samples
         last.sample_digest = sample_digest([g for _, gs, _ in batch for g in gs])
         return (
             [ex for ex, _, _ in batch],
@@ -93,6 +102,19 @@ def split_flat_groups(examples: list, gens: list, rewards: torch.Tensor, group_s
         group = (ex, gens[j * group_size : (j + 1) * group_size], r)
         (flat if bool((r == r[0]).all()) else kept).append(group)
     return kept, flat
+
+
+def unfinished(gens) -> int:
+    """Samples cut at the generation budget."""
+    return sum(not g.finished for g in gens)
+
+
+def step_figures(stats, gens, undecided: int, rewards: torch.Tensor) -> None:
+    """The step's figures in ``stats`` (``GRPOStats``) from all of its judged samples."""
+    n = max(len(gens), 1)
+    stats.undecided, stats.undecided_frac = undecided, undecided / n
+    stats.unfinished = unfinished(gens) / n
+    stats.reward_mean = rewards.mean().item()
 
 
 def reward(verdict: Verdict, grpo) -> float:

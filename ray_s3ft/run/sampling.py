@@ -75,6 +75,7 @@ class GRPOStats:
     zero_std_groups: int = 0
     undecided: int = 0
     undecided_frac: float = 0.0
+    unfinished: float = 0.0  # share of samples cut at rollout.max_new_tokens
     tokens_per_s: float = 0.0
     response_tokens: float = 0.0
     sample_digest: int = 0
@@ -89,6 +90,7 @@ class GRPOStats:
         "zero_std_groups": "reward/zero_std_groups",
         "undecided": "judge/undecided",
         "undecided_frac": "judge/undecided_frac",
+        "unfinished": "rollout/unfinished",
         "tokens_per_s": "rollout/tokens_per_s",
         "response_tokens": "rollout/response_tokens",
         "sample_digest": "rollout/sample_digest",

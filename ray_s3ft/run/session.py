@@ -183,7 +183,7 @@ def build_targets(
             run_dir,
             mode=cfg.algorithm.targets,
             fingerprint=fingerprint,
-            greedy=lambda p, m: groups.rollout.map(RolloutWorker.greedy, p, max_new_tokens=m),
+            greedy=lambda p, m: groups.rollout.map(RolloutWorker.answers, p, max_new_tokens=m),
             paraphrase=lambda p, m: groups.rollout.map(
                 RolloutWorker.paraphrase, p, max_new_tokens=m, template=template
             ),
@@ -197,12 +197,15 @@ def build_targets(
     count, budget = response_token_counter(tokenizer), cfg.data.max_response_tokens
     result = dataclasses.replace(result, fits=lambda text: count(text) <= budget)
     frac, und, long = result.fractions(), result.undecided(), result.too_long()
+    cut = result.unfinished()
     say(
         f"targets ({cfg.algorithm.targets}): {result.computed} built, {result.reused} reused; "
         f"self {frac['self']:.1%}, paraphrase {frac['paraphrase']:.1%}, gold {frac['gold']:.1%}; "
         f"undecided verdicts: self {und['self']}, paraphrase {und['paraphrase']} "
         f"of {len(result.records)}; over data.max_response_tokens {budget} (next rung used): "
-        f"self {long['self']}, paraphrase {long['paraphrase']}"
+        f"self {long['self']}, paraphrase {long['paraphrase']}; cut at {n} tokens: self "
+        f"{cut['self']} ({cut['self_rejected']} accepted by the judge, rejected), paraphrase "
+        f"{cut['paraphrase']} ({cut['paraphrase_rejected']} rejected)"
     )
     return result
 
@@ -230,7 +233,9 @@ def evaluate_on_engines(
 
     out, records = score_sets(
         {k: v for k, v in eval_sets.items() if k != drift.NAME},
-        greedy=lambda p: groups.rollout.map(RolloutWorker.greedy, p, max_new_tokens=max_new_tokens),
+        greedy=lambda p: groups.rollout.map(
+            RolloutWorker.answers, p, max_new_tokens=max_new_tokens
+        ),
         loglik=lambda pairs, raw=False: groups.rollout.map(
             RolloutWorker.loglikelihoods, pairs, raw=raw
         ),

@@ -28,9 +28,12 @@ from ray_s3ft.algo.targets import (
     too_long_counts,
 )
 from ray_s3ft.tasks.types import Example
-from ray_s3ft.workers.types import JudgeItem, Verdict
+from ray_s3ft.workers.types import Answer, JudgeItem, Verdict
 
 STORE, PARTIAL, META = "targets.jsonl", "targets.partial.jsonl", "targets.meta.json"
+# 2: records keep whether each answer ended; a store built before (cut answers could be
+# targets) is not reused (its fingerprint differs: --force rebuilds it)
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class TargetRecord:
     self_ok: bool | None = None
     paraphrase: str | None = None  # None when y_self was accepted or the mode is ssr
     paraphrase_ok: bool | None = None
+    self_finished: bool = True  # False: y_self was cut at max_new_tokens (never a target)
+    paraphrase_finished: bool = True  # the same for y_para
 
     def target(self, mode: str, fits: Callable[[str], bool] | None = None) -> Target:
         return select_target(
@@ -52,6 +57,8 @@ class TargetRecord:
             paraphrase=self.paraphrase,
             paraphrase_ok=self.paraphrase_ok,
             fits=fits,
+            self_finished=self.self_finished,
+            paraphrase_finished=self.paraphrase_finished,
         )
 
 
@@ -89,6 +96,19 @@ class TargetSet:
             ),
         }
 
+    def unfinished(self) -> dict[str, int]:
+        """Answers cut at the generation budget, per rung (``self``, ``paraphrase``), and
+        those of them the judge accepted, refused as targets for being cut (``*_rejected``):
+        each made that example fall to the next rung."""
+        selfs = [r for r in self.records if r.self_response is not None and not r.self_finished]
+        paras = [r for r in self.records if r.paraphrase is not None and not r.paraphrase_finished]
+        return {
+            "self": len(selfs),
+            "self_rejected": sum(r.self_ok is True for r in selfs),
+            "paraphrase": len(paras),
+            "paraphrase_rejected": sum(r.paraphrase_ok is True for r in paras),
+        }
+
     def digest(self) -> str:
         """What SFT steps train on, hashed: a checkpoint records it, and a resume onto another
         store (rebuilt with another judge, other data) is refused."""
@@ -100,10 +120,10 @@ class TargetSet:
         return h.hexdigest()[:16]
 
 
-# (prompts, max_new_tokens) -> greedy texts; (pairs, max_new_tokens) -> paraphrases;
+# (prompts, max_new_tokens) -> greedy answers; (pairs, max_new_tokens) -> paraphrases;
 # items -> verdicts. The controller passes its actor groups' calls; tests may pass functions.
-Greedy = Callable[[Sequence[str], int], list[str]]
-Paraphrase = Callable[[Sequence[tuple[str, str]], int], list[str]]
+Greedy = Callable[[Sequence[str], int], list[Answer]]
+Paraphrase = Callable[[Sequence[tuple[str, str]], int], list[Answer]]
 Judge = Callable[[Sequence[JudgeItem]], list[Verdict]]
 
 
@@ -129,7 +149,7 @@ def build_targets(
     from ray_s3ft.run.fingerprint import check_reuse
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = {**fingerprint, "mode": mode, "ids": _ids_digest(examples)}
+    fingerprint = {**fingerprint, "mode": mode, "ids": _ids_digest(examples), "format": FORMAT}
     store, partial, meta = run_dir / STORE, run_dir / PARTIAL, run_dir / META
     saved = _read_meta(meta)
     if store.exists() or partial.exists():
@@ -177,22 +197,25 @@ def _judge_chunk(
     if mode == "gold":
         return base
     selfs = greedy([ex.prompt for ex in chunk], max_new_tokens)
-    verdicts = judge([_item(ex, r) for ex, r in zip(chunk, selfs, strict=True)])
+    verdicts = judge([_item(ex, a.text) for ex, a in zip(chunk, selfs, strict=True)])
     records = [
-        dataclasses.replace(rec, self_response=r, self_ok=v.correct)
-        for rec, r, v in zip(base, selfs, verdicts, strict=True)
+        dataclasses.replace(rec, self_response=a.text, self_ok=v.correct, self_finished=a.finished)
+        for rec, a, v in zip(base, selfs, verdicts, strict=True)
     ]
     if mode != "s3ft":
         return records
-    rejected = [i for i, rec in enumerate(records) if rec.self_ok is not True]
+    # a cut y_self the judge accepted is rejected too (select_target): it needs the next rung
+    rejected = [i for i, r in enumerate(records) if r.target("ssr").source != TargetSource.SELF]
     if rejected:
         paras = paraphrase([(chunk[i].prompt, chunk[i].gold) for i in rejected], max_new_tokens)
-        pverdicts = judge([_item(chunk[i], p) for i, p in zip(rejected, paras, strict=True)])
+        pverdicts = judge([_item(chunk[i], p.text) for i, p in zip(rejected, paras, strict=True)])
         for i, p, v in zip(rejected, paras, pverdicts, strict=True):
             ok = v.correct
-            if ok and keeps_working is not None and not keeps_working(chunk[i], p):
+            if ok and keeps_working is not None and not keeps_working(chunk[i], p.text):
                 ok = False  # right answer, but not a restatement of the gold's working
-            records[i] = dataclasses.replace(records[i], paraphrase=p, paraphrase_ok=ok)
+            records[i] = dataclasses.replace(
+                records[i], paraphrase=p.text, paraphrase_ok=ok, paraphrase_finished=p.finished
+            )
     return records
 
 

@@ -110,6 +110,7 @@ def _train_and_evaluate(
         "targets_too_long": targets.too_long(),
         # rows skipped at load for a token budget (prompt, gold answer): data_report.json
         "data_too_long": rows_too_long(session.run_dir),
+        "targets_unfinished": targets.unfinished(),
         "targets_reused": targets.computed == 0,
         "grpo": _grpo_summary(ctl.state.judged),
         "steps": dict(ctl.state.steps),
@@ -147,6 +148,7 @@ def _grpo_summary(judged: dict) -> dict:
         "samples": n,
         "mean_reward": judged["reward_sum"] / n if n else None,
         "undecided": int(judged["undecided"]),
+        "unfinished": int(judged.get("unfinished", 0)),  # cut at rollout.max_new_tokens
     }
     if "extra_rounds" in judged:  # algorithm.grpo.dynamic_sampling
         out["extra_rounds"] = int(judged["extra_rounds"])
@@ -160,6 +162,7 @@ def build_targets_only(cfg: Config, force: bool = False) -> dict:
         return {
             "computed": result.computed, "reused": result.reused, **result.fractions(),
             "undecided": result.undecided(), "too_long": result.too_long(),
+            "unfinished": result.unfinished(),
         }  # fmt: skip
 
 
@@ -183,6 +186,8 @@ def print_summary(s: dict) -> None:
             key = f"{mode}_accuracy"
             table.add_row(f"  {mode} extraction", pct(b["task"][key]), pct(a["task"].get(key)))
     table.add_row("  undecided", str(b["task"]["unparsed"]), str(a["task"]["unparsed"]))
+    cut = [str(ev["task"].get("unfinished", "-")) for ev in (b, a)]
+    table.add_row("  cut at eval.max_new_tokens", *cut)
     for name in heldout_sets(b):
         table.add_row(f"held-out: {name}", pct(b[name]["accuracy"]), pct(a[name]["accuracy"]))
     table.add_row("held-out mean", pct(b["heldout_mean"]), pct(a["heldout_mean"]))
@@ -202,18 +207,22 @@ def print_summary(s: dict) -> None:
         console.print(note, highlight=False)
     t, u = s["targets"], s.get("targets_undecided", {})
     long, rows = s.get("targets_too_long", {}), s.get("data_too_long", {})
+    c = s.get("targets_unfinished", {})
     g = s.get("grpo") or {}
     grpo = ""
     if g.get("samples"):
         grpo = (
             f"GRPO: {g['samples']} samples, mean reward {g['mean_reward']:.3f}, "
-            f"undecided {g['undecided']} ({g['undecided'] / g['samples']:.1%})\n"
+            f"undecided {g['undecided']} ({g['undecided'] / g['samples']:.1%}), "
+            f"cut at the budget {g.get('unfinished', 0) / g['samples']:.1%}\n"
         )
     console.print(
         f"targets: self {pct(t['self'])}, paraphrase {pct(t['paraphrase'])}, gold {pct(t['gold'])}"
         f"{' (reused)' if s['targets_reused'] else ''}; undecided verdicts: "
         f"self {u.get('self', 0)}, paraphrase {u.get('paraphrase', 0)}; over the response "
-        f"budget: self {long.get('self', 0)}, paraphrase {long.get('paraphrase', 0)}\n"
+        f"budget: self {long.get('self', 0)}, paraphrase {long.get('paraphrase', 0)}; cut "
+        f"answers rejected: self {c.get('self_rejected', 0)}, paraphrase "
+        f"{c.get('paraphrase_rejected', 0)}\n"
         f"rows skipped at load, too long: prompt {rows.get('prompt', 0)}, "
         f"gold {rows.get('gold', 0)}\n"
         f"steps: {s['steps']['sft']} SFT, {s['steps']['grpo']} GRPO\n"

@@ -41,10 +41,13 @@ def grpo_batch(
     pad_id: int,
     max_new_tokens: int,
     temperature: float = 1.0,
+    weights: torch.Tensor | None = None,
 ) -> TrainBatch:
     """Rows = prompt ids + sampled ids, exactly as generated (no re-tokenisation).
     ``temperature``: the one the generations were sampled at; the learner scores logits / T.
-    Greedy generations (T = 0) have no sampling distribution to train on: refused."""
+    Greedy generations (T = 0) have no sampling distribution to train on: refused.
+    ``weights`` [B]: each row's loss weight, its response tokens' ``loss_mask`` value (0: left
+    out of the loss and of ``global_tokens``; ``algo.overlong.loss_weights``); None: all 1."""
     if not temperature > 0:
         raise ValueError(
             f"GRPO trains on sampled rollouts: temperature must be > 0, got {temperature}"
@@ -56,11 +59,12 @@ def grpo_batch(
     attention = torch.zeros((B, T), dtype=torch.long)  # [B, T]
     loss_mask = torch.zeros((B, T), dtype=torch.float32)  # [B, T]
     engine_logp = torch.zeros((B, T), dtype=torch.float32)  # [B, T]
+    w = torch.ones(B) if weights is None else weights.float()  # [B]
     for i, (g, row) in enumerate(zip(generations, rows, strict=True)):
         p, n = len(g.prompt_ids), len(g.token_ids)
         input_ids[i, : len(row)] = torch.tensor(row)
         attention[i, : len(row)] = 1
-        loss_mask[i, p : p + n] = 1.0
+        loss_mask[i, p : p + n] = w[i]
         engine_logp[i, p : p + n] = torch.tensor(g.logprobs, dtype=torch.float32)
     return TrainBatch(
         input_ids=input_ids,

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from ray_s3ft.config import RolloutConfig
 from ray_s3ft.prompts import build_paraphrase_prompt
 from ray_s3ft.workers.engines import HFEngine, VLLMEngine, encode_prompts
-from ray_s3ft.workers.types import RolloutResult, Sampling
+from ray_s3ft.workers.types import Answer, RolloutResult, Sampling
 
 
 class RolloutWorker:
@@ -107,19 +107,30 @@ class RolloutWorker:
         max_new_tokens: int,
         on_batch: Callable[[int], None] | None = None,
     ) -> list[str]:
-        """Greedy response texts (S3FT's self answers, evaluation). ``on_batch(n)``: progress,
+        """Greedy response texts (the LLM judge's replies). ``on_batch(n)``: progress,
         in-process callers only."""
+        return [a.text for a in self.answers(prompts, max_new_tokens, on_batch)]
+
+    def answers(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Answer]:
+        """Greedy answers with whether each ended or was cut at ``max_new_tokens`` (S3FT's
+        self answers, evaluation)."""
         sampling = Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens, logprobs=False)
-        return [g.text for g in self.generate(prompts, sampling, on_batch=on_batch).generations]
+        gens = self.generate(prompts, sampling, on_batch=on_batch).generations
+        return [Answer(g.text, g.finished) for g in gens]
 
     def paraphrase(
         self, pairs: Sequence[tuple[str, str]], max_new_tokens: int, template: str | None = None
-    ) -> list[str]:
+    ) -> list[Answer]:
         """S3FT's middle rung: for each (question, gold reference) the model writes its own
         answer with the reference as a guide (greedy). ``template``: the task's paraphrase
         prompt (``prompts.paraphrase_template``); None: the plain one."""
         prompts = [build_paraphrase_prompt(q, ref, template) for q, ref in pairs]
-        return self.greedy(prompts, max_new_tokens)
+        return self.answers(prompts, max_new_tokens)
 
     # ------------------------------------------------------------------------------- scoring
 

@@ -33,6 +33,15 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A greedy answer's text and whether it ended: a cut one may still hold a number that
+    flexible extraction reads, so it is never a training target (``algo.targets``)."""
+
+    text: str  # decoded response, special tokens removed
+    finished: bool  # stopped on end-of-turn (False = cut at max_new_tokens)
+
+
+@dataclass(frozen=True)
 class RolloutResult:
     generations: list[Generation]  # len(prompts) * n, prompt-major
     weights_version: int  # version of the weights that produced them

@@ -94,11 +94,14 @@ def test_the_real_model_as_llm_judge_always_rules_by_log_likelihood(smollm2_dir)
 def test_evaluation_reports_math_accuracy_under_both_extractions():
     from ray_s3ft.evaluation.scoring import score_sets
     from ray_s3ft.tasks.types import Example
+    from ray_s3ft.workers.types import Answer
 
     exs = [Example(f"m{i}", "gsm8k", f"q{i}", "", "11") for i in range(4)]
     answers = ["The answer is 11.", PROSE, "So she has 12.", "I cannot tell."]
     for mode, (accuracy, unparsed) in (("flexible", (0.5, 1)), ("strict", (0.25, 3))):
-        scores, _ = score_sets({"task": exs}, greedy=lambda p: answers, math_extract=mode)
+        scores, _ = score_sets(
+            {"task": exs}, greedy=lambda p: [Answer(a, True) for a in answers], math_extract=mode
+        )
         task = scores["task"]
         assert (task["accuracy"], task["unparsed"]) == (accuracy, unparsed)
         assert (task["strict_accuracy"], task["flexible_accuracy"]) == (0.25, 0.5)

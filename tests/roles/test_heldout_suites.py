@@ -20,7 +20,7 @@ from ray_s3ft.model.paths import resolve_model_path
 from ray_s3ft.tasks import drift, humaneval
 from ray_s3ft.tasks.loaders import load_eval_examples
 from ray_s3ft.tasks.types import Example
-from ray_s3ft.workers.types import Verdict
+from ray_s3ft.workers.types import Answer, Verdict
 
 
 def _mc(answer: str, choices=("red", "blue", "green")) -> Example:
@@ -72,7 +72,8 @@ def test_score_sets_generates_nothing_for_choices_and_judges_code():
     def greedy(prompts):
         asked.extend(prompts)
         return [
-            "The answer is 2." if p == "1+1?" else "def add(a, b): return a + b" for p in prompts
+            Answer("The answer is 2." if p == "1+1?" else "def add(a, b): return a + b", True)
+            for p in prompts
         ]
 
     def loglik(pairs):
@@ -88,7 +89,8 @@ def test_score_sets_generates_nothing_for_choices_and_judges_code():
     assert [c for _, c in scored] == ["red", "blue", "green"] * 2
     assert [(i.verifier, i.tests) for i in judged] == [("code", code.tests)]
     assert scores["task"] == {"accuracy": 1.0, "correct": 1, "n": 1, "unparsed": 0,
-                              "strict_accuracy": 1.0, "flexible_accuracy": 1.0}  # fmt: skip
+                              "unfinished": 0, "strict_accuracy": 1.0,
+                              "flexible_accuracy": 1.0}  # fmt: skip
     assert scores["mc"]["accuracy"] == 0.5 and scores["mc"]["chance"] == pytest.approx(1 / 3)
     assert scores["mbpp"]["accuracy"] == 1.0
     assert [r["set"] for r in records] == ["task", "mc", "mc", "mbpp"]
@@ -175,10 +177,12 @@ def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail_in_the_sandbox()
     responses = canonical + [wrong, body, as_response(first, bare_fn)]
     scores, _ = score_sets(
         sets,
-        greedy=lambda prompts: responses,
+        greedy=lambda prompts: [Answer(r, True) for r in responses],
         judge=lambda items: judge.judge(items, by_item=True),
     )
-    assert scores["humaneval"] == {"accuracy": 5 / 6, "correct": 5, "n": 6, "unparsed": 0}
+    assert scores["humaneval"] == {
+        "accuracy": 5 / 6, "correct": 5, "n": 6, "unparsed": 0, "unfinished": 0
+    }  # fmt: skip
     assert judge._llm is None  # no LLM judge was started
     assert humaneval.entry_point_of(Example("x", "s", "p", "", "", "code", ("assert 1",))) is None
 
@@ -289,7 +293,9 @@ def test_evaluate_on_engines_with_choices_code_and_drift(tmp_path, builtin_worke
         assert hits == out[name]["correct"], name
     assert set(out) == {"task", "compare", "mini_mc", "code", "heldout_mean", "drift"}
     assert out["mini_mc"]["n"] == 2 and out["mini_mc"]["chance"] == 0.5
-    assert out["code"] == {"accuracy": 0.0, "correct": 0, "n": 1, "unparsed": 0, "prompts_cut": 0}
+    assert out["code"] == {
+        "accuracy": 0.0, "correct": 0, "n": 1, "unparsed": 0, "unfinished": 0, "prompts_cut": 0
+    }  # fmt: skip
     assert out["task"]["prompts_cut"] == out["mini_mc"]["prompts_cut"] == 0  # all fit 256
     assert out["drift"]["kl"] == 0.0 and out["drift"]["tokens"] > 0  # the base against itself
     accs = [out[k]["accuracy"] for k in ("compare", "mini_mc", "code")]

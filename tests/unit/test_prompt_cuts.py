@@ -10,7 +10,7 @@ from ray_s3ft.evaluation.scoring import prompts_cut_note, score_sets
 from ray_s3ft.tasks.types import Example
 from ray_s3ft.workers.judge import JudgeWorker
 from ray_s3ft.workers.rollout import RolloutWorker
-from ray_s3ft.workers.types import JudgeItem, Verdict
+from ray_s3ft.workers.types import Answer, JudgeItem, Verdict
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_evaluation_counts_the_cut_prompts_of_each_set():
 
     scores, _ = score_sets(
         {"task": [short, long, long], "mc": mc},
-        greedy=lambda prompts: ["7"] * len(prompts),
+        greedy=lambda prompts: [Answer("7", True)] * len(prompts),
         loglik=lambda pairs, raw=False: [-1.0] * len(pairs),
         choice_target="cloze",
         cut=cut,
@@ -66,7 +66,7 @@ def test_evaluation_counts_the_cut_prompts_of_each_set():
         "warning: prompts longer than data.max_prompt_tokens, seen without their start: "
         "task 2 of 3, mc 1 of 2"
     )
-    scores, _ = score_sets({"task": [short]}, greedy=lambda p: ["7"], cut=cut)
+    scores, _ = score_sets({"task": [short]}, greedy=lambda p: [Answer("7", True)], cut=cut)
     assert scores["task"]["prompts_cut"] == 0 and prompts_cut_note(scores) is None
 
 

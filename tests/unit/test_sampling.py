@@ -39,6 +39,6 @@ def test_every_row_reports_the_latest_grpo_figures_under_their_metrics_keys():
     row = dict(map(stats.key, EVERY_ROW))
     assert row == {
         "reward/mean": 0.75, "reward/zero_std_groups": 0, "judge/undecided": 1,
-        "judge/undecided_frac": 0.125, "rollout/tokens_per_s": 0.0,
+        "judge/undecided_frac": 0.125, "rollout/unfinished": 0.0, "rollout/tokens_per_s": 0.0,
         "rollout/response_tokens": 0.0, "rollout/discarded": 0,
     }  # fmt: skip

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from ray_s3ft.experiments.stats import mean_of_independent, paired_difference, seed_mean_se
+from ray_s3ft.workers.types import Answer
 
 # 4 questions x 2 seeds (1 = correct)
 A = [[1, 1], [1, 0], [0, 0], [1, 1]]  # per question 1, .5, 0, 1: mean .625; seeds .75, .5
@@ -140,7 +141,9 @@ def test_every_evaluation_keeps_each_questions_verdict(tmp_path):
         "mc": [Example("m0", "mc", "sky?", "", "B", "choice", choices=("red", "blue"))],
     }  # fmt: skip
     scores, records = score_sets(
-        sets, greedy=lambda ps: ["2", "5"], loglik=lambda pairs: [-2.0, -1.0]
+        sets,
+        greedy=lambda ps: [Answer("2", True), Answer("5", True)],
+        loglik=lambda pairs: [-2.0, -1.0],
     )
     items = item_verdicts(records)
     assert items == [

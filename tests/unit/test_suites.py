@@ -98,3 +98,18 @@ def test_cloze_scores_the_answer_after_a_plain_question_by_hand():
                              ("Question: Which is hot?\nAnswer:", " fire")]  # fmt: skip
     assert scores["s"]["accuracy"] == 0.0 and scores["s"]["acc_norm"] == 1.0
     assert math.isclose(scores["s"]["chance"], 0.5)
+
+
+def test_an_eval_set_counts_its_answers_cut_at_the_budget():
+    from ray_s3ft.evaluation.scoring import score_sets
+    from ray_s3ft.tasks.types import Example
+    from ray_s3ft.workers.types import Answer
+
+    exs = [Example(f"m{i}", "gsm8k", f"q{i}", "", "7") for i in range(3)]
+    # q1 was cut mid-derivation; flexible extraction still reads its last number, 7: it is
+    # scored as it stands (right) and counted as cut
+    answers = {"q0": Answer("The answer is 7.", True), "q1": Answer("3 + 4 = 7, then", False),
+               "q2": Answer("The answer is 8.", True)}  # fmt: skip
+    scores, records = score_sets({"task": exs}, greedy=lambda ps: [answers[p] for p in ps])
+    assert scores["task"]["correct"] == 2 and scores["task"]["unfinished"] == 1
+    assert [r["finished"] for r in records] == [True, False, True]

@@ -8,9 +8,10 @@ import json
 
 import pytest
 
+from ray_s3ft.config import ConfigError
 from ray_s3ft.run.target_store import PARTIAL, STORE, build_targets
 from ray_s3ft.tasks.types import Example
-from ray_s3ft.workers.types import Verdict
+from ray_s3ft.workers.types import Answer, Verdict
 
 # answer 1: the model's own answer is right; 2: only its paraphrase is; 3: neither
 EXAMPLES = [
@@ -26,11 +27,11 @@ class Engines:
         if self.fail_after is not None and len(self.asked) >= self.fail_after:
             raise RuntimeError("engine died")
         self.asked += prompts
-        return [f"self of {p}" for p in prompts]
+        return [Answer(f"self of {p}", True) for p in prompts]
 
     def paraphrase(self, pairs, n):
         self.paraphrased += [q for q, _ in pairs]
-        return [f"para of {q}" for q, _ in pairs]
+        return [Answer(f"para of {q}", True) for q, _ in pairs]
 
     def judge(self, items):
         def ok(it):
@@ -125,12 +126,12 @@ def test_a_paraphrase_right_by_its_answer_alone_falls_to_gold_under_the_working_
     replies = {"w0": "The answer is 7.", "w1": "Lily had 10 and lost 3, so 10 - 3 = 7 coins."}
 
     def paraphrase(pairs, n):  # both ids share a prompt: answer in order
-        return [replies["w0"], replies["w1"]][: len(pairs)]
+        return [Answer(replies["w0"], True), Answer(replies["w1"], True)][: len(pairs)]
 
     def build(rule, out):
         return build_targets(
             examples, out, mode="s3ft", fingerprint={"rule": rule is not None},
-            greedy=lambda prompts, n: ["I do not know."] * len(prompts),
+            greedy=lambda prompts, n: [Answer("I do not know.", True)] * len(prompts),
             paraphrase=paraphrase,
             judge=lambda items: [Verdict("7" in it.response) for it in items],
             max_new_tokens=8, keeps_working=rule,
@@ -154,3 +155,60 @@ def test_a_store_with_a_response_budget_trains_on_gold_instead_of_what_does_not_
     assert short.fractions() == {"self": 0.0, "paraphrase": 0.0, "gold": 1.0}
     assert short.digest() != result.digest()  # a checkpoint of one is not resumed on the other
     assert result.too_long() == {"self": 0, "paraphrase": 0}
+
+
+def test_a_cut_answer_the_judge_accepts_is_never_a_target_and_is_counted(tmp_path):
+    # e0: y_self cut at the budget after "... so 3 + 4 = 7": flexible extraction reads 7 and the
+    # judge accepts it, but it is cut -> rejected, paraphrased; y_para is cut too -> gold.
+    # e1: y_self cut and wrong -> paraphrased; y_para ends and is right -> paraphrase.
+    # e2: y_self ends and is right -> self.
+    examples = [Example(f"e{i}", "arith", f"q{i}", f"gold {i}", "7") for i in range(3)]
+    selfs = {
+        "q0": Answer("First 3 + 4 = 7, then we multiply by", False),
+        "q1": Answer("First 3 + 4 = 8, then", False),
+        "q2": Answer("3 + 4 = 7. The answer is 7.", True),
+    }
+    paras = {"q0": Answer("We add 3 and 4 to get 7, and then", False),
+             "q1": Answer("3 + 4 = 7.", True)}  # fmt: skip
+    asked = []
+
+    def paraphrase(pairs, n):
+        asked.extend(q for q, _ in pairs)
+        return [paras[q] for q, _ in pairs]
+
+    def build(mode):
+        return build_targets(
+            examples, tmp_path / mode, mode=mode, fingerprint={},
+            greedy=lambda prompts, n: [selfs[p] for p in prompts], paraphrase=paraphrase,
+            judge=lambda items: [Verdict(" 7" in it.response) for it in items],
+            max_new_tokens=8,
+        )  # fmt: skip
+
+    s3ft = build("s3ft")
+    assert [t.source.value for t in s3ft.targets()] == ["gold", "paraphrase", "self"]
+    assert [t.text for t in s3ft.targets()] == ["gold 0", "3 + 4 = 7.", selfs["q2"].text]
+    assert asked == ["q0", "q1"]  # the accepted but cut y_self of q0 needs the next rung
+    assert s3ft.records[0].self_ok is True and s3ft.records[0].self_finished is False
+    assert s3ft.unfinished() == {
+        "self": 2, "self_rejected": 1, "paraphrase": 1, "paraphrase_rejected": 1
+    }  # fmt: skip
+    assert s3ft.fractions() == pytest.approx({"self": 1 / 3, "paraphrase": 1 / 3, "gold": 1 / 3})
+    # read back from disk, the store keeps the flags
+    again = build("s3ft")
+    assert again.computed == 0 and again.unfinished() == s3ft.unfinished()
+    ssr = build("ssr")
+    assert [t.source.value for t in ssr.targets()] == ["gold", "gold", "self"]
+    assert ssr.unfinished() == {
+        "self": 2, "self_rejected": 1, "paraphrase": 0, "paraphrase_rejected": 0
+    }  # fmt: skip
+
+
+def test_a_store_built_before_cut_answers_were_recorded_is_refused_and_force_rebuilds(tmp_path):
+    _build(tmp_path, Engines())
+    meta = json.loads((tmp_path / "targets.meta.json").read_text())
+    del meta["format"]  # as written before the format key
+    (tmp_path / "targets.meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="format"):
+        _build(tmp_path, Engines())
+    e = Engines()
+    assert _build(tmp_path, e, force=True).computed == 9 and len(e.asked) == 9

@@ -40,6 +40,17 @@ def test_sources():
     assert _pick("s3ft", False, False) == Target("G", TargetSource.GOLD)
 
 
+def test_a_cut_answer_is_never_a_target_whatever_the_judge_said():
+    # y_self cut at the budget but accepted: ssr falls to gold, s3ft to the paraphrase
+    cut_self = {"self_ok": True, "paraphrase_ok": True, "self_finished": False}
+    assert select_target("ssr", **REC, **cut_self).source == TargetSource.GOLD
+    assert select_target("s3ft", **REC, **cut_self) == Target("P", TargetSource.PARAPHRASE)
+    both_cut = {**cut_self, "paraphrase_finished": False}
+    assert select_target("s3ft", **REC, **both_cut) == Target("G", TargetSource.GOLD)
+    # a cut paraphrase does not block an accepted, finished y_self
+    assert select_target("s3ft", **REC, self_ok=True, paraphrase_finished=False).text == "S"
+
+
 def test_true_verdict_on_empty_response_raises():
     with pytest.raises(ValueError, match="self_ok"):
         select_target("ssr", gold="G", self_response=None, self_ok=True)
