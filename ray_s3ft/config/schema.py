@@ -176,8 +176,9 @@ class JudgeConfig:
     sandbox_timeout_s: float = checked(10.0, POSITIVE)
     # address-space limit of one code-test run (MiB)
     sandbox_memory_mb: int = checked(512, AT_LEAST_64_MIB)
-    # wall-clock limit of one judge actor's share of a step (seconds): later, its verdicts
-    # count as undecided (None) and the actor is restarted, so a stuck verifier never hangs a run
+    # a judge actor that decides nothing for this long (seconds) is taken as hung: the verdicts
+    # of its share still missing count as undecided (None) and the actor is restarted, so a
+    # stuck verifier never hangs a run; must exceed sandbox_timeout_s (a slow program's limit)
     timeout_s: float = checked(300.0, POSITIVE)
     # math answers: "flexible" reads "The answer is N", "#### N" or \\boxed{N}, else the last
     # number of the response (lm-evaluation-harness's flexible-extract for GSM8K); "strict"

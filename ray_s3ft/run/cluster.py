@@ -10,6 +10,7 @@ little).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -221,6 +222,8 @@ def launch(
             cfg=resolved_judge(cfg),
             max_model_len=cfg.model.max_model_len,
             max_prompt_tokens=cfg.data.max_prompt_tokens,
+            # one code-test run at a time per CPU the actor reserves
+            sandboxes=max(1, math.ceil(r.cpus_per_judge)),
         ),
         local=local,
         log_dir=log_dir,
