@@ -285,7 +285,8 @@ class ResourcesConfig:
     cpus_per_rollout: float = checked(1.0, NON_NEGATIVE)  # Ray CPUs per rollout worker
     # Ray GPUs per rollout worker (fractions colocate)
     gpus_per_rollout: float = checked(0.0, NON_NEGATIVE)
-    cpus_per_judge: float = checked(0.5, NON_NEGATIVE)  # Ray CPUs per judge worker
+    # Ray CPUs per judge worker; rounded up, also the code-test runs it makes at once
+    cpus_per_judge: float = checked(0.5, NON_NEGATIVE)
     gpus_per_judge: float = checked(0.0, NON_NEGATIVE)  # Ray GPUs per judge worker (LLM judge only)
     cpus_per_learner: float = checked(1.0, NON_NEGATIVE)  # Ray CPUs per learner rank
     gpus_per_learner: float = checked(0.0, NON_NEGATIVE)  # Ray GPUs per learner rank
