@@ -130,6 +130,9 @@ def validate(cfg: Config) -> None:
             "judge.verifier",
             f"for data.task={d.task} must be auto or one of " + ", ".join(TASK_VERIFIERS[d.task]),
         )
+    if j.timeout_s <= j.sandbox_timeout_s:
+        # a program that runs to its own limit would be taken for a hung judge actor
+        bad("judge.timeout_s", f"must be > judge.sandbox_timeout_s ({j.sandbox_timeout_s:g})")
 
     # Token budgets: every training sequence and every generation must fit the model.
     if d.max_prompt_tokens + d.max_response_tokens > m.max_model_len:

@@ -177,8 +177,9 @@ class JudgeConfig:
     sandbox_timeout_s: float = checked(10.0, POSITIVE)
     # address-space limit of one code-test run (MiB)
     sandbox_memory_mb: int = checked(512, AT_LEAST_64_MIB)
-    # wall-clock limit of one judge actor's share of a step (seconds): later, its verdicts
-    # count as undecided (None) and the actor is restarted, so a stuck verifier never hangs a run
+    # a judge actor that decides nothing for this long (seconds) is taken as hung: the verdicts
+    # of its share still missing count as undecided (None) and the actor is restarted, so a
+    # stuck verifier never hangs a run; must exceed sandbox_timeout_s (a slow program's limit)
     timeout_s: float = checked(300.0, POSITIVE)
     # math answers: "flexible" reads "The answer is N", "#### N" or \\boxed{N}, else the last
     # number of the response (lm-evaluation-harness's flexible-extract for GSM8K); "strict"
@@ -291,7 +292,8 @@ class ResourcesConfig:
     cpus_per_rollout: float = checked(1.0, NON_NEGATIVE)  # Ray CPUs per rollout worker
     # Ray GPUs per rollout worker (fractions colocate)
     gpus_per_rollout: float = checked(0.0, NON_NEGATIVE)
-    cpus_per_judge: float = checked(0.5, NON_NEGATIVE)  # Ray CPUs per judge worker
+    # Ray CPUs per judge worker; rounded up, also the code-test runs it makes at once
+    cpus_per_judge: float = checked(0.5, NON_NEGATIVE)
     gpus_per_judge: float = checked(0.0, NON_NEGATIVE)  # Ray GPUs per judge worker (LLM judge only)
     cpus_per_learner: float = checked(1.0, NON_NEGATIVE)  # Ray CPUs per learner rank
     gpus_per_learner: float = checked(0.0, NON_NEGATIVE)  # Ray GPUs per learner rank

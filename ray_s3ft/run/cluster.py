@@ -1,7 +1,8 @@
 """Starting or joining Ray, and launching the three role groups from a config.
 
 ``RAY_ADDRESS`` set (``ray job submit`` sets it) -> join that cluster. Otherwise start a private
-local one whose temp dir lives in the run directory, so nothing touches another user's Ray on a
+local one whose temp dir lives in the run directory (or, where that path is too long for Ray's
+sockets, in /tmp, removed when that Ray stops), so nothing touches another user's Ray on a
 shared machine, and whose logical CPU count covers the groups' reservations (a laptop has
 fewer cores than the default layout reserves; the roles take turns, so oversubscription costs
 little).
@@ -10,8 +11,11 @@ little).
 from __future__ import annotations
 
 import logging
+import math
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +45,39 @@ def log_dir(run_dir: Path) -> str | None:
     return None if verbose() else str((run_dir / "logs").resolve())
 
 
-def start_ray(cfg: Config, run_dir: Path) -> bool:
-    """Connect to Ray; True when this call started a local cluster (the caller shuts it down)."""
+@dataclass
+class LocalRay:
+    """A local Ray this process started. ``temp``: the temp dir it made for it outside the run
+    directory (whose path was too long for Ray's sockets), removed by ``stop``."""
+
+    temp: Path | None = None
+
+    def stop(self) -> None:
+        """Shut Ray down, then remove its temp dir once its processes have exited."""
+        import ray
+
+        ray.shutdown(wait_for_processes=True)
+        if self.temp is not None:
+            remove_tree(self.temp)
+
+
+def remove_tree(path: Path, tries: int = 10) -> None:
+    """Remove ``path``; a Ray worker still exiting may add a log file as it goes, so try again
+    for a few seconds."""
+    for _ in range(tries):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.5)
+    log.warning("could not remove Ray's temp dir %s", path)
+
+
+def start_ray(cfg: Config, run_dir: Path) -> LocalRay | None:
+    """Connect to Ray; the local cluster this call started, if it did (the caller stops it)."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     env = worker_env(run_dir)
     quiet = {
         "log_to_driver": verbose(),
@@ -64,23 +95,33 @@ def start_ray(cfg: Config, run_dir: Path) -> bool:
         job_env = _job_env_vars()
         env = {k: v for k, v in env.items() if k not in job_env}
         ray.init(runtime_env={"env_vars": env}, **quiet)
-        return False
+        return None
     temp = run_dir / ".ray"
+    temp.mkdir(parents=True, exist_ok=True)
+    # the auth token stays in the run directory, not in a temp dir removed at the end: the
+    # process's first token is read for its whole life (``private_auth_token``)
+    private_auth_token(temp)
+    own = None
     # Ray's unix sockets, <temp>/session_<date>_<time>_<pid>/sockets/plasma_store (62 bytes
     # after <temp>), must stay under 108 bytes
     if len(str(temp.resolve())) > 40:
         short = "/tmp" if os.path.isdir("/tmp") else None  # $TMPDIR may be long too
-        temp = Path(tempfile.mkdtemp(prefix="ray_s3ft-", dir=short))
-    temp.mkdir(parents=True, exist_ok=True)
+        own = Path(tempfile.mkdtemp(prefix="ray_s3ft-", dir=short))
     cpus = max(os.cpu_count() or 1, int(required_cpus(cfg) + 0.999))
-    init_private_ray(temp, cpus, env, **quiet)
-    return True
+    try:
+        init_private_ray(own or temp, cpus, env, **quiet)
+    except BaseException:
+        if own is not None:
+            remove_tree(own)
+        raise
+    return LocalRay(own)
 
 
 def init_private_ray(temp: Path, num_cpus: int, env_vars: dict[str, str], **kw) -> None:
     """Start a local Ray of our own: its temp dir (keep the path short: Ray's socket paths
     are limited), its auth token beside it, no dashboard, ``env_vars`` for every worker
-    (``worker_env``). ``kw`` goes to ``ray.init``. The caller calls ``ray.shutdown()``."""
+    (``worker_env``). ``kw`` goes to ``ray.init``. The caller calls ``ray.shutdown()``;
+    ``temp`` is the caller's to remove after."""
     import ray
 
     private_auth_token(temp)
@@ -220,6 +261,8 @@ def launch(
         kwargs=dict(
             cfg=resolved_judge(cfg),
             max_model_len=cfg.model.max_model_len,
+            # one code-test run at a time per CPU the actor reserves
+            sandboxes=max(1, math.ceil(r.cpus_per_judge)),
         ),
         local=local,
         log_dir=log_dir,

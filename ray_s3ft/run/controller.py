@@ -17,9 +17,10 @@ prefetched batch in flight). A resumed run samples the same tokens and takes the
 one that never stopped.
 
 Faults: rollout and judge actors that die are restarted by Ray and their call retried; the
-controller counts them (``faults/*``). A judge call past ``judge.timeout_s`` gives undecided
-verdicts. A dead learner rank takes its group down: the controller restarts the group from the
-latest checkpoint, at most ``trainer.max_learner_restarts`` times, then stops with how to resume.
+controller counts them (``faults/*``). A judge actor that decides nothing for ``judge.timeout_s``
+leaves its missing verdicts undecided. A dead learner rank takes its group down: the controller
+restarts the group from the latest checkpoint, at most ``trainer.max_learner_restarts`` times,
+then stops with how to resume.
 A lost node (its actors unreachable, ``faults/node_losses``): the controller waits up to
 ``trainer.node_wait_s`` for a replacement node (the learner group restarts on it from the latest
 checkpoint; a rollout or judge actor is restarted there by Ray and the step redone from its

@@ -3,7 +3,9 @@
 
     kind                 what the run does                                     counted as
     rollout/judge crash  Ray restarts the actor and retries its call            faults/<group>_restarts
-    judge call too slow  undecided verdicts, the actor is restarted             faults/judge_timeouts
+    judge actor hung     its share's missing verdicts undecided, the actor      faults/judge_timeouts
+                         restarted (nothing decided for judge.timeout_s; a slow
+                         program only costs its own verdict: sandbox_timeout_s)
     learner rank dies    a new learner group from the latest checkpoint;        faults/learner_restarts
                          the steps after it run again (trainer.max_learner_restarts)
     a node is lost       the same, once a node has taken its place, within     faults/node_losses

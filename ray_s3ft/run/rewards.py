@@ -1,12 +1,12 @@
 """GRPO rewards: every sample judged, a verdict made a reward, and DAPO's dynamic sampling.
 
-``Rewards.score`` judges a step's samples on the judge actors (a judge actor's share past
-``judge.timeout_s`` is undecided) and gives 1 for correct, 0 for wrong and
-``algorithm.grpo.undecided_reward`` for undecided; with ``algorithm.grpo.overlong: penalty``
-DAPO's soft length penalty is added (``algo.overlong``). With
-``algorithm.grpo.dynamic_sampling``, ``Rewards.refill`` replaces groups whose rewards are all
-equal by groups of further prompts. The figures go to the run's ``TrainState`` (``grpo``: the
-step's, over all its rounds; ``judged``: the run's; ``faults``).
+``Rewards.score`` judges a step's samples on the judge actors (a program past
+``judge.sandbox_timeout_s``, or a hung judge actor's missing verdicts, are undecided) and gives
+1 for correct, 0 for wrong and ``algorithm.grpo.undecided_reward`` for undecided; with
+``algorithm.grpo.overlong: penalty`` DAPO's soft length penalty is added (``algo.overlong``).
+With ``algorithm.grpo.dynamic_sampling``, ``Rewards.refill`` replaces groups whose rewards are
+all equal by groups of further prompts. The figures go to the run's ``TrainState`` (``grpo``:
+the step's, over all its rounds; ``judged``: the run's; ``faults``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Rewards:
         return rewards
 
     def verdicts(self, items: list[JudgeItem], state) -> list[Verdict]:
-        """Verdicts in order; a judge actor's share past ``judge.timeout_s`` is undecided."""
+        """Verdicts in order; a hung judge actor's missing ones are undecided (``judge_on``)."""
         verdicts, late = judge_on(self.judge, items, self.cfg.judge.timeout_s)
         state.faults["judge_timeouts"] += late
         return verdicts

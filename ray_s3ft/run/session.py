@@ -29,7 +29,7 @@ class Session:
     eval_sets: dict  # name -> examples: the task's test split, the held-out suites, drift
     tokenizer: Any
     groups: Any  # cluster.Groups
-    started_ray: bool  # this session started a local Ray (and stops it)
+    local_ray: Any  # cluster.LocalRay: the local Ray this session started (and stops), or None
 
     @classmethod
     def open(cls, cfg: Config, learners: bool = True) -> Session:
@@ -65,14 +65,12 @@ class Session:
         # Ray starts while the model's tokenizer and the data are read (seconds each on a
         # small machine, one core each); bad data stops the run before any actor starts, and
         # the Ray this started with it. Ray itself starts on the main thread (signal handlers).
-        import ray
-
-        started_ray = False
+        local_ray = None
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="ray-s3ft-read") as pool:
                 reading = pool.submit(read)
                 try:
-                    started_ray = start_ray(cfg, run_dir)
+                    local_ray = start_ray(cfg, run_dir)
                 finally:  # the data's own error, if any, is the one shown
                     tokenizer, examples, eval_sets = reading.result()
             # resources it lacks: an error, or a wait of resources.wait_for_resources_s for nodes
@@ -80,17 +78,15 @@ class Session:
             check_cluster(cfg, learners=learners, say=lambda line: say(escape(line)))
             groups = launch(cfg, model_path, learners=learners, log_dir=log_dir(run_dir))
         except BaseException:
-            if started_ray:
-                ray.shutdown()
+            if local_ray is not None:
+                local_ray.stop()
             raise
-        return cls(cfg, run_dir, model_path, examples, eval_sets, tokenizer, groups, started_ray)
+        return cls(cfg, run_dir, model_path, examples, eval_sets, tokenizer, groups, local_ray)
 
     def close(self) -> None:
-        import ray
-
         self.groups.shutdown()
-        if self.started_ray:
-            ray.shutdown()
+        if self.local_ray is not None:
+            self.local_ray.stop()
 
     def __enter__(self) -> Session:
         return self

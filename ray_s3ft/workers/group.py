@@ -227,26 +227,53 @@ class ActorGroup(Generic[T]):
             [getattr(a, name).remote(s, **kw) for a, s in zip(self.actors, shards, strict=True)]
         )
 
-    def map_chunks(
-        self, fn: Callable, items: Sequence[Any], timeout_s: float | None = None, **kw: Any
-    ) -> list:
+    def map_chunks(self, fn: Callable, items: Sequence[Any], **kw: Any) -> list:
         """Split ``items`` into one contiguous chunk per actor and call ``fn(chunk, **kw)`` on
-        each, in parallel; the per-chunk results in order (empty chunks are not sent).
+        each, in parallel; the per-chunk results in order (empty chunks are not sent)."""
+        return self.wait(self._chunk_calls(fn, items, kw)[1])
 
-        ``timeout_s``: a chunk not done by then comes back as ``None`` and its actor is
-        restarted (it may be stuck for good), so the next call does not queue behind it."""
-        used, futures = self._chunk_calls(fn, items, kw)
-        if self.local or timeout_s is None:
-            return self.wait(futures)
+    def stream_chunks(
+        self, fn: Callable, items: Sequence[Any], stall_s: float | None = None, **kw: Any
+    ) -> list[list]:
+        """``map_chunks`` for a generator method: per chunk sent, the values ``fn(chunk, **kw)``
+        yielded, in order. They come back as the actors yield them, so a chunk cut short
+        keeps what it yielded before.
+
+        ``stall_s``: an actor that yields nothing for that long is taken as hung: its chunk is
+        cut short there and the actor restarted, so the next call does not queue behind it.
+        A slow actor that keeps yielding is waited for."""
+        chunks = split_evenly(list(items), len(self.actors))
+        used = [i for i, c in enumerate(chunks) if c]
+        name = self._method(fn)
+        if self.local:
+            return [list(getattr(self.actors[i], name)(chunks[i], **kw)) for i in used]
         import ray
 
-        _, late = ray.wait(futures, num_returns=len(futures), timeout=timeout_s)
-        for i, f in zip(used, futures, strict=True):
-            if f in late:
-                ray.cancel(f)  # not retried on the restarted actor
-                ray.kill(self.actors[i], no_restart=False)
-        done = self.wait([f for f in futures if f not in late])
-        return [None if f in late else done.pop(0) for f in futures]
+        out: dict[int, list] = {i: [] for i in used}
+        streams = {getattr(self.actors[i], name).remote(chunks[i], **kw): i for i in used}
+        last = dict.fromkeys(used, time.monotonic())  # when each actor last yielded
+        while streams:
+            wait_s = None
+            if stall_s is not None:
+                wait_s = max(
+                    0.0, min(last[i] for i in streams.values()) + stall_s - time.monotonic()
+                )
+            ready, _ = ray.wait(list(streams), num_returns=1, timeout=wait_s)
+            for stream in ready:
+                try:
+                    ref = next(stream)
+                except StopIteration:
+                    del streams[stream]
+                    continue
+                out[streams[stream]].append(self.wait([ref])[0])
+                last[streams[stream]] = time.monotonic()
+            for stream, i in list(streams.items()):
+                stalled = stall_s is not None and time.monotonic() - last[i] >= stall_s
+                if stalled and not ray.wait([stream], timeout=0)[0]:
+                    ray.cancel(stream)  # not retried on the restarted actor
+                    ray.kill(self.actors[i], no_restart=False)
+                    del streams[stream]
+        return [out[i] for i in used]
 
     def submit_chunks(self, fn: Callable, items: Sequence[Any], **kw: Any) -> list:
         """``map_chunks`` without waiting: futures for ``wait`` (values when local)."""

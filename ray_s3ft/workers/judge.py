@@ -14,7 +14,8 @@ engine: a cut prompt loses the instructions at its start. One longer than the en
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from ray_s3ft.config import JudgeConfig, RolloutConfig
 from ray_s3ft.verifiers.code import extract_code
@@ -25,36 +26,63 @@ log = logging.getLogger(__name__)
 
 
 class JudgeWorker:
-    def __init__(self, cfg: JudgeConfig, max_model_len: int = 2048) -> None:
-        """``cfg`` must be resolved (``config.resolved_judge``): no "auto", no "base"."""
+    def __init__(self, cfg: JudgeConfig, max_model_len: int = 2048, sandboxes: int = 1) -> None:
+        """``cfg`` must be resolved (``config.resolved_judge``): no "auto", no "base".
+        ``sandboxes``: code-test runs at once (a run waits on its program most of its time)."""
         self.cfg = cfg
         self.max_model_len = max_model_len
         # the judge's prompt: whatever its engine's context leaves beside the verdict it writes
         self.max_prompt_tokens = max_model_len - cfg.llm_max_new_tokens
+        self.sandboxes = sandboxes
         self._llm = None  # the LLM judge's engine, started on first use
 
     def judge(self, items: Sequence[JudgeItem], by_item: bool = False) -> list[Verdict]:
-        """One verdict per item, in order. Items are routed by their own verifier, except that
-        ``judge.verifier=llm`` sends every item to the LLM judge and ``steps`` takes the math
-        items (the built-in task's step-by-step check). ``by_item``: every item by its own
-        verifier, whatever ``judge.verifier`` says (evaluation: each example's own metric)."""
-        verdicts: list[Verdict | None] = [None] * len(items)
-        llm_idx = []
-        for i, item in enumerate(items):
-            kind = item.verifier
-            if not by_item and (
-                self.cfg.verifier == "llm" or (self.cfg.verifier == "steps" and kind == "math")
-            ):
-                kind = self.cfg.verifier
-            if kind == "llm":
-                llm_idx.append(i)
-            else:
-                verdicts[i] = self._rule_verdict(item, kind)
-        for start in range(0, len(llm_idx), self.cfg.batch_size):
-            chunk = llm_idx[start : start + self.cfg.batch_size]
-            for i, v in zip(chunk, self._llm_verdicts([items[i] for i in chunk]), strict=True):
-                verdicts[i] = v
-        return [v if v is not None else Verdict(None, "not judged") for v in verdicts]
+        """One verdict per item, in order: ``verdicts``, collected."""
+        out = [Verdict(None, "not judged")] * len(items)
+        for batch in self.verdicts(items, by_item):
+            for i, verdict in batch:
+                out[i] = verdict
+        return out
+
+    def verdicts(
+        self, items: Sequence[JudgeItem], by_item: bool = False
+    ) -> Iterator[list[tuple[int, Verdict]]]:
+        """Every item's verdict as soon as it is decided, in batches of (index in ``items``,
+        verdict), so that a caller that stops waiting keeps the verdicts decided so far.
+
+        Items are routed by their own verifier, except that ``judge.verifier=llm`` sends every
+        item to the LLM judge and ``steps`` takes the math items (the built-in task's
+        step-by-step check). ``by_item``: every item by its own verifier, whatever
+        ``judge.verifier`` says (evaluation: each example's own metric). Code runs in the
+        sandbox, ``sandboxes`` at a time, each within ``judge.sandbox_timeout_s`` (a program
+        that loops costs its own verdict only); the rule-based verdicts are decided meanwhile,
+        then the LLM judge's in batches of ``judge.batch_size``."""
+        kinds = [self._kind(item, by_item) for item in items]
+        llm = [i for i, kind in enumerate(kinds) if kind == "llm"]
+        pool = ThreadPoolExecutor(self.sandboxes, thread_name_prefix="sandbox")
+        try:
+            running = {
+                pool.submit(self._rule_verdict, items[i], "code"): i
+                for i, kind in enumerate(kinds)
+                if kind == "code"
+            }
+            for i, kind in enumerate(kinds):
+                if kind not in ("code", "llm"):
+                    yield [(i, self._rule_verdict(items[i], kind)), *_finished(running)]
+            for start in range(0, len(llm), self.cfg.batch_size):
+                chunk = llm[start : start + self.cfg.batch_size]
+                decided = self._llm_verdicts([items[i] for i in chunk])
+                yield [*zip(chunk, decided, strict=True), *_finished(running)]
+            for future in as_completed(running):
+                yield [(running[future], future.result())]
+        finally:
+            pool.shutdown(cancel_futures=True)
+
+    def _kind(self, item: JudgeItem, by_item: bool) -> str:
+        routed = self.cfg.verifier == "llm" or (
+            self.cfg.verifier == "steps" and item.verifier == "math"
+        )
+        return self.cfg.verifier if routed and not by_item else item.verifier
 
     def _rule_verdict(self, item: JudgeItem, kind: str) -> Verdict:
         try:
@@ -140,22 +168,33 @@ def _parsed(text: str) -> Verdict:
     return Verdict(ok, "" if ok is not None else "unparseable verdict")
 
 
+def _finished(running: dict[Future, int]) -> list[tuple[int, Verdict]]:
+    """The (index, verdict) of the code runs that have ended, taken out of ``running``."""
+    return [(running.pop(f), f.result()) for f in [f for f in running if f.done()]]
+
+
 def judge_on(group, items: Sequence[JudgeItem], timeout_s: float | None, **kw) -> tuple[list, int]:
     """Verdicts of ``items`` from a group of judge workers, in order, and how many of them
-    timed out: an actor's share past ``timeout_s`` is undecided (``Verdict(None)``) and that
-    actor is restarted (``ActorGroup.map_chunks``). ``kw`` goes to ``JudgeWorker.judge``."""
+    timed out. Each actor sends its share's verdicts as they are decided, each code run within
+    ``judge.sandbox_timeout_s``; an actor that decides nothing for ``timeout_s`` is taken as
+    hung: the verdicts of its share still missing are undecided (``Verdict(None)``) and the
+    actor is restarted (``ActorGroup.stream_chunks``). ``kw`` goes to ``JudgeWorker.verdicts``."""
     from ray_s3ft.workers.group import split_evenly
 
     chunks = [c for c in split_evenly(list(items), len(group)) if c]
-    parts = group.map_chunks(JudgeWorker.judge, items, timeout_s=timeout_s, **kw)
+    parts = group.stream_chunks(JudgeWorker.verdicts, items, stall_s=timeout_s, **kw)
     verdicts, late = [], 0
-    for chunk, part in zip(chunks, parts, strict=True):
-        if part is None:
-            late += len(chunk)
+    for chunk, batches in zip(chunks, parts, strict=True):
+        got: list[Verdict | None] = [None] * len(chunk)
+        for batch in batches:
+            for i, verdict in batch:
+                got[i] = verdict
+        missing = sum(v is None for v in got)
+        if missing:
+            late += missing
             log.warning(
-                "judge: %d verdicts took longer than judge.timeout_s=%s s: undecided",
-                len(chunk), timeout_s,
+                "judge: an actor decided nothing for judge.timeout_s=%s s and was restarted; "
+                "%d verdicts of its share are undecided", timeout_s, missing,
             )  # fmt: skip
-            part = [Verdict(None, "judge timeout")] * len(chunk)
-        verdicts.extend(part)
+        verdicts.extend(Verdict(None, "judge timeout") if v is None else v for v in got)
     return verdicts, late

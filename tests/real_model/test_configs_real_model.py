@@ -110,15 +110,14 @@ CONFIGS = {
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """One local Ray for the module, as ``ray-s3ft train`` starts it (``start_ray``)."""
-    import ray
-
     from ray_s3ft.config import load_config
     from ray_s3ft.run.cluster import start_ray
 
     tmp = tmp_path_factory.mktemp("cfg-ray")
-    assert start_ray(load_config(overrides=CPU), tmp)  # this module started it
+    local = start_ray(load_config(overrides=CPU), tmp)
+    assert local is not None  # this module started it
     yield
-    ray.shutdown()
+    local.stop()
 
 
 def test_every_shipped_config_is_covered():

@@ -1,7 +1,10 @@
 """Actor groups under faults, on a real local Ray cluster with tiny actors (seconds, no models):
 
-- a chunk past its timeout comes back as None and its actor is restarted, so the next call
-  does not queue behind the stuck one;
+- a streamed chunk whose actor yields nothing for ``stall_s`` is cut short, keeping what it
+  yielded, and its actor is restarted, so the next call does not queue behind the stuck one;
+  an actor that is slow but keeps yielding is waited for;
+- judges: 40 looping programs among 40 correct ones keep the 40 correct verdicts and spend
+  no restart; a hung judge loses only the verdicts it had not decided;
 - an actor killed by its PID is restarted by Ray, its call retried, and ``restarts()`` counts it;
 - a call fails as soon as one actor of it dies, even while another actor is still busy (a rank
   waiting in a collective for a dead peer would otherwise block the controller for good);
@@ -35,6 +38,13 @@ class Worker:
     def slow_double(self, items: list, seconds: float = 0.0, slow_rank: int = -1) -> list:
         time.sleep(seconds if self.rank == slow_rank else 0.0)
         return [2 * x for x in items]
+
+    def double_each(self, items: list, pause: float, stall_rank: int = -1):
+        """Yields each item doubled, ``pause`` s apart; rank ``stall_rank`` hangs after its
+        first."""
+        for i, x in enumerate(items):
+            time.sleep(600 if i == 1 and self.rank == stall_rank else pause)
+            yield 2 * x
 
     def die_after(self, seconds: float) -> list:
         time.sleep(seconds)
@@ -84,16 +94,18 @@ def _group(n, restarts, **kw):
     )  # fmt: skip
 
 
-def test_a_chunk_past_its_timeout_is_none_and_its_actor_is_restarted(ray_cluster):
+def test_a_stalled_stream_is_cut_short_and_its_actor_restarted_a_slow_one_is_not(ray_cluster):
     g = _group(2, restarts=2)
     assert g.restarts() == 0  # records the incarnations
     started = time.perf_counter()
-    out = g.map_chunks(Worker.slow_double, [1, 2, 3, 4], timeout_s=2.0, seconds=30, slow_rank=1)
-    assert out == [[2, 4], None]
+    # rank 0 yields every 0.8 s, 3.2 s in all: longer than stall_s, never silent that long
+    out = g.stream_chunks(Worker.double_each, [1, 2, 3, 4, 5, 6, 7, 8], stall_s=2.0,
+                          pause=0.8, stall_rank=1)  # fmt: skip
+    assert out == [[2, 4, 6, 8], [10]]
     assert time.perf_counter() - started < 10
     # the stuck actor was replaced: the next call is fast, and the replacement is counted
     started = time.perf_counter()
-    assert g.map(Worker.slow_double, [5, 6]) == [10, 12]
+    assert g.stream_chunks(Worker.double_each, [5, 6], pause=0.0) == [[10], [12]]
     assert time.perf_counter() - started < 30
     assert g.restarts() == 1
     assert g.restarts() == 0
@@ -128,26 +140,48 @@ def test_actor_output_goes_to_its_log_file(ray_cluster, tmp_path):
     g.shutdown()
 
 
-def test_a_judge_past_its_timeout_gives_undecided_verdicts_not_a_hang(ray_cluster):
-    from ray_s3ft.config import JudgeConfig
-    from ray_s3ft.workers.judge import JudgeWorker, judge_on
+def _code(body: str):
     from ray_s3ft.workers.types import JudgeItem
 
-    # judge 1 gets a program that loops inside a sandbox allowed 60 s; the call may take 3 s
+    return JudgeItem("add", f"def add(a, b):\n    {body}", "", "code", ("assert add(1, 2) == 3",))
+
+
+def test_looping_programs_cost_only_their_own_verdicts_not_a_restart(ray_cluster):
+    from ray_s3ft.config import JudgeConfig
+    from ray_s3ft.workers.judge import JudgeWorker, judge_on
+
+    # each judge's share: 20 programs that loop to their 2 s limit among 20 correct ones, 4
+    # at a time (10 s); the judges may go 6 s without deciding anything
+    cfg = JudgeConfig(verifier="code", sandbox_timeout_s=2.0)
+    g = ActorGroup(JudgeWorker, 2, name="judge", resources=Resources(cpus=0.5, max_restarts=1),
+                   kwargs={"cfg": cfg, "sandboxes": 4})  # fmt: skip
+    g.restarts()
+    items = [_code("while True: pass"), _code("return a + b")] * 40
+    started = time.perf_counter()
+    verdicts, late = judge_on(g, items, timeout_s=6.0)
+    assert time.perf_counter() - started < 40
+    assert [v.correct for v in verdicts] == [None, True] * 40 and late == 0
+    assert {v.reason for v in verdicts[0::2]} == {"sandbox timeout"}
+    assert g.restarts() == 0 and g.states() == ["ALIVE", "ALIVE"]
+    g.shutdown()
+
+
+def test_a_hung_judge_loses_only_its_undecided_verdicts_not_the_run(ray_cluster):
+    from ray_s3ft.config import JudgeConfig
+    from ray_s3ft.workers.judge import JudgeWorker, judge_on
+
+    # judge 1 decides one program, then one that loops inside a sandbox allowed 60 s: past the
+    # 3 s the judge may go without deciding, it is taken as hung
     cfg = JudgeConfig(verifier="code", sandbox_timeout_s=60.0)
     g = ActorGroup(JudgeWorker, 2, name="judge", resources=Resources(cpus=0.5, max_restarts=1),
                    kwargs={"cfg": cfg})  # fmt: skip
     g.restarts()
-    ok = JudgeItem(
-        "add", "def add(a, b):\n    return a + b", "", "code", ("assert add(1, 2) == 3",)
-    )
-    stuck = JudgeItem("add", "def add(a, b):\n    while True: pass", "", "code",
-                      ("assert add(1, 2) == 3",))  # fmt: skip
+    ok, stuck = _code("return a + b"), _code("while True: pass")
     started = time.perf_counter()
-    verdicts, late = judge_on(g, [ok, ok, stuck], timeout_s=3.0)
+    verdicts, late = judge_on(g, [ok, ok, ok, stuck], timeout_s=3.0)
     assert time.perf_counter() - started < 15
-    assert [v.correct for v in verdicts] == [True, True, None] and late == 1
-    assert verdicts[2].reason == "judge timeout"
+    assert [v.correct for v in verdicts] == [True, True, True, None] and late == 1
+    assert verdicts[3].reason == "judge timeout"
     assert [v.correct for v in judge_on(g, [ok, ok], timeout_s=30.0)[0]] == [True, True]
     assert g.restarts() == 1
     g.shutdown()

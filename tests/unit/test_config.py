@@ -201,6 +201,7 @@ REJECTIONS = [
     (["trainer.output_dir=''"], ["trainer.output_dir", "non-empty"]),
     (["judge.sandbox_memory_mb=16"], ["judge.sandbox_memory_mb", ">= 64"]),
     (["judge.sandbox_timeout_s=0"], ["judge.sandbox_timeout_s", "> 0"]),
+    (["judge.sandbox_timeout_s=300"], ["judge.timeout_s", "> judge.sandbox_timeout_s (300)"]),
     (["resources.cpus_per_judge=-1"], ["resources.cpus_per_judge", ">= 0"]),
     # the LLM judge
     (["judge.llm_max_new_tokens=0"], ["judge.llm_max_new_tokens", ">= 1"]),
