@@ -153,7 +153,9 @@ class RolloutConfig:
     # ``rollout.async`` in YAML and overrides (``async`` is a Python keyword): one-step
     # off-policy GRPO, the next GRPO step's rollout runs while this step trains
     async_: bool = False
-    # async: a prefetched rollout at most this many versions old is used
+    # async: a prefetched rollout is used when its weights are at most this many train steps
+    # old (weights versions: one per SFT or GRPO step, so with algorithm.grpo.updates_per_batch
+    # k one version is k optimizer steps of lag); an older one is dropped and sampled again
     max_staleness: int = checked(1, AT_LEAST_1)
     # async: truncated importance weight cap, min(pi_old / pi_engine, cap)
     is_cap: float = checked(2.0, POSITIVE)

@@ -37,17 +37,6 @@ def score_response(example: Example, response: str, math_extract: str = "strict"
     return rule_verdict(example.verifier, example.prompt, response, example.answer, math_extract)
 
 
-def score_set(examples: list[Example], responses: list[str]) -> SkillScore:
-    verdicts = [score_response(ex, r) for ex, r in zip(examples, responses, strict=True)]
-    correct = sum(v is True for v in verdicts)
-    return SkillScore(
-        accuracy=correct / max(1, len(examples)),
-        correct=correct,
-        n=len(examples),
-        unparsed=sum(v is None for v in verdicts),
-    )
-
-
 # -------------------------------------------------------------------------- scoring a set
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_s3ft.config import Config, resolved_judge
-from ray_s3ft.workers.group import ActorGroup, Resources
+from ray_s3ft.workers.group import ActorDied, ActorGroup, GroupStartError, Resources
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +189,22 @@ class Groups:
     def restart_learner(self, ready_timeout_s: float = 600.0) -> None:
         """Replace the whole learner group (a dead rank leaves its peers' process group
         broken): the survivors are killed, new ranks start from the base weights once the
-        cluster can place them (``GroupStartError`` after ``ready_timeout_s``)."""
-        if self.nccl_meta is not None:
-            raise RuntimeError("restarting learners under NCCL weight sync is not supported")
+        cluster can place them (``GroupStartError`` after ``ready_timeout_s``). Under NCCL
+        weight sync the engines then join a new transfer group with the new rank 0, at the port
+        it picked: the old group's rendezvous and sender died with the old rank 0."""
         self.learner.shutdown()
         self.learner = self.new_learner(ready_timeout_s)
+        if self.nccl_meta is None:
+            return
+        try:
+            self.nccl_meta = _connect_nccl(self)
+        except ActorDied:
+            raise
+        except Exception as e:  # NCCL's or vLLM's error in an actor: this start failed
+            raise GroupStartError(
+                f"learner: the new rank 0 and the rollout engines could not form the NCCL "
+                f"weight-sync group ({type(e).__name__}: {e})"
+            ) from e
 
     def nodes(self) -> dict[str, list[str]]:
         """Each group's actors' Ray node ids, in actor order."""

@@ -74,7 +74,9 @@ class TrainState:
     """Everything beyond the weights that a resumed run needs to continue exactly."""
 
     step: int = 0  # next step to run
-    version: int = 0  # learner weights version = optimizer steps taken
+    # learner weights version = train steps taken (not optimizer steps: a GRPO step makes
+    # algorithm.grpo.updates_per_batch of them); rollout.max_staleness counts these
+    version: int = 0
     cursors: dict[str, int] = field(default_factory=lambda: {"sft": 0, "grpo": 0})
     steps: dict[str, int] = field(default_factory=lambda: {"sft": 0, "grpo": 0})
     grpo: GRPOStats = field(default_factory=GRPOStats)  # the latest GRPO step's figures

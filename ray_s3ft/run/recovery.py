@@ -7,7 +7,8 @@
                          restarted (nothing decided for judge.timeout_s; a slow
                          program only costs its own verdict: sandbox_timeout_s)
     learner rank dies    a new learner group from the latest checkpoint;        faults/learner_restarts
-                         the steps after it run again (trainer.max_learner_restarts)
+                         the steps after it run again (trainer.max_learner_restarts);
+                         under NCCL weight sync the engines join the new group
     a node is lost       the same, once a node has taken its place, within     faults/node_losses
                          trainer.node_wait_s (0: stop at once with how to resume)
 
@@ -131,7 +132,7 @@ class Recovery:
         started = time.monotonic()
         self.start_learner_again(started + (self.cfg.trainer.node_wait_s if error.lost else 0))
         log.warning("the learner group is back after %.0f s", time.monotonic() - started)
-        self.weights.learner = self.g.learner
+        self.weights.learner, self.weights.nccl_meta = self.g.learner, self.g.nccl_meta
         fresh = type(self.state)(targets=self.state.targets)  # a TrainState
         self.state, self.schedule = fresh, self._new_schedule()
         if ckpt is not None:

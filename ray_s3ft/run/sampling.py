@@ -1,7 +1,8 @@
 """Where a GRPO step's samples come from: the data order, the engines' weights, and a sampler.
 
 ``Sampler.next(step, state, timer)`` returns a step's examples, their generations and their
-staleness (learner versions between the weights that sampled them and the current ones).
+staleness (learner versions between the weights that sampled them and the current ones: one
+version per train step, which is ``algorithm.grpo.updates_per_batch`` optimizer steps for GRPO).
 ``SyncSampler`` samples now, with the current weights. ``AsyncSampler`` (``rollout.async``)
 also starts the next GRPO batch before the learners train on this one
 (``prefetch``), and serves it at the next step when it is fresh enough, so the engines generate
@@ -216,7 +217,7 @@ class AsyncSampler(SyncSampler):
     """``rollout.async``: one-step off-policy. While the learners train on a GRPO batch, the
     engines sample the next one with the weights before that update; the next GRPO step uses
     it when it starts at that step's cursor and is at most ``rollout.max_staleness`` versions
-    old, else samples now."""
+    (train steps) old, else samples now."""
 
     def __init__(self, *args) -> None:
         super().__init__(*args)

@@ -36,9 +36,9 @@ class TensorBoardTracker(Tracker):
         self.writer = SummaryWriter(log_dir=str(self.dir), purge_step=first_step)
 
     def log_row(self, row, step):
-        for key, value in row.items():
-            if key != "step" and isinstance(value, float):
-                self.writer.add_scalar(key, value, step)
+        # integer metrics too (updates, tokens, faults): what the other trackers draw
+        for key, value in numbers({k: v for k, v in row.items() if k != "step"}).items():
+            self.writer.add_scalar(key, value, step)
 
     def rewind(self, first_step):
         self.writer.close()

@@ -198,11 +198,16 @@ class HFEngine:
         batch_size: int = 64,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, GenerationConfig
 
         self.model = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, cfg.dtype), trust_remote_code=trust
         ).eval()
+        # Not the model's generation_config.json: vLLM samples with only the parameters it is
+        # given, so a repetition penalty or n-gram ban there would act on this backend alone
+        # (``ray-s3ft eval`` and a run's evaluation would disagree). transformers fills what
+        # generate() is not given from this config, then from its neutral defaults.
+        self.model.generation_config = GenerationConfig()
         self.seed = cfg.seed
         self.calls = 0
         self.batch_size = batch_size

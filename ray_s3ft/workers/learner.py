@@ -199,7 +199,6 @@ class LearnerActor(ModelMixin, StateMixin):
                 tokens = self._all_reduce(part.loss_mask[:, 1:].sum().double()).item()
                 seqs = size * self.world_size
             norms.append(self._update(part, mode, temp, part_old, tokens, seqs, sums))
-        self.steps += 1
         s = sums.reduced(self._all_reduce)
         tok = max(s["tokens"], 1.0)
         with_kl = mode == "grpo" or self.cfg.sft_kl

@@ -25,7 +25,6 @@ class ModelMixin:
         self.engine, *_ = deepspeed.initialize(
             model=model, model_parameters=params, optimizer=optimizer, config=ds_config
         )
-        self.steps = 0
         self._init_mode_states()  # StateMixin: Adam's state per mode starts fresh
         return sum(p.numel() for p in params)
 

@@ -23,8 +23,11 @@ Both phases are collective, so the controller must launch the two sides CONCURRE
 ``.remote()`` calls, then one ``ray.get`` over all of them); calling them one after another
 deadlocks:
 
-1. ``NCCLWeightSender.connect()`` with every ``receiver_connect()`` (once; the TCPStore waits
-   300 s, vllm/distributed/utils.py ``StatelessProcessGroup.create``);
+1. ``NCCLWeightSender.connect()`` with every ``receiver_connect()`` (once per learner group;
+   the TCPStore waits 300 s, vllm/distributed/utils.py ``StatelessProcessGroup.create``). A
+   restarted learner group's new rank 0 opens a new group at a new port, and the engines,
+   which outlive it, drop their old communicator and join that one (a learner that dies
+   during a broadcast instead leaves the engines blocked in it: not recovered);
 2. per sync, ``NCCLWeightSender.send(named)`` with every ``receiver_update(llm, meta, v)`` where
    ``meta = tensor_meta(named)``: the receivers size their buffers and cut their chunks from
    ``meta``, so it must describe exactly the tensors ``send`` gets, in the same order.
@@ -179,13 +182,17 @@ def _update_info(meta: Sequence[TensorMeta]) -> dict[str, Any]:
 def receiver_connect(
     llm: Any, master_address: str, master_port: int, rank_offset: int, world_size: int
 ) -> None:
-    """Join every worker of this ``vllm.LLM`` to the group (collective with the sender)."""
+    """Join every worker of this ``vllm.LLM`` to the group (collective with the sender),
+    leaving the group it was in before, if any (a restarted learner's new group)."""
     payload = _init_payload(master_address, master_port, rank_offset, world_size)
     workers = llm.get_world_size(include_dp=True)  # vllm/entrypoints/llm.py
     if rank_offset + workers > world_size:
         raise ValueError(
             f"ranks {rank_offset}..{rank_offset + workers - 1} exceed world_size {world_size}"
         )
+    # the old sender is dead: vLLM aborts the old communicator (ncclCommAbort, which waits on
+    # no peer; gpu_worker.shutdown_weight_transfer_engine); nothing to release the first time
+    llm.collective_rpc("shutdown_weight_transfer_engine")
     llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": payload})
 
 

@@ -20,7 +20,7 @@ or any name or shape the plan cannot place, the engine falls back to ``reload_we
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,13 +41,16 @@ def plan(
     params: Mapping[str, tuple[int, ...]],
     packed: Mapping[str, list[str]],
     tied: bool,
+    padded: Collection[str],
 ) -> list[Target] | str:
     """Where each HF tensor goes, or why it cannot be placed (a message).
 
     ``shapes``: HF name -> shape of what the learner sends; ``params``: vLLM parameter name ->
     the shape vLLM expects (its rows, the layer's width); ``packed``: fused module -> the HF
     modules stacked in it; ``tied``: the output layer shares the embedding (an HF
-    ``lm_head.weight`` is then not loaded twice)."""
+    ``lm_head.weight`` is then not loaded twice); ``padded``: the vLLM parameters whose rows
+    are the vocabulary, which vLLM pads: they may get fewer rows than they hold, every other
+    one exactly its rows."""
     direct, fused = [], {}
     for name, shape in shapes.items():
         module, _, param = name.rpartition(".")
@@ -76,9 +79,11 @@ def plan(
     if set(params) - placed:
         return f"nothing sent for {sorted(set(params) - placed)[0]}"
     for t in targets:
-        want, name = params[f"{t.module}.{t.param}"], t.parts[0][0]
+        key, name = f"{t.module}.{t.param}", t.parts[0][0]
+        want = params[key]
         # vLLM pads the vocabulary rows of its embeddings: at least the rows sent
-        if t.rows > want[0] or tuple(shapes[name][1:]) != tuple(want[1:]):
+        rows = t.rows <= want[0] if key in padded else t.rows == want[0]
+        if not rows or tuple(shapes[name][1:]) != tuple(want[1:]):
             sent = (t.rows, *shapes[name][1:])
             return f"{t.module}.{t.param}: {sent} sent, vLLM holds {tuple(want)}"
     return targets
@@ -99,6 +104,18 @@ def _expected_shapes(model) -> dict[str, tuple[int, ...]]:
         else:
             out[name] = tuple(p.shape)
     return out
+
+
+def _vocab_params(model) -> set[str]:
+    """The parameters of the embedding and output layers, whose rows vLLM pads."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    return {
+        f"{name}.{param}"
+        for name, mod in model.named_modules()
+        if isinstance(mod, VocabParallelEmbedding)
+        for param, _ in mod.named_parameters(recurse=False)
+    }
 
 
 def _why_not(vllm_config) -> str | None:
@@ -131,7 +148,7 @@ def load_in_worker(worker: Any, weights: list[tuple[str, Any]]) -> str | None:
     if cached is None or cached[0] != key:
         tied = bool(getattr(model.config, "tie_word_embeddings", False))
         packed = dict(getattr(model, "packed_modules_mapping", None) or {})
-        made = plan(dict(key), _expected_shapes(model), packed, tied)
+        made = plan(dict(key), _expected_shapes(model), packed, tied, _vocab_params(model))
         sharing = [] if isinstance(made, str) else _sharing(model, made)
         _PLANS[id(model)] = cached = (key, made, sharing)
     _, targets, sharing = cached

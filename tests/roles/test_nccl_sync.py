@@ -145,8 +145,12 @@ class _FakeLLM:
 def test_receiver_calls_worker_methods_in_order():
     llm = _FakeLLM(workers=2)
     nccl_sync.receiver_connect(llm, "10.0.0.1", 29555, rank_offset=2, world_size=4)
-    assert [c[0] for c in llm.calls] == ["init_weight_transfer_engine"]
-    assert llm.calls[0][1]["init_info"]["rank_offset"] == 2
+    # an engine leaves the group it was in first (none here: a no-op in vLLM)
+    assert [c[0] for c in llm.calls] == [
+        "shutdown_weight_transfer_engine",
+        "init_weight_transfer_engine",
+    ]
+    assert llm.calls[1][1]["init_info"]["rank_offset"] == 2
     with pytest.raises(ValueError, match="exceed world_size"):
         nccl_sync.receiver_connect(llm, "10.0.0.1", 29555, rank_offset=3, world_size=4)
 
@@ -171,3 +175,165 @@ def test_sender_validates_before_touching_nccl():
     with pytest.raises(RuntimeError, match="before connect"):
         sender.send(_named())
     sender.close()  # no-op when never connected
+
+
+# ------------------------------------------------------------------ a learner restart on GPU
+# The recovery code, the groups, both actors' NCCL methods and this module run as they do on a
+# GPU; only NCCL itself is replaced: vLLM's ``trainer_init`` and broadcast producer on the
+# learner's side, the engine's worker RPCs (``_WiredLLM``) on the other.
+
+
+class _Wire:
+    """NCCL groups by rendezvous port: a broadcast reaches the ranks that joined its group,
+    and only a complete group broadcasts (a real one would hang)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[int, dict] = {}
+
+    def join(self, port: int, rank: int, world: int) -> None:
+        group = self.groups.setdefault(port, {"world": world, "ranks": set(), "sent": None})
+        assert group["world"] == world and rank not in group["ranks"]
+        group["ranks"].add(rank)
+
+
+class _Comm:
+    """The sender's communicator (``PyNcclCommunicator``)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, wire: _Wire, port: int) -> None:
+        self.wire, self.port = wire, port
+
+    def destroy(self) -> None:
+        pass
+
+
+class _WiredLLM(_FakeLLM):
+    """A ``vllm.LLM`` whose worker RPCs join, leave and receive through ``_Wire``."""
+
+    def __init__(self, wire: _Wire) -> None:
+        super().__init__(workers=1)
+        self.wire, self.port, self.weights = wire, None, {}
+
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        self.calls.append((method, kwargs))
+        if method == "shutdown_weight_transfer_engine":
+            self.port = None
+        elif method == "init_weight_transfer_engine":
+            info = kwargs["init_info"]
+            self.wire.join(info["master_port"], info["rank_offset"], info["world_size"])
+            self.port = info["master_port"]
+        elif method == "update_weights":
+            assert self.port is not None, "not in a weight-transfer group"
+            sent = self.wire.groups[self.port]["sent"]
+            assert [n for n, _ in sent] == kwargs["update_info"]["names"]
+            self.weights = dict(sent)
+        return [None]
+
+
+def test_a_learner_restart_under_nccl_sync_rejoins_the_engines(monkeypatch):
+    """A learner rank dies on a GPU run: the new learner group's rank 0 opens a new transfer
+    group, both engines leave the old one and join it, and the next sync carries the restored
+    checkpoint's weights to them."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from ray.exceptions import ActorDiedError
+    from vllm.distributed.weight_transfer import nccl_common, packed_tensor
+
+    from ray_s3ft.config.schema import GRPOConfig, LearnerConfig, ModelConfig
+    from ray_s3ft.errors import RunFailed
+    from ray_s3ft.run.cluster import Groups, _connect_nccl
+    from ray_s3ft.run.controller import TrainState
+    from ray_s3ft.run.recovery import Recovery
+    from ray_s3ft.run.weight_sync import WeightSync
+    from ray_s3ft.workers.group import ActorDied, ActorGroup
+    from ray_s3ft.workers.learner import LearnerActor
+    from ray_s3ft.workers.rollout import RolloutWorker
+
+    wire = _Wire()
+
+    def trainer_init(rendezvous, rank=0):
+        wire.join(rendezvous["master_port"], rank, rendezvous["world_size"])
+        return _Comm(wire, rendezvous["master_port"])
+
+    def producer(iterator, group, src, post_iter_func, **wire_params):
+        g = wire.groups[group.port]
+        assert len(g["ranks"]) == g["world"], "a broadcast to a group not everyone joined"
+        g["sent"] = [(name, post_iter_func((name, t)).clone()) for name, t in iterator]
+
+    monkeypatch.setattr(nccl_common, "trainer_init", trainer_init)
+    monkeypatch.setattr(packed_tensor, "packed_nccl_broadcast_producer", producer)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: SimpleNamespace(synchronize=int))
+
+    class Engine(RolloutWorker):  # a rollout worker whose vLLM is wired to _Wire
+        def __init__(self) -> None:
+            self.engine, self.version = SimpleNamespace(llm=_WiredLLM(wire)), 0
+
+    def learners(wait_s: float = 600.0) -> ActorGroup:
+        """One set-up learner rank whose DeepSpeed engine is a plain 2 x 2 weight."""
+        group = ActorGroup(LearnerActor, 1, name="learner", local=True, kwargs=dict(
+            rank=0, world_size=1, model_path="", model=ModelConfig(), cfg=LearnerConfig(),
+            grpo=GRPOConfig(), lr=1e-3, weight_decay=0.0, seed=0,
+        ))  # fmt: skip
+        rank = group.actors[0]
+        rank.device = torch.device("cpu")
+        rank.engine = SimpleNamespace(module=torch.nn.Linear(2, 2, bias=False))
+        return group
+
+    def load(value: float) -> None:  # a checkpoint's weights into rank 0
+        torch.nn.init.constant_(groups.learner.actors[0].engine.module.weight, value)
+
+    rollout = ActorGroup(Engine, 2, name="rollout", local=True)
+    groups = Groups(rollout=rollout, judge=None, learner=learners(), new_learner=learners)
+    groups.nccl_meta = _connect_nccl(groups)  # as cluster.launch does
+    assert groups.nccl_meta == [("weight", "float32", (2, 2))]
+    load(5.0)
+    sync = WeightSync(groups.learner, rollout, groups.nccl_meta)
+    sync.to(5)
+
+    class Run(Recovery):
+        cfg = SimpleNamespace(trainer=SimpleNamespace(max_learner_restarts=2, node_wait_s=30))
+        g, weights, state, schedule = groups, sync, TrainState(step=7, version=5), None
+        sampler = SimpleNamespace(discard=lambda: None)
+        last_checkpoint, run_dir = Path("/runs/x/checkpoints/step_4"), Path("/runs/x")
+
+        def _new_schedule(self):
+            return "schedule"
+
+        def restore(self, ckpt: Path) -> None:
+            self.state = TrainState(step=4, version=4)
+            load(4.0)
+
+    old_learner, old_port = groups.learner, groups.learner.actors[0]._sender.master_port
+    run = Run()
+    run.restart_learner(ActorDied("learner", ActorDiedError()))
+    assert groups.learner is not old_learner and run.weights.learner is groups.learner
+    assert run.state.faults["learner_restarts"] == 1 and run.weights.version == -1
+    new_port = groups.learner.actors[0]._sender.master_port
+    for i, engine in enumerate(rollout.actors):
+        llm = engine.engine.llm
+        assert [c[0] for c in llm.calls[-2:]] == [
+            "shutdown_weight_transfer_engine",
+            "init_weight_transfer_engine",
+        ]
+        init = llm.calls[-1][1]["init_info"]
+        assert (init["master_port"], init["rank_offset"], init["world_size"]) == (
+            new_port,
+            1 + i,
+            3,
+        )
+    assert wire.groups[new_port]["ranks"] == {0, 1, 2}
+
+    sync.to(run.state.version)  # what the next step's sync does
+    for engine in rollout.actors:
+        assert engine.version == 4 and engine.engine.llm.llm_engine.version == "4"
+        assert engine.engine.llm.weights["weight"].tolist() == [[4.0, 4.0], [4.0, 4.0]]
+    assert wire.groups[old_port]["sent"][0][1].tolist() == [[5.0, 5.0], [5.0, 5.0]]
+
+    # a new group the engines cannot join: the run stops with how to resume, not a traceback
+    monkeypatch.setattr(_WiredLLM, "collective_rpc", lambda *a, **k: 1 / 0)
+    with pytest.raises(RunFailed) as e:
+        run.restart_learner(ActorDied("learner", ActorDiedError()))
+    assert "could not form the NCCL weight-sync group (ZeroDivisionError" in str(e.value)
+    assert "resume from it with:\n  ray-s3ft train --config /runs/x/config.yaml" in str(e.value)

@@ -42,3 +42,18 @@ def test_every_row_reports_the_latest_grpo_figures_under_their_metrics_keys():
         "judge/undecided_frac": 0.125, "rollout/unfinished": 0.0, "rollout/tokens_per_s": 0.0,
         "rollout/response_tokens": 0.0, "rollout/discarded": 0,
     }  # fmt: skip
+
+
+def test_a_weights_version_is_a_train_step_however_many_optimizer_steps_it_makes():
+    """``rollout.max_staleness`` counts weights versions: one per train step, so with
+    ``algorithm.grpo.updates_per_batch`` 2 a version is two optimizer steps."""
+    from types import SimpleNamespace
+
+    from ray_s3ft.run.controller import Controller
+    from ray_s3ft.workers.types import StepStats
+
+    stats = StepStats(0.5, 1.0, 0.0, 1.0, tokens=8, sequences=4, updates=2)
+    learner = SimpleNamespace(scatter=lambda fn, shards, mode: [stats] * len(shards))
+    run = SimpleNamespace(g=SimpleNamespace(learner=learner), state=TrainState(version=3))
+    assert Controller.train_on(run, ["rank 0", "rank 1"], "grpo") is stats
+    assert run.state.version == 4 and run.state.steps == {"sft": 0, "grpo": 1}

@@ -303,4 +303,7 @@ def test_tensorboard_alone_is_the_default(tmp_path):
         (1, 1.5),
         (2, 1.0),
     ]
+    # an integer metric is drawn too; a step without a reward has no point
+    assert [(e.step, e.value) for e in acc.Scalars("learner/updates")] == [(0, 1), (1, 2), (2, 1)]
+    assert [(e.step, e.value) for e in acc.Scalars("reward/mean")] == [(1, 0.25)]
     assert not (tmp_path / "run" / "tracking.json").exists()

@@ -28,10 +28,11 @@ VLLM = {
     f"{L}.input_layernorm.weight": (8,),
     "model.norm.weight": (8,),
 }
+VOCAB = {"model.embed_tokens.weight", "lm_head.weight"}  # vLLM pads their rows
 
 
 def test_fused_rows_follow_the_packed_order_and_a_tied_head_is_skipped():
-    targets = {f"{t.module}.{t.param}": t for t in plan(HF, VLLM, PACKED, tied=True)}
+    targets = {f"{t.module}.{t.param}": t for t in plan(HF, VLLM, PACKED, tied=True, padded=VOCAB)}
     assert set(targets) == set(VLLM)
     qkv = targets[f"{L}.self_attn.qkv_proj.weight"]
     assert qkv == Target(
@@ -52,29 +53,50 @@ def test_fused_rows_follow_the_packed_order_and_a_tied_head_is_skipped():
 
 def test_an_untied_head_is_a_parameter_of_its_own():
     vllm = {**VLLM, "lm_head.weight": (64, 8)}
-    targets = {f"{t.module}.{t.param}" for t in plan(HF, vllm, PACKED, tied=False)}
+    targets = {f"{t.module}.{t.param}" for t in plan(HF, vllm, PACKED, tied=False, padded=VOCAB)}
     assert "lm_head.weight" in targets
-    assert plan(HF, VLLM, PACKED, tied=False) == "no vLLM parameter for lm_head.weight"
+    assert (
+        plan(HF, VLLM, PACKED, tied=False, padded=VOCAB) == "no vLLM parameter for lm_head.weight"
+    )
 
 
 def test_what_cannot_be_placed_is_named():
     no_v = {k: v for k, v in HF.items() if "v_proj" not in k}
     assert (
-        plan(no_v, VLLM, PACKED, True) == f"{L}.self_attn.qkv_proj.weight: no v_proj in the weights"
+        plan(no_v, VLLM, PACKED, True, VOCAB)
+        == f"{L}.self_attn.qkv_proj.weight: no v_proj in the weights"
     )
     no_norm = {k: v for k, v in HF.items() if k != "model.norm.weight"}
-    assert plan(no_norm, VLLM, PACKED, True) == "nothing sent for model.norm.weight"
+    assert plan(no_norm, VLLM, PACKED, True, VOCAB) == "nothing sent for model.norm.weight"
     wide = {**HF, f"{L}.mlp.down_proj.weight": (8, 7)}
     assert (
-        plan(wide, VLLM, PACKED, True)
+        plan(wide, VLLM, PACKED, True, VOCAB)
         == f"{L}.mlp.down_proj.weight: (8, 7) sent, vLLM holds (8, 6)"
     )
     tall = {**HF, f"{L}.self_attn.k_proj.weight": (8, 8)}
     assert (
-        plan(tall, VLLM, PACKED, True)
+        plan(tall, VLLM, PACKED, True, VOCAB)
         == f"{L}.self_attn.qkv_proj.weight: (20, 8) sent, vLLM holds (16, 8)"
     )
     assert (
-        plan({**HF, "extra.weight": (1,)}, VLLM, PACKED, True)
+        plan({**HF, "extra.weight": (1,)}, VLLM, PACKED, True, VOCAB)
         == "no vLLM parameter for extra.weight"
+    )
+
+
+def test_fewer_rows_than_vllm_holds_only_for_the_padded_vocabulary():
+    short = {**HF, f"{L}.mlp.down_proj.weight": (7, 6)}  # a row of the layer would stay stale
+    assert (
+        plan(short, VLLM, PACKED, True, VOCAB)
+        == f"{L}.mlp.down_proj.weight: (7, 6) sent, vLLM holds (8, 6)"
+    )
+    short_k = {**HF, f"{L}.self_attn.k_proj.weight": (2, 8)}  # 8 + 2 + 4 of qkv's 16 rows
+    assert (
+        plan(short_k, VLLM, PACKED, True, VOCAB)
+        == f"{L}.self_attn.qkv_proj.weight: (14, 8) sent, vLLM holds (16, 8)"
+    )
+    # the embedding's 10 rows into vLLM's 64 only as a vocabulary vLLM pads
+    assert (
+        plan(HF, VLLM, PACKED, True, padded=())
+        == "model.embed_tokens.weight: (10, 8) sent, vLLM holds (64, 8)"
     )
