@@ -261,12 +261,16 @@ class Controller(Recovery):
             self.cfg.rollout.max_new_tokens,
             temperature=self.cfg.rollout.temperature,  # the learner scores logits / T
         )
-        if staleness > 0:  # sampled by an older policy: truncated importance weights
+        # truncated importance weights for samples of an older policy, or with rollout.tis
+        # "always" for every batch (the engine's numerics against the learner's)
+        if staleness > 0 or self.cfg.rollout.tis == "always":
             batch = replace(batch, is_cap=self.cfg.rollout.is_cap)
         return shard(batch, len(self.g.learner))
 
     def train_on(self, shards, mode: str) -> StepStats:
-        stats = self.g.learner.scatter(LearnerActor.train_step, shards, mode=mode)[0]
+        stats = self.g.learner.scatter(
+            LearnerActor.train_step, shards, mode=mode, mode_step=self.state.steps[mode]
+        )[0]
         self.state.version += 1
         self.state.steps[mode] += 1
         return stats

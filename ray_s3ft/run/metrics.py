@@ -142,6 +142,7 @@ def step_row(
         "targets/gold_frac": fractions["gold"],
         "learner/loss": stats.loss,
         "learner/grad_norm": stats.grad_norm,
+        "learner/lr": stats.lr,
         "learner/kl": stats.kl,
         "learner/entropy": stats.entropy,
         "learner/tokens": stats.tokens,
