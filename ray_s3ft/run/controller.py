@@ -169,7 +169,7 @@ class Controller(Recovery):
                         self.redo_after_lost_node(e, before)
                     continue
                 metrics.log(row)
-                progress.update(row["step"], row["mode"], row["learner/loss"], row["reward/mean"])
+                progress.update(row)
         finally:
             self.sampler.discard()  # a run stopped by a lost actor does not wait on it
             progress.close()
