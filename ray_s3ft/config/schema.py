@@ -47,6 +47,8 @@ OVERLONG_MODES = ("keep", "mask", "penalty")  # GRPO samples cut at the budget (
 SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
 REFERENCES = ("base", "after_warmup")
 OPTIMIZER_STATES = ("shared", "per_mode")
+# which GRPO batches get truncated importance weights min(pi_old / pi_engine, rollout.is_cap)
+TIS_RULES = ("stale", "always")
 # multiple choice scored on each choice's text, its letter, or cloze (evaluation/scoring.py)
 CHOICE_TARGETS = ("text", "letter", "cloze")
 LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (ray_s3ft/tracking/)
@@ -157,8 +159,12 @@ class RolloutConfig:
     # old (weights versions: one per SFT or GRPO step, so with algorithm.grpo.updates_per_batch
     # k one version is k optimizer steps of lag); an older one is dropped and sampled again
     max_staleness: int = checked(1, AT_LEAST_1)
-    # async: truncated importance weight cap, min(pi_old / pi_engine, cap)
+    # truncated importance weight cap, min(pi_old / pi_engine, cap)
     is_cap: float = checked(2.0, POSITIVE)
+    # TIS_RULES: truncated importance weights on the samples of an older policy only (async
+    # rollouts, "stale"), or on every GRPO batch ("always"), which also corrects the gap
+    # between the engine's and the learner's numerics (bf16 vLLM kernels) in a synchronous run
+    tis: str = checked("stale", one_of(TIS_RULES))
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,13 @@ class LearnerConfig:
     # or one per mode over the same parameters, so that each mode's updates carry only its own
     # momentum and learner.grpo_lr sets the size of a GRPO update
     optimizer_state: str = checked("shared", one_of(OPTIMIZER_STATES))
+    # dropout (LoRA's) during GRPO updates; off, the policy is scored without dropout as pi_old
+    # is, so the ratio pi / pi_old carries no dropout noise (verl and OpenRLHF turn it off)
+    rl_dropout: bool = False
+    # linear learning-rate warm-up of each mode, in that mode's own optimizer steps: its n-th
+    # step (from 0) runs at lr * min(1, (n + 1) / (W + 1)); 0 = the full lr from the first step
+    sft_warmup_steps: int = checked(0, AT_LEAST_0)
+    grpo_warmup_steps: int = checked(0, AT_LEAST_0)
 
 
 @dataclass(frozen=True)

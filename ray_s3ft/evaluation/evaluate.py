@@ -15,10 +15,18 @@ from ray_s3ft.evaluation.scoring import prompts_cut_note, score_sets
 from ray_s3ft.workers.types import Answer
 
 
-def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
+def evaluate(cfg, model_path: str | None = None, progress=None, console=None) -> dict:
     """Score every eval set with ``cfg.eval.backend`` (``score_sets``: greedy answers, choices
     by log-likelihood, code in the sandbox, llm answers by the LLM judge; with ``eval.drift``
-    the drift from the base model). Returns the report."""
+    the drift from the base model). Returns the report. ``progress(text)``: where its lines
+    go (default: ``console``, a rich Console, or stdout); the generation bar goes to
+    ``console``."""
+    if progress is None:
+        progress = (
+            print
+            if console is None
+            else lambda text: console.print(text, markup=False, soft_wrap=True)
+        )
     from ray_s3ft.model.paths import resolve_model_path
     from ray_s3ft.tasks.loaders import load_eval_examples
 
@@ -35,7 +43,7 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
         f"({', '.join(f'{k} {len(v)}' for k, v in sets.items())}; {answered} answered, the rest "
         f"multiple choice by log-likelihood) with {cfg.eval.backend} on {path}"
     )
-    engines = _EvalEngines(cfg, path)
+    engines = _EvalEngines(cfg, path, console)
     started = time.perf_counter()
     scores, records = score_sets(
         sets,
@@ -87,8 +95,8 @@ class _EvalEngines:
     log-likelihoods and token logprobs, and an in-process
     ``JudgeWorker`` (the sandbox, the LLM judge)."""
 
-    def __init__(self, cfg, path: str) -> None:
-        self.cfg, self.path = cfg, path
+    def __init__(self, cfg, path: str, console=None) -> None:
+        self.cfg, self.path, self.console = cfg, path, console
         self.generate_s = 0.0
         self._worker, self._worker_path, self._judge = None, None, None
 
@@ -98,7 +106,7 @@ class _EvalEngines:
         from rich.progress import Progress
 
         cfg, started = self.cfg, time.perf_counter()
-        with Progress(transient=True) as bar:
+        with Progress(transient=True, console=self.console) as bar:
             task = bar.add_task("generating", total=len(prompts))
             out = self.worker(self.path).answers(
                 prompts, cfg.eval.max_new_tokens, on_batch=lambda n: bar.advance(task, n)

@@ -173,7 +173,7 @@ class Controller(Recovery):
                         self.redo_after_lost_node(e, before)
                     continue
                 metrics.log(row)
-                progress.update(row["step"], row["mode"], row["learner/loss"], row["reward/mean"])
+                progress.update(row)
         finally:
             self.sampler.discard()  # a run stopped by a lost actor does not wait on it
             progress.close()
@@ -267,12 +267,16 @@ class Controller(Recovery):
             # overlong mask: cut samples out of the loss, after their rewards made the advantages
             weights=loss_weights(torch.tensor([g.finished for g in gens]), grpo.overlong),
         )
-        if staleness > 0:  # sampled by an older policy: truncated importance weights
+        # truncated importance weights for samples of an older policy, or with rollout.tis
+        # "always" for every batch (the engine's numerics against the learner's)
+        if staleness > 0 or self.cfg.rollout.tis == "always":
             batch = replace(batch, is_cap=self.cfg.rollout.is_cap)
         return shard(batch, len(self.g.learner))
 
     def train_on(self, shards, mode: str) -> StepStats:
-        stats = self.g.learner.scatter(LearnerActor.train_step, shards, mode=mode)[0]
+        stats = self.g.learner.scatter(
+            LearnerActor.train_step, shards, mode=mode, mode_step=self.state.steps[mode]
+        )[0]
         self.state.version += 1
         self.state.steps[mode] += 1
         return stats

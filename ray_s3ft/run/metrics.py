@@ -84,7 +84,7 @@ class MetricsLogger:
 
 
 class Progress:
-    """A rich progress bar with step, mode, loss and reward; plain lines when not a terminal
+    """A rich progress bar with the step line (``step_line``); plain lines when not a terminal
     (``ray job submit`` logs, CI), one per step."""
 
     def __init__(self, total: int, start: int = 0) -> None:
@@ -94,6 +94,7 @@ class Progress:
 
         self.console = Console()
         self.total = total
+        self.seconds: dict[str, list[float]] = {"sft": [], "grpo": []}  # this process's steps
         self.bar = None
         if self.console.is_terminal:
             self.bar = Bar(
@@ -107,18 +108,55 @@ class Progress:
             self.task = self.bar.add_task("", total=total, completed=start)
             self.bar.start()
 
-    def update(self, step: int, mode: str, loss: float, reward: float | None) -> None:
-        text = f"step {step + 1}/{self.total} {mode:4s} loss {loss:.4f}"
-        if reward is not None:
-            text += f" reward {reward:.3f}"
+    def update(self, row: dict) -> None:
+        """After the step of ``row`` (``step_row``, with ``timing/eval`` when it evaluated)."""
+        self.seconds[row["mode"]].append(row["timing/step"] + (row.get("timing/eval") or 0.0))
+        eta = eta_seconds(self.seconds, row["sasr/p_sft"], self.total - row["step"] - 1)
+        text = step_line(row, self.total, eta)
         if self.bar is not None:
-            self.bar.update(self.task, completed=step + 1, description=text)
+            self.bar.update(self.task, completed=row["step"] + 1, description=text)
         else:
             self.console.print(text, highlight=False)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def step_line(row: dict, total: int, eta_s: float | None) -> str:
+    """What a step did: its mode and loss, a GRPO step's mean reward (an SFT step has none:
+    the row's ``reward/mean`` is the latest GRPO step's), the p_sft its mode was drawn with,
+    and the time left."""
+    text = f"step {row['step'] + 1}/{total} {row['mode']:4s} loss {row['learner/loss']:.4f}"
+    if row["mode"] == "grpo":
+        text += f" reward {row['reward/mean']:.3f}"
+    text += f" p_sft {row['sasr/p_sft']:.2f}"
+    if eta_s is not None:
+        text += f" eta {_duration(eta_s)}"
+    return text
+
+
+def eta_seconds(seconds: dict[str, list[float]], p_sft: float, remaining: int) -> float | None:
+    """Time left: ``remaining`` steps, each SFT with probability ``p_sft`` at the mean time
+    of this run's SFT steps so far, else GRPO at theirs (a mode not seen yet: the other's
+    mean). GRPO steps (rollout, judge) take several SFT steps' time, so one mean over both
+    would be off once the schedule's mix changes. None before the first step."""
+    means = {m: sum(v) / len(v) for m, v in seconds.items() if v}
+    if not means:
+        return None
+    sft = means.get("sft", means.get("grpo"))
+    grpo = means.get("grpo", sft)
+    return remaining * (p_sft * sft + (1.0 - p_sft) * grpo)
+
+
+def _duration(s: float) -> str:
+    """42s, 1m06s, 2h03m."""
+    s = round(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def step_row(
@@ -142,6 +180,7 @@ def step_row(
         "targets/gold_frac": fractions["gold"],
         "learner/loss": stats.loss,
         "learner/grad_norm": stats.grad_norm,
+        "learner/lr": stats.lr,
         "learner/kl": stats.kl,
         "learner/entropy": stats.entropy,
         "learner/tokens": stats.tokens,

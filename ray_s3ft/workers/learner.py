@@ -39,6 +39,8 @@ from ray_s3ft.workers.learner_step import LOSSES, MicroBatch, StepSums
 from ray_s3ft.workers.types import StepStats, TrainBatch
 
 log = logging.getLogger(__name__)
+# what a reset may change (read at each step); the rest built the model and the process group
+_PER_CELL = ("optimizer_state", "rl_dropout", "sft_warmup_steps", "grpo_warmup_steps")
 
 
 class LearnerActor(ModelMixin, StateMixin):
@@ -129,7 +131,7 @@ class LearnerActor(ModelMixin, StateMixin):
             changed = [
                 f.name
                 for f in dataclasses.fields(cfg)
-                if f.name != "optimizer_state" and getattr(cfg, f.name) != getattr(self.cfg, f.name)
+                if f.name not in _PER_CELL and getattr(cfg, f.name) != getattr(self.cfg, f.name)
             ]
             if changed:
                 raise ValueError(f"a reset cannot change learner.{', learner.'.join(changed)}")
@@ -160,16 +162,19 @@ class LearnerActor(ModelMixin, StateMixin):
             logits = logits.float() / temperature  # fp32 first: bf16 logits / T round again
         return token_logprobs(logits, ids[:, 1:]), logits  # [b, T-1], [b, T-1, V]
 
-    def train_step(self, batch: TrainBatch, mode: str) -> StepStats:
-        """One SFT or GRPO update on this rank's share of the batch (``mode`` "sft" or "grpo").
+    def train_step(self, batch: TrainBatch, mode: str, mode_step: int = 0) -> StepStats:
+        """One SFT or GRPO update on this rank's share of the batch (``mode`` "sft" or "grpo");
+        ``mode_step``: the steps of this mode the run took before (the learning-rate warm-up
+        counts them; the controller's checkpointed count, so a resumed run goes on with it).
 
         SFT: one optimizer step. GRPO: ``algorithm.grpo.updates_per_batch`` (k) optimizer steps,
         one per mini-batch (this rank's rows cut into k slices); with k > 1 one pass scores
         the whole batch with the policy that sampled it first (pi_old, eval mode), so the
         ratio pi / pi_old moves off 1 from the second mini-batch on and the clip acts. The
-        returned losses and grad norm are means over the k updates, the token statistics
-        (KL, entropy, clip share) means over the batch's tokens."""
+        returned losses, grad norm and learning rate are means over the k updates, the token
+        statistics (KL, entropy, clip share) means over the batch's tokens."""
 
+        from ray_s3ft.algo.lr import warmup_lr
         from ray_s3ft.workers.batches import take_rows
 
         if mode not in ("sft", "grpo"):
@@ -177,16 +182,18 @@ class LearnerActor(ModelMixin, StateMixin):
         engine = self.engine
         temp = batch.temperature if mode == "grpo" else 1.0  # SFT: plain NLL
         self._use_optimizer_state(mode)
-        for group in engine.optimizer.param_groups:
-            group["lr"] = self.lr_by_mode[mode]
         k = self.grpo.updates_per_batch if mode == "grpo" else 1
         if batch.num_sequences % k:
             raise ValueError(f"{batch.num_sequences} rows do not cut into {k} mini-batches")
-        old = self._old_logprobs(batch, temp) if k > 1 else None  # [B, T-1] pi_old
-        engine.train()
+        old = self._old_logprobs(batch, temp, k) if k > 1 else None  # [B, T-1] pi_old
+        self._train_mode(mode)
         sums = StepSums()
-        size, norms = batch.num_sequences // k, []
+        size, norms, lrs = batch.num_sequences // k, [], []
+        warmup = getattr(self.cfg, f"{mode}_warmup_steps")
         for u in range(k):
+            lrs.append(warmup_lr(self.lr_by_mode[mode], mode_step * k + u, warmup))
+            for group in engine.optimizer.param_groups:
+                group["lr"] = lrs[-1]
             # every k-th row: the rows come ordered by length (``shard``), so contiguous
             # slices would give the first update the longest responses and the last the
             # shortest, and each update's own token normaliser would weigh them unequally
@@ -218,12 +225,28 @@ class LearnerActor(ModelMixin, StateMixin):
             is_clip_frac=s["is_capped_tokens"] / tok,
             updates=k,
             ratio_dev=s["ratio_dev_tokens"] / tok,
+            lr=sum(lrs) / k,
         )
 
-    def _old_logprobs(self, batch: TrainBatch, temperature: float):
+    def _train_mode(self, mode: str) -> None:
+        """Train mode; for GRPO without ``learner.rl_dropout`` its dropout layers (LoRA's) stay
+        in eval mode, as when pi_old and the engines' logprobs were taken, so that the ratio
+        pi / pi_old is exactly 1 before the first update. Not ``engine.eval()``: transformers
+        skips gradient checkpointing in eval mode."""
+        from torch.nn.modules.dropout import _DropoutNd
+
+        self.engine.train()
+        if mode == "grpo" and not self.cfg.rl_dropout:
+            for m in self.engine.module.modules():
+                if isinstance(m, _DropoutNd):
+                    m.eval()
+
+    def _old_logprobs(self, batch: TrainBatch, temperature: float, k: int):
         """pi_old: the current policy's logprobs of the whole batch before its updates, in eval
-        mode (no dropout) and without a graph: [B, T-1], zero past each row's length. With
-        LoRA dropout the first update's ratio is then pi(dropout) / pi_old, not exactly 1."""
+        mode (no dropout) and without a graph: [B, T-1], zero past each row's length. Scored
+        in the mini-batches and micro-batches the k updates will score (rows u::k), so that
+        the same padded shapes give the same numbers: without dropout (``learner.rl_dropout``
+        off) the first update's ratio is exactly 1, not 1 +- a kernel's rounding."""
         import torch
 
         from ray_s3ft.workers.batches import take_rows
@@ -232,10 +255,12 @@ class LearnerActor(ModelMixin, StateMixin):
         micro = self.cfg.micro_batch_size
         self.engine.eval()
         with torch.no_grad():
-            for start in range(0, batch.num_sequences, micro):
-                mb = take_rows(batch, slice(start, start + micro))
-                logp, _ = self._logprobs(self.engine.module, mb, slice(None), temperature)
-                out[start : start + micro, : logp.shape[1]] = logp.float().cpu()
+            for u in range(k):
+                part, rows = take_rows(batch, slice(u, None, k)), torch.arange(u, len(out), k)
+                for start in range(0, part.num_sequences, micro):
+                    mb = take_rows(part, slice(start, start + micro))
+                    logp, _ = self._logprobs(self.engine.module, mb, slice(None), temperature)
+                    out[rows[start : start + micro], : logp.shape[1]] = logp.float().cpu()
         return out
 
     def _update(self, batch, mode, temp, old, global_tokens, global_seqs, sums: StepSums):

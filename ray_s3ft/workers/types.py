@@ -104,3 +104,4 @@ class StepStats:
     is_clip_frac: float = 0.0  # async GRPO: share of tokens whose weight hit the cap
     updates: int = 1  # optimizer steps taken (GRPO: algorithm.grpo.updates_per_batch)
     ratio_dev: float = 0.0  # GRPO: mean |pi / pi_old - 1| over tokens (0 with one update)
+    lr: float = 0.0  # learning rate of the step's updates (mean over them), after warm-up

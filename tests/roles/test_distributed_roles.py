@@ -46,7 +46,7 @@ def model():
     return path, tok, examples, batch
 
 
-def _learners(path, stage, lr=1e-4, overrides=(), trainable=None):
+def _learners(path, stage, lr=1e-4, overrides=(), trainable=None, grpo_lr=None):
     """Two ranks, set up; ``trainable`` receives the trainable parameter count."""
     cfg = load_config(
         # schedule sft: sasr's probe rules out ZeRO-3 in the config, and no schedule runs here
@@ -60,7 +60,7 @@ def _learners(path, stage, lr=1e-4, overrides=(), trainable=None):
     group = ActorGroup(
         LearnerActor, 2, name=f"learner-z{stage}", resources=Resources(cpus=1),
         kwargs=dict(world_size=2, model_path=path, model=cfg.model, cfg=cfg.learner,
-                    grpo=cfg.algorithm.grpo, lr=lr, weight_decay=0.0, seed=0),
+                    grpo=cfg.algorithm.grpo, lr=lr, grpo_lr=grpo_lr, weight_decay=0.0, seed=0),
         rank_kwargs=lambda i: {"rank": i},
     )  # fmt: skip
     addr, port = group.call_one(LearnerActor.master_address)
@@ -276,5 +276,43 @@ def test_lora_trains_adapters_only_and_syncs_merged_hf_weights(ray_cluster, mode
         assert ((hf_logp - learner_logp).abs() * mask).max() < PARITY_TOL
         again = group.scatter(LearnerActor.logprobs, shard(batch, 2))[0]
         assert torch.equal(again, learner_logp)  # exporting the merge left the model as it was
+    finally:
+        group.shutdown()
+
+
+@pytest.mark.parametrize("rl_dropout", [False, True])
+def test_rl_dropout_off_keeps_the_ratio_at_one_and_warmup_sets_the_lr(
+    ray_cluster, model, rl_dropout
+):
+    """LoRA with dropout 0.1: pi_old is scored without dropout; with learner.rl_dropout off the
+    updates are too, so at grpo_lr 0 (the policy stays pi_old) every ratio is exactly 1."""
+    path, _, _, batch = model
+    overrides = [
+        "model.lora.enabled=true", "model.lora.dropout=0.1", f"learner.rl_dropout={rl_dropout}",
+        "algorithm.grpo.updates_per_batch=2", "learner.sft_warmup_steps=3",
+    ]  # fmt: skip
+    group = _learners(path, 2, lr=1e-2, grpo_lr=0.0, overrides=overrides)
+    try:
+        # LoRA's B starts at 0 (no dropout noise reaches the output): two SFT steps move it,
+        # at 1e-2 * 1/4 and 1e-2 * 2/4 (warm-up of 3 steps)
+        lrs = [
+            group.scatter(LearnerActor.train_step, shard(batch, 2), mode="sft", mode_step=n)[0].lr
+            for n in range(2)
+        ]
+        assert lrs == pytest.approx([2.5e-3, 5e-3], rel=1e-12)
+        rows = batch.num_sequences
+        grpo = dataclasses.replace(
+            batch,
+            advantages=torch.tensor([1.0, -1.0] * (rows // 2)),
+            rollout_logprobs=torch.zeros(batch.input_ids.shape),
+            max_new_tokens=64,
+        )
+        stats = group.scatter(LearnerActor.train_step, shard(grpo, 2), mode="grpo")[0]
+        assert stats.updates == 2 and stats.lr == 0.0
+        if rl_dropout:
+            assert stats.ratio_dev > 1e-3, stats.ratio_dev  # dropout noise in every ratio
+        else:
+            assert stats.ratio_dev == 0.0
+            assert stats.clip_frac == 0.0
     finally:
         group.shutdown()

@@ -63,3 +63,21 @@ def test_grpo_batch_carries_the_sampling_temperature_and_refuses_greedy_rollouts
     assert grpo_batch(gens, torch.zeros(4), pad_id=0, max_new_tokens=8).temperature == 1.0
     with pytest.raises(ValueError, match="temperature must be > 0"):
         grpo_batch(gens, torch.zeros(4), pad_id=0, max_new_tokens=8, temperature=0.0)
+
+
+@pytest.mark.parametrize(
+    "tis, staleness, cap", [("stale", 0, None), ("stale", 1, 1.5), ("always", 0, 1.5)]
+)
+def test_rollout_tis_always_weights_synchronous_batches_too(tis, staleness, cap):
+    from types import SimpleNamespace
+
+    from ray_s3ft.config import load_config
+    from ray_s3ft.run.controller import Controller, TrainState
+
+    c = Controller.__new__(Controller)  # only what grpo_batch reads
+    c.cfg = load_config(overrides=[f"rollout.tis={tis}", "rollout.is_cap=1.5"])
+    c.tok, c.state = SimpleNamespace(pad_token_id=0), TrainState()
+    c.g = SimpleNamespace(learner=[None, None])
+    gens = [_gen([1], [2, 3], [-0.1, -0.2]) for _ in range(4)]  # one group of G = 4
+    shards = c.grpo_batch(gens, torch.tensor([1.0, 0.0, 0.0, 0.0]), staleness)
+    assert [s.is_cap for s in shards] == [cap, cap]

@@ -50,6 +50,11 @@ def test_eval_on_the_builtin_model_saves_numbers(tmp_path):
         assert 0 <= s["correct"] <= s["n"] and s["accuracy"] == s["correct"] / s["n"]
     assert (out / "config.yaml").is_file()
     assert "held-out mean" in r.stdout
+    # the engine's own output (transformers' loading bar; vLLM's logs on that backend) is in
+    # the log, not on the console: stdout holds our lines only
+    assert r.stderr == ""
+    assert "Loading weights" not in r.stdout
+    assert "Loading weights" in (out / "logs" / "eval.log").read_text()
 
 
 def _train_fails_fast(tmp_path, *args, env=None):
