@@ -18,11 +18,13 @@ def evaluate(cfg, model_path: str | None = None, progress=print) -> dict:
     """Score every eval set with ``cfg.eval.backend`` (``score_sets``: greedy answers, choices
     by log-likelihood, code in the sandbox, llm answers by the LLM judge; with ``eval.drift``
     the drift from the base model). Returns the report."""
+    from ray_s3ft.config import resolved_judge
     from ray_s3ft.model.paths import resolve_model_path
     from ray_s3ft.tasks.loaders import load_eval_examples
 
     path = resolve_model_path(model_path or cfg.model.path)
-    sets = load_eval_examples(cfg.data, cfg.eval)  # {"task": ..., <held-out set>: ...}
+    # {"task": ..., <held-out set>: ...}; NQ answers judged as judge.verifier says
+    sets = load_eval_examples(cfg.data, cfg.eval, verifier=resolved_judge(cfg).verifier)
     lm_tasks = list(cfg.eval.lm_eval_tasks)
     if lm_tasks:  # a missing harness or an unknown task fails now, not after decoding
         from ray_s3ft.evaluation.lm_eval_suite import check_tasks
