@@ -28,6 +28,7 @@ from ray_s3ft.config.schema import (
 from ray_s3ft.tasks.benchmarks import is_choice_file
 from ray_s3ft.tasks.builtin import HELDOUT_SKILLS
 from ray_s3ft.tasks.humaneval import is_humaneval_entry
+from ray_s3ft.tasks.olmo_tasks import NAMED
 from ray_s3ft.tasks.suites import SUITES
 
 
@@ -120,11 +121,18 @@ def validate(cfg: Config) -> None:
     m, d, ro, j, le = cfg.model, cfg.data, cfg.rollout, cfg.judge, cfg.learner
     alg, s, res, t = cfg.algorithm, cfg.schedule, cfg.resources, cfg.trainer
 
-    # Data: only the builtin task generates its own examples.
+    # Data: only the builtin task generates its own examples; a named set (gsm8k, mbpp,
+    # nq_open) serves its own task.
     if d.task != "builtin":
         for key in ("data.train_path", "data.eval_path"):
-            if not _get(cfg, key):
+            if not (source := _get(cfg, key)):
                 bad(key, f"is required for data.task={d.task} (a file, saved dataset or hub name)")
+            elif source in NAMED and NAMED[source].task != d.task:
+                bad(
+                    key,
+                    f"must be data for data.task={d.task}; the named set {source} is for "
+                    f"data.task={NAMED[source].task}",
+                )
     if j.verifier != "auto" and j.verifier not in TASK_VERIFIERS[d.task]:
         bad(
             "judge.verifier",

@@ -37,7 +37,7 @@ TASKS = ("builtin", "gsm8k", "mbpp", "nq")
 ENGINES = ("vllm", "hf")
 # how learner weights reach a vLLM engine (ray_s3ft.workers.vllm_weights)
 WEIGHT_LOADERS = ("name_map", "vllm_reload")
-VERIFIERS = ("auto", "steps", "math", "code", "llm")
+VERIFIERS = ("auto", "steps", "math", "code", "llm", "nq_match")
 MATH_EXTRACT = ("flexible", "strict")
 LLM_JUDGE_MODES = ("loglik", "generate")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
@@ -58,7 +58,8 @@ TASK_VERIFIERS = {
     "builtin": ("steps", "math", "llm"),  # steps: every written step checked (verifiers/steps.py)
     "gsm8k": ("math", "llm"),
     "mbpp": ("code", "llm"),
-    "nq": ("llm",),
+    # nq_match: normalised exact match against any gold alias (verifiers/registry.py)
+    "nq": ("nq_match", "llm"),
 }
 
 
@@ -105,8 +106,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     task: str = checked("builtin", one_of(TASKS))  # TASKS
-    # local jsonl/json/parquet file, a saved `datasets` dir, or a hub dataset name;
-    # null only for the builtin task, which generates its data
+    # local jsonl/json/parquet file, a saved `datasets` dir, a hub dataset name, or a named
+    # set read offline (gsm8k, mbpp, nq_open: tasks/olmo_tasks.py, split once into disjoint
+    # train and eval sets); null only for the builtin task, which generates its data
     train_path: str | None = None
     eval_path: str | None = None  # same forms as train_path
     # training examples used (fewer if the source has fewer)
@@ -169,7 +171,7 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    # VERIFIERS; auto = by task (builtin steps, gsm8k math, mbpp code, nq llm)
+    # VERIFIERS; auto = by task (builtin steps, gsm8k math, mbpp code, nq nq_match)
     verifier: str = checked("auto", one_of(VERIFIERS))
     # LLM judge: "base" = the run's initial model, as in S3FT; else path/id
     llm_model: str = checked("base", NON_EMPTY)

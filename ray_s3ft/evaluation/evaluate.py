@@ -21,6 +21,8 @@ def evaluate(cfg, model_path: str | None = None, progress=None, console=None) ->
     the drift from the base model). Returns the report. ``progress(text)``: where its lines
     go (default: ``console``, a rich Console, or stdout); the generation bar goes to
     ``console``."""
+    from ray_s3ft.config import resolved_judge
+
     if progress is None:
         progress = (
             print
@@ -31,7 +33,8 @@ def evaluate(cfg, model_path: str | None = None, progress=None, console=None) ->
     from ray_s3ft.tasks.loaders import load_eval_examples
 
     path = resolve_model_path(model_path or cfg.model.path)
-    sets = load_eval_examples(cfg.data, cfg.eval)  # {"task": ..., <held-out set>: ...}
+    # {"task": ..., <held-out set>: ...}; NQ answers judged as judge.verifier says
+    sets = load_eval_examples(cfg.data, cfg.eval, verifier=resolved_judge(cfg).verifier)
     lm_tasks = list(cfg.eval.lm_eval_tasks)
     if lm_tasks:  # a missing harness or an unknown task fails now, not after decoding
         from ray_s3ft.evaluation.lm_eval_suite import check_tasks

@@ -60,20 +60,30 @@ def _gsm8k(row: dict, id: str) -> Example:
     return Example(id=id, skill="gsm8k", prompt=question, gold=gold, answer=final, verifier="math")
 
 
-def _mbpp(row: dict, id: str) -> Example:
-    text, code, tests = _text(row, "text"), _text(row, "code"), _present(row, "test_list")
+def _tests(row: dict, key: str) -> tuple[str, ...]:
+    tests = _present(row, key)
     if not (isinstance(tests, (list, tuple)) and all(isinstance(t, str) for t in tests)):
-        raise RowError(f"'test_list' must be a list of strings, got {kind_of(tests)}")
+        raise RowError(f"{key!r} must be a list of strings, got {kind_of(tests)}")
     tests = tuple(t for t in tests if t.strip())
     if not tests:
-        raise RowError("empty field 'test_list'")
-    prompt = f"{text.strip()}\nYour code should pass these tests:\n" + "\n".join(tests)
+        raise RowError(f"empty field {key!r}")
+    return tests
+
+
+def _mbpp(row: dict, id: str) -> Example:
+    text, code, tests = _text(row, "text"), _text(row, "code"), _tests(row, "test_list")
+    # optional "prompt_tests": the tests the prompt shows (the named set: the first assert
+    # only, so RL cannot hard-code the others); all of "test_list" score the answer
+    shown = _tests(row, "prompt_tests") if "prompt_tests" in row else tests
+    prompt = f"{text.strip()}\nYour code should pass these tests:\n" + "\n".join(shown)
     return Example(
         id=id, skill="mbpp", prompt=prompt, gold=code, answer=code, verifier="code", tests=tests
     )
 
 
 def _nq(row: dict, id: str) -> Example:
+    """Judged by ``nq_match`` (normalised exact match against any alias, the answers joined by
+    " | "), or as ``load_examples``' ``verifier`` says."""
     key = "answer" if "answer" in row or "answers" not in row else "answers"
     answers = _present(row, key)
     if not isinstance(answers, (list, tuple)):
@@ -93,11 +103,14 @@ def _nq(row: dict, id: str) -> Example:
         prompt=question,
         gold=answers[0],
         answer=" | ".join(answers),
-        verifier="llm",
+        verifier="nq_match",
     )
 
 
 CONVERTERS = {"gsm8k": _gsm8k, "mbpp": _mbpp, "nq": _nq}
+# tasks whose examples are judged as judge.verifier says, in evaluation too (nq: nq_match or
+# llm); GSM8K and MBPP examples keep math and code, their metric whatever judges the rewards
+FOLLOWS_JUDGE = ("nq",)
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -112,6 +125,7 @@ def load_examples(
     report: DataReport | None = None,
     template: str | None = None,
     trains_on_gold: bool = False,
+    verifier: str | None = None,
 ) -> list[Example]:
     """The first `limit` usable rows of `source` as Examples, ids ``{split}-{row index:05d}``.
 
@@ -119,6 +133,8 @@ def load_examples(
     = the task's own (``prompts.TASK_PROMPTS``). Prompt lengths are checked after it.
     ``trains_on_gold``: the gold answers are SFT targets (the training split), held to
     ``data.max_response_tokens``.
+    ``verifier``: the resolved ``judge.verifier``, which a ``FOLLOWS_JUDGE`` task's examples
+    declare; None = the converter's.
     Bad rows are recorded in `report` (without one: logged, and only a file with no usable row
     is an error); DataError for an unreadable, empty, unusable or too broken file.
     """
@@ -142,6 +158,8 @@ def load_examples(
             if not isinstance(row, dict):
                 raise RowError(f"not a JSON object (got {kind_of(row)})")
             example = apply_template(convert(row, f"{split}-{i:05d}"), template)
+            if verifier is not None and task in FOLLOWS_JUDGE:
+                example = dataclasses.replace(example, verifier=verifier)
             report.check_prompt(example.prompt)
             if trains_on_gold:
                 report.check_gold(example.gold)
@@ -160,10 +178,12 @@ def apply_template(example: Example, template: str) -> Example:
     return dataclasses.replace(example, prompt=template.format(question=example.prompt))
 
 
-def load_train_examples(data, report: DataReport | None = None) -> list[Example]:
+def load_train_examples(
+    data, report: DataReport | None = None, verifier: str | None = None
+) -> list[Example]:
     """The training split described by a ``DataConfig``, held to its rules."""
     from ray_s3ft.prompts import task_prompt_template
-    from ray_s3ft.tasks import builtin
+    from ray_s3ft.tasks import builtin, olmo_tasks
 
     if data.task == "builtin":
         template = task_prompt_template("builtin", data.prompt_template)
@@ -178,20 +198,21 @@ def load_train_examples(data, report: DataReport | None = None) -> list[Example]
         return examples
     report = DataReport.for_config(data, warn=True) if report is None else report
     return load_examples(
-        data.task, data.train_path, "train", limit=data.train_size, report=report,
-        template=data.prompt_template, trains_on_gold=True,
+        data.task, olmo_tasks.resolve(data.train_path, "train"), "train", limit=data.train_size,
+        report=report, template=data.prompt_template, trains_on_gold=True, verifier=verifier,
     )  # fmt: skip
 
 
 def load_eval_examples(
-    data, eval_cfg, report: DataReport | None = None
+    data, eval_cfg, report: DataReport | None = None, verifier: str | None = None
 ) -> dict[str, list[Example]]:
     """``{"task": eval split, <set>: held-out examples, ...}`` for a data and eval section. A
     held-out set is a built-in skill, a multiple-choice ``.jsonl`` file named by its stem, a public
-    suite (``mmlu``, ``arc_easy``, ``arc_challenge``, fetched once: ``tasks/suites.py``), or
-    HumanEval (``humaneval``, or a HumanEval-format ``.jsonl`` / ``.jsonl.gz`` file)."""
+    suite (``mmlu``, ``arc_easy``, ``arc_challenge``, ``hellaswag``, fetched once:
+    ``tasks/suites.py``), or HumanEval (``humaneval``, or a HumanEval-format ``.jsonl`` /
+    ``.jsonl.gz`` file). ``data.eval_path`` may name a set (``tasks/olmo_tasks.py``)."""
     from ray_s3ft.prompts import task_prompt_template
-    from ray_s3ft.tasks import benchmarks, builtin, humaneval, suites
+    from ray_s3ft.tasks import benchmarks, builtin, humaneval, olmo_tasks, suites
 
     if data.task == "builtin":
         template = task_prompt_template("builtin", data.prompt_template)
@@ -200,8 +221,8 @@ def load_eval_examples(
     else:
         report = DataReport.for_config(data, warn=True) if report is None else report
         task = load_examples(
-            data.task, data.eval_path, "test", eval_cfg.task_size, report=report,
-            template=data.prompt_template,
+            data.task, olmo_tasks.resolve(data.eval_path, "eval"), "test", eval_cfg.task_size,
+            report=report, template=data.prompt_template, verifier=verifier,
         )  # fmt: skip
         sets = {"task": task}
     for entry in eval_cfg.heldout:
@@ -239,14 +260,20 @@ def load_run_data(
 
     Writes ``run_dir/data_report.json`` (``{"files": {}}`` for the built-in task's generated data)
     and says one line per file read. A DataError, raised before any actor starts, names the
-    written report.
+    written report; so does a question in both the training and the task's eval set.
     """
-    report = DataReport.for_config(
-        cfg.data, count_tokens, count_response_tokens=count_response_tokens
-    )
+    from ray_s3ft.config import resolved_judge
+    from ray_s3ft.prompts import task_prompt_template
+    from ray_s3ft.tasks.overlap import check_disjoint
+
+    d, verifier = cfg.data, resolved_judge(cfg).verifier
+    report = DataReport.for_config(d, count_tokens, count_response_tokens=count_response_tokens)
     try:
-        examples = load_train_examples(cfg.data, report)
-        eval_sets = load_eval_examples(cfg.data, cfg.eval, report) if with_eval else {}
+        examples = load_train_examples(d, report, verifier)
+        eval_sets = load_eval_examples(d, cfg.eval, report, verifier) if with_eval else {}
+        if with_eval and d.task != "builtin":
+            template = task_prompt_template(d.task, d.prompt_template)
+            check_disjoint(examples, eval_sets["task"], d.train_path, d.eval_path, template)
     except DataError as e:
         if not report.files:
             raise

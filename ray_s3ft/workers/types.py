@@ -54,7 +54,7 @@ class JudgeItem:
     prompt: str  # the question (without chat formatting)
     response: str  # candidate answer
     answer: str  # gold final answer (math), gold code (code) or gold text (llm)
-    verifier: str  # "math" | "code" | "llm" | "exact": the task example's verifier
+    verifier: str  # "math" | "code" | "llm" | "exact" | "nq_match": the example's verifier
     tests: tuple[str, ...] = ()  # code: assert statements
 
 

@@ -53,12 +53,20 @@ MBPP_ROWS = [
      "test_list": ["assert larger(3, 5) == 5", "assert larger(7, 2) == 7"]},
     {"text": "Write a function to reverse a string.", "code": "def rev(s):\n    return s[::-1]",
      "test_list": ["assert rev('abc') == 'cba'", "assert rev('') == ''"]},
+    # eval rows: a run must not evaluate on what it trains on (tasks/overlap.py)
+    {"text": "Write a function to double a number.", "code": "def double(x):\n    return 2 * x",
+     "test_list": ["assert double(3) == 6", "assert double(0) == 0"]},
+    {"text": "Write a function to negate a number.", "code": "def neg(x):\n    return -x",
+     "test_list": ["assert neg(3) == -3", "assert neg(-1) == 1"]},
 ]  # fmt: skip
 NQ_ROWS = [
     {"question": "What is the capital of France?", "answer": ["Paris"]},
     {"question": "How many legs does a spider have?", "answer": ["eight", "8"]},
     {"question": "What colour is the sky on a clear day?", "answer": ["blue"]},
     {"question": "Which planet do we live on?", "answer": ["Earth"]},
+    # eval rows
+    {"question": "What is the largest ocean on Earth?", "answer": ["Pacific", "Pacific Ocean"]},
+    {"question": "How many days are in a week?", "answer": ["seven", "7"]},
 ]
 
 
@@ -71,8 +79,9 @@ def _data(tmp: Path, task: str) -> list[str]:
     if task == "gsm8k":
         train, test = WORDPROBLEMS / "train.jsonl", WORDPROBLEMS / "test.jsonl"
     else:
-        rows = MBPP_ROWS if task == "mbpp" else NQ_ROWS
-        train = test = _write(tmp / f"{task}.jsonl", rows)
+        rows = MBPP_ROWS if task == "mbpp" else NQ_ROWS  # 4 to train on, 2 to evaluate
+        train = _write(tmp / f"{task}-train.jsonl", rows[:4])
+        test = _write(tmp / f"{task}-test.jsonl", rows[4:])
     return [f"data.train_path={train}", f"data.eval_path={test}"]
 
 

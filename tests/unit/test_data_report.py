@@ -34,7 +34,7 @@ def _cfg(train, test, *more):
 
 def test_report_lists_each_file_and_the_console_gets_one_line_each(tmp_path):
     train = _write(tmp_path / "train.jsonl", [_good(i) for i in range(19)] + ["{not json"])
-    test = _write(tmp_path / "test.jsonl", [_good(i) for i in range(5)])
+    test = _write(tmp_path / "test.jsonl", [_good(i) for i in range(100, 105)])  # not trained on
     said = []
     examples, eval_sets = load_run_data(_cfg(train, test), tmp_path / "run", say=said.append)
     assert len(examples) == 19 and len(eval_sets["task"]) == 5
@@ -79,7 +79,7 @@ def test_report_lists_each_file_and_the_console_gets_one_line_each(tmp_path):
 
 def test_too_many_bad_rows_stop_with_the_report_written(tmp_path):
     train = _write(tmp_path / "train.jsonl", [_good(i) for i in range(18)] + ["[]", "{"])
-    test = _write(tmp_path / "test.jsonl", [_good(1)])
+    test = _write(tmp_path / "test.jsonl", [_good(100)])
     said = []
     with pytest.raises(DataError) as info:
         load_run_data(_cfg(train, test), tmp_path / "run", say=said.append)
@@ -101,7 +101,7 @@ def test_too_many_bad_rows_stop_with_the_report_written(tmp_path):
 def test_prompts_too_long_for_the_tokenizer_are_bad_rows(tmp_path):
     long = json.dumps({"question": "seven " * 300, "answer": "#### 7"})
     train = _write(tmp_path / "train.jsonl", [_good(i) for i in range(30)] + [long])
-    test = _write(tmp_path / "test.jsonl", [_good(1)])
+    test = _write(tmp_path / "test.jsonl", [_good(100)])
     examples, _ = load_run_data(
         _cfg(train, test), tmp_path / "run", count_tokens=lambda p: len(p.split()), say=print
     )
@@ -120,7 +120,7 @@ def test_prompts_too_long_for_the_tokenizer_are_bad_rows(tmp_path):
 def test_the_problem_list_is_capped(tmp_path, monkeypatch):
     monkeypatch.setattr(data_report, "MAX_LISTED_PROBLEMS", 2)
     train = _write(tmp_path / "train.jsonl", ["{"] * 5 + [_good(1)])
-    test = _write(tmp_path / "test.jsonl", [_good(1)])
+    test = _write(tmp_path / "test.jsonl", [_good(100)])
     load_run_data(
         _cfg(train, test, "data.max_bad_fraction=1"), tmp_path / "run", with_eval=False, say=print
     )

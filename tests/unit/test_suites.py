@@ -49,10 +49,30 @@ def test_olmo_requests_give_one_row_per_question_without_the_shots():
     ]
 
 
+def test_hellaswag_requests_give_one_row_per_item_in_the_file_order():
+    # as in the wheel: 4 lines an item (one per ending), the same item again as an
+    # unconditional request (doc_id + 1000000), and native_id ("ind") shared by two items
+    def req(doc_id, ind, query, gold, k):
+        doc = {"ind": ind, "query": query, "choices": ["a.", "b.", "c.", "d."], "gold": gold}
+        return json.dumps({"doc": doc, "doc_id": doc_id, "native_id": ind, "idx": k})
+
+    lines = [req(0, 24, "Roof: A man is on a roof. He", 3, k) for k in range(4)]
+    lines += [req(1, 24, "Roof: The man then", 0, k) for k in range(4)]
+    lines += [req(1000000, 24, "Roof: A man is on a roof. He", 3, k) for k in range(4)]
+    rows = suites.olmo_hellaswag_rows(gzip.compress("\n".join(lines).encode()), "x")
+    assert rows == [
+        {"question": "Roof: A man is on a roof. He", "choices": ["a.", "b.", "c.", "d."],
+         "answer": 3},
+        {"question": "Roof: The man then", "choices": ["a.", "b.", "c.", "d."], "answer": 0},
+    ]  # fmt: skip
+
+
 def test_suites_are_valid_heldout_entries_and_others_are_named():
-    cfg = load_config(None, ["eval.heldout=[mmlu,arc_easy,compare]", "eval.choice_target=cloze"])
-    assert cfg.eval.heldout == ["mmlu", "arc_easy", "compare"]
-    with pytest.raises(ConfigError, match="mmlu, arc_easy, arc_challenge, humaneval"):
+    cfg = load_config(
+        None, ["eval.heldout=[mmlu,arc_easy,hellaswag,compare]", "eval.choice_target=cloze"]
+    )
+    assert cfg.eval.heldout == ["mmlu", "arc_easy", "hellaswag", "compare"]
+    with pytest.raises(ConfigError, match="mmlu, arc_easy, arc_challenge, hellaswag, humaneval"):
         load_config(None, ["eval.heldout=[arc]"])
 
 
