@@ -98,16 +98,17 @@ def _forwarded(command: str):
 def _cmd_eval(args) -> int:
     from ray_s3ft.config import load_config, save_config
     from ray_s3ft.console import output_to_log
-    from ray_s3ft.evaluation.evaluate import evaluate, print_report, save_report
+    from ray_s3ft.evaluation.evaluate import eval_sets, evaluate, print_report, save_report
     from ray_s3ft.run.cluster import verbose
     from ray_s3ft.run.preflight import check_model_path
 
     cfg = load_config(args.config, args.overrides)
     check_model_path(args.model or cfg.model.path, "--model" if args.model else "model.path")
+    sets = eval_sets(cfg)  # bad data stops here, before anything is written
     # the engine's own output (vLLM's logs, warnings, loading bars) to the eval's logs/
     log = Path(cfg.eval.output_dir) / "logs" / "eval.log"
     with output_to_log(log, verbose=verbose()) as console:
-        report = evaluate(cfg, model_path=args.model, console=console)
+        report = evaluate(cfg, model_path=args.model, console=console, sets=sets)
     print_report(report)
     path = save_report(report, cfg.eval.output_dir)
     save_config(cfg, path.parent / "config.yaml")

@@ -15,14 +15,23 @@ from ray_s3ft.evaluation.scoring import prompts_cut_note, score_sets
 from ray_s3ft.workers.types import Answer
 
 
-def evaluate(cfg, model_path: str | None = None, progress=None, console=None) -> dict:
+def eval_sets(cfg) -> dict:
+    """``{"task": ..., <held-out set>: ...}`` of ``cfg``; NQ answers judged as
+    ``judge.verifier`` says. Bad data is a DataError here, before any engine starts."""
+    from ray_s3ft.config import resolved_judge
+    from ray_s3ft.tasks.loaders import load_eval_examples
+
+    return load_eval_examples(cfg.data, cfg.eval, verifier=resolved_judge(cfg).verifier)
+
+
+def evaluate(
+    cfg, model_path: str | None = None, progress=None, console=None, sets: dict | None = None
+) -> dict:
     """Score every eval set with ``cfg.eval.backend`` (``score_sets``: greedy answers, choices
     by log-likelihood, code in the sandbox, llm answers by the LLM judge; with ``eval.drift``
     the drift from the base model). Returns the report. ``progress(text)``: where its lines
     go (default: ``console``, a rich Console, or stdout); the generation bar goes to
-    ``console``."""
-    from ray_s3ft.config import resolved_judge
-
+    ``console``. ``sets``: the eval sets (``eval_sets(cfg)``), loaded here when None."""
     if progress is None:
         progress = (
             print
@@ -30,11 +39,9 @@ def evaluate(cfg, model_path: str | None = None, progress=None, console=None) ->
             else lambda text: console.print(text, markup=False, soft_wrap=True)
         )
     from ray_s3ft.model.paths import resolve_model_path
-    from ray_s3ft.tasks.loaders import load_eval_examples
 
     path = resolve_model_path(model_path or cfg.model.path)
-    # {"task": ..., <held-out set>: ...}; NQ answers judged as judge.verifier says
-    sets = load_eval_examples(cfg.data, cfg.eval, verifier=resolved_judge(cfg).verifier)
+    sets = eval_sets(cfg) if sets is None else sets
     lm_tasks = list(cfg.eval.lm_eval_tasks)
     if lm_tasks:  # a missing harness or an unknown task fails now, not after decoding
         from ray_s3ft.evaluation.lm_eval_suite import check_tasks

@@ -193,7 +193,8 @@ def test_a_gold_answer_over_the_response_budget_is_a_bad_row_counted_as_too_long
     long_gold = json.dumps({"question": "What is 7 + 5?", "answer": "7 + 5 = 12.\n#### 12"})
     long_prompt = json.dumps({"question": "seven " * 300, "answer": "#### 7"})
     train = _write(tmp_path / "train.jsonl", [_good(1), long_gold, _good(2), long_prompt])
-    test = _write(tmp_path / "test.jsonl", [_good(1), long_gold])  # eval golds are not trained on
+    long_eval = json.dumps({"question": "What is 8 + 5?", "answer": "8 + 5 = 13.\n#### 13"})
+    test = _write(tmp_path / "test.jsonl", [_good(3), long_eval])  # eval golds: not trained on
     cfg = _cfg(
         train, test, "data.max_response_tokens=12", "rollout.max_new_tokens=12",
         "data.max_bad_fraction=0.5",

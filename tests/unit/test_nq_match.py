@@ -9,6 +9,7 @@ import pytest
 
 from ray_s3ft.config import ConfigError, load_config, resolved_judge
 from ray_s3ft.verifiers.registry import nq_match, rule_verdict, short_answer
+from ray_s3ft.workers.types import Answer
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def test_nq_is_judged_by_nq_match_unless_the_config_says_llm(tmp_path):
     assert resolved_judge(cfg).verifier == "nq_match"
     examples, sets = load_run_data(cfg, tmp_path / "run", say=print)
     assert {ex.verifier for ex in examples + sets["task"]} == {"nq_match"}
-    scores, _ = score_sets(sets, greedy=lambda prompts: ["Paris."])  # no judge needed
+    scores, _ = score_sets(sets, greedy=lambda prompts: [Answer("Paris.", True)])  # no judge needed
     assert scores["task"]["accuracy"] == 1.0
     # the LLM judge stays an option, in evaluation too
     cfg = load_config(overrides=[*base, "judge.verifier=llm"])

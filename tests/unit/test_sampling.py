@@ -53,7 +53,7 @@ def test_a_weights_version_is_a_train_step_however_many_optimizer_steps_it_makes
     from ray_s3ft.workers.types import StepStats
 
     stats = StepStats(0.5, 1.0, 0.0, 1.0, tokens=8, sequences=4, updates=2)
-    learner = SimpleNamespace(scatter=lambda fn, shards, mode: [stats] * len(shards))
+    learner = SimpleNamespace(scatter=lambda fn, shards, mode, **kw: [stats] * len(shards))
     run = SimpleNamespace(g=SimpleNamespace(learner=learner), state=TrainState(version=3))
     assert Controller.train_on(run, ["rank 0", "rank 1"], "grpo") is stats
     assert run.state.version == 4 and run.state.steps == {"sft": 0, "grpo": 1}
