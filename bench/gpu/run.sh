@@ -2,6 +2,7 @@
 # On the GPU machine, from the repository root: install the carried wheels (bench/gpu/wheels,
 # made by `python -m bench.gpu.build_wheels`) into a virtual environment over the machine's own
 # packages (torch, transformers, peft, accelerate stay as they are), then run the check.
+# PYTHON: the machine's interpreter that has torch (default python3).
 # Results in $OUT: gpu_check.json, gpu_check.partial.json (after each cell), gpu_check.log,
 # env.txt. Arguments go to bench/gpu/check.py (e.g. --models 0.5b --steps 2).
 set -euo pipefail
@@ -19,7 +20,7 @@ if ! "$PY" -m venv --system-site-packages "$VENV" 2>/dev/null; then
 else
   PIP=("$VENV/bin/python" -m pip)
 fi
-"${PIP[@]}" install -q --no-index --find-links bench/gpu/wheels deepspeed omegaconf \
+"${PIP[@]}" install -q --no-index --find-links bench/gpu/wheels deepspeed==0.19.8 'omegaconf>=2.3' \
   2>&1 | tee -a "$OUT/env.txt"
 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "$VENV/bin/python" -m bench.gpu.check \
   --out "$OUT/gpu_check.json" "$@" 2>&1 | tee "$OUT/gpu_check.log"
