@@ -114,7 +114,10 @@ def machine() -> dict:
         return None
 
     def git(*cmd: str) -> str:
-        r = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
+        try:  # a copied tree on a bare machine (bench/gpu) may have neither .git nor git
+            r = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
+        except FileNotFoundError:
+            return ""
         return r.stdout.strip()
 
     return {

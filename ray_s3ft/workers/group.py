@@ -341,7 +341,8 @@ class ActorGroup(Generic[T]):
         return new
 
     def shutdown(self) -> None:
-        if self.local:
+        if self.local:  # the instances go with the group (a learner's engine: its GPU memory)
+            self.actors = []
             return
         import ray
 

@@ -84,9 +84,8 @@ class LearnerActor(ModelMixin, StateMixin):
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group and build the engine; returns the trainable parameter count."""
-        import ray
-
-        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        ray = sys.modules.get("ray")  # in-process (bench/gpu) there may be no Ray installed
+        if ray is not None and ray.is_initialized() and ray.get_runtime_context().get_actor_id():
             # DeepSpeed's autotuner imports MLflow whenever it is installed: 1 s of a rank's
             # start on 2 cores. A rank actor never tracks (the driver does): MLflow stays out.
             sys.modules.setdefault("mlflow", None)

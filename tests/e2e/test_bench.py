@@ -3,8 +3,11 @@ sizes and writes its result with finite, positive figures. No timing is asserted
 asserted is that both sides of a comparison did the same work. The step-anatomy benchmark's
 smoke run makes the runs of ``test_async_e2e`` and is checked there."""
 
+import math
+import os
+
 import pytest
-from _e2e import bench_smoke, bench_smokes
+from _e2e import ROOT, bench_smoke, bench_smokes
 
 pytestmark = pytest.mark.slow
 
@@ -88,3 +91,33 @@ def test_bf16(paired):
     full, lora = cells["fp32_full"]["step_flops"], cells["fp32_lora"]["step_flops"]
     assert 4 / 6 < lora / full < 1
     assert d["matmul"]["float32"]["flops_per_s"] > 0 and d["matmul"]["bfloat16"]["flops_per_s"] > 0
+
+
+def test_gpu_check(tmp_path):
+    """bench/gpu/check.py's CPU smoke run, with Ray and vLLM made unimportable: the GPU machine
+    has neither, and the learner must run in-process there."""
+    absent = tmp_path / "absent"
+    for name in ("ray", "vllm"):
+        (absent / name).mkdir(parents=True)
+        (absent / name / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
+    path = os.pathsep.join(p for p in (str(absent), str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    d = bench_smoke("gpu.check", tmp_path, env=dict(os.environ, PYTHONPATH=path))["details"]
+    cells = d["cells"]
+    assert set(cells) == {f"smoke/{t}/{c}" for t in ("lora8", "full") for c in ("ckpt", "no-ckpt")}
+    for cell in cells.values():
+        for mode in ("sft", "grpo"):
+            assert cell[mode]["tokens_per_s"] > 0 and cell[mode]["peak_memory_gib"] > 0
+            assert all(math.isfinite(x) for x in cell[mode]["losses"])
+        # random weights of std 0.02: near-uniform logits over the 512-token vocabulary
+        assert cell["sft"]["losses"][0] == pytest.approx(math.log(512), rel=1e-2)
+    # LoRA's B starts at 0 and checkpointing only recomputes: the same first SFT loss
+    first = [c["sft"]["losses"][0] for c in cells.values()]
+    assert first == pytest.approx([first[0]] * 4, rel=1e-5)
+    # model FLOPs of a step of 4 x 32 tokens: matmul parameters per token
+    # 2 layers x (q 64x64 + k, v 64x32 + o 64x64 + MLP 3 x 64x128) + LM head 64x512 = 106496,
+    # attention 12 x 2 layers x 64 x 4 x 32^2 = 6291456; GRPO adds the reference's forward
+    full = 6 * 106496 * 128 + 6291456
+    assert cells["smoke/full/ckpt"]["sft"]["step_flops"] == full == 88080384
+    assert cells["smoke/lora8/ckpt"]["sft"]["step_flops"] == 4 * 106496 * 128 + 6291456
+    assert cells["smoke/full/ckpt"]["grpo"]["step_flops"] == full + full / 3
+    assert d["decode"]["tokens"] == 4 * 4  # no end token: every prompt decodes its budget
