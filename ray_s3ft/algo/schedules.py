@@ -27,6 +27,7 @@ import numpy as np
 from ray_s3ft.config import SCHEDULE_KINDS  # the one list, config checks included
 
 MODES = ("sft", "grpo")
+KL_ROUNDING = 1e-6  # a mean k3 this far below 0 is float rounding, not a negative KL
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,9 @@ class Schedule:
                 # ratio G_t / G_warm starts at exactly 1 (first p_sft = 1 / (1 + gamma) at
                 # KL = 0) instead of inheriting the lagging EMA of early, larger warm-up norms.
                 self.grad_norm_warm = self.grad_norm = float(sft_grad_norm)
-        if kl is not None and self._finite(kl, "kl"):
-            # k3 >= 0 per token; clamp the rare -1e-9 that float rounding of exp(d) - d - 1 makes.
+        # k3 >= 0 per token; float rounding of exp(d) - d - 1 makes a rare -1e-9 where the
+        # policy equals its reference (no dropout in RL: the first GRPO step's KL is 0): clamped
+        if kl is not None and self._finite(kl, "kl", tolerance=KL_ROUNDING):
             self.kl = max(float(kl), 0.0)
 
     def observe_probe(self, step: int, sft_grad_norm: float) -> None:
@@ -101,11 +103,11 @@ class Schedule:
         if self._finite(sft_grad_norm, "sft_grad_norm"):
             self._update_grad_norm(sft_grad_norm)
 
-    def _finite(self, value: float, name: str) -> bool:
+    def _finite(self, value: float, name: str, tolerance: float = 0.0) -> bool:
         if not math.isfinite(value):
             self.nonfinite_obs += 1
             return False
-        _check(value >= 0.0, name, ">= 0", value)
+        _check(value >= -tolerance, name, ">= 0", value)
         return True
 
     def _update_grad_norm(self, g: float) -> None:

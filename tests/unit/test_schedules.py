@@ -156,6 +156,17 @@ def test_nonfinite_observation_skipped_and_counted():
         s.observe_probe(0, -1.0)
 
 
+def test_a_kl_rounded_below_zero_is_zero_and_a_negative_one_an_error():
+    # the mean k3 of a policy equal to its reference (first GRPO step without dropout) came
+    # out -3.7e-10 on SmolLM2; exp(d) - d - 1 >= 0 for every d, so only rounding makes that
+    s = _sasr()
+    s.observe(0, "grpo", kl=0.25)
+    s.observe(1, "grpo", kl=-3.702151849403144e-10)
+    assert s.stats()["kl"] == 0.0
+    with pytest.raises(ValueError, match=r"kl must be >= 0, got -0.001"):
+        s.observe(2, "grpo", kl=-1e-3)
+
+
 def test_sft_grpo_and_sft_then_grpo():
     sft, grpo = make_schedule("sft", seed=0), make_schedule("grpo", seed=0)
     assert all(sft.decide(i).mode == "sft" and sft.decide(i).p_sft == 1.0 for i in range(50))
