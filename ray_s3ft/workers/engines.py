@@ -200,9 +200,15 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, GenerationConfig
 
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, cfg.dtype), trust_remote_code=trust
-        ).eval()
+        # the GPU the actor was given, if any (the hf backend is also the GPU check's decode)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(
+                path, dtype=getattr(torch, cfg.dtype), trust_remote_code=trust
+            )
+            .to(self.device)
+            .eval()
+        )
         # Not the model's generation_config.json: vLLM samples with only the parameters it is
         # given, so a repetition penalty or n-gram ban there would act on this backend alone
         # (``ray-s3ft eval`` and a run's evaluation would disagree). transformers fills what
@@ -259,8 +265,8 @@ class HFEngine:
         sample_kw = {} if greedy else {"temperature": s.temperature, "top_p": s.top_p, "top_k": 0}
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=ids,
-                attention_mask=attn,
+                input_ids=ids.to(self.device),
+                attention_mask=attn.to(self.device),
                 do_sample=not greedy,
                 num_return_sequences=s.n,
                 max_new_tokens=s.max_new_tokens,
@@ -272,11 +278,11 @@ class HFEngine:
                 return_dict_in_generate=True,
                 **sample_kw,
             )
-        new = out.sequences[:, width:]  # [P*n, T_new]
+        new = out.sequences[:, width:].cpu()  # [P*n, T_new]
         logp = None
         if s.logprobs:
             logits = torch.stack(out.scores, dim=1).float()  # [P*n, T_new, V]
-            logp = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+            logp = torch.log_softmax(logits.cpu(), -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
         gens = []
         for row in range(new.shape[0]):
             tokens = new[row].tolist()
@@ -313,6 +319,7 @@ class HFEngine:
             for r, i in enumerate(idx):
                 ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
                 attn[r, : len(seqs[i])] = 1
+            ids, attn = ids.to(self.device), attn.to(self.device)
             with torch.inference_mode():
                 logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
                 target = ids[:, 1:].unsqueeze(-1)  # token t+1 is scored by position t
