@@ -9,7 +9,6 @@ runs one training run on it, ``ray-s3ft compare`` a grid of cells on the same ac
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -155,6 +154,7 @@ def build_targets(
     from rich.progress import Progress
 
     from ray_s3ft.prompts import paraphrase_template
+    from ray_s3ft.run.fingerprint import model_identity
     from ray_s3ft.run.target_store import build_targets as build
     from ray_s3ft.tasks.data_report import response_token_counter
     from ray_s3ft.workers.judge import judge_on
@@ -162,8 +162,6 @@ def build_targets(
 
     n = cfg.rollout.max_new_tokens
     template = paraphrase_template(cfg.data.task, cfg.data.paraphrase_template)
-    from ray_s3ft.run.fingerprint import model_identity
-
     fingerprint = {  # the prompts are in the examples' digest
         "model": model_identity(cfg.model.path, model_path),
         "task": cfg.data.task,
@@ -172,6 +170,7 @@ def build_targets(
         "judge": asdict(resolved_judge(cfg)),
         "paraphrase_template": template,
     }
+    count, budget = response_token_counter(tokenizer), cfg.data.max_response_tokens
     with Progress(transient=True) as bar:
         task = bar.add_task("S3FT targets", total=len(examples))
         result = build(
@@ -188,10 +187,10 @@ def build_targets(
             on_chunk=lambda k: bar.advance(task, k),
             keeps_working=_working_rule(cfg),
             force=force,
+            # a self answer or paraphrase over the response budget is never cut: the next
+            # rung is used
+            fits=lambda text: count(text) <= budget,
         )
-    # a self answer or paraphrase over the response budget is never cut: the next rung is used
-    count, budget = response_token_counter(tokenizer), cfg.data.max_response_tokens
-    result = dataclasses.replace(result, fits=lambda text: count(text) <= budget)
     frac, und, long = result.fractions(), result.undecided(), result.too_long()
     cut = result.unfinished()
     say(

@@ -141,10 +141,12 @@ def build_targets(
     on_chunk: Callable[[int], None] | None = None,
     keeps_working: Callable[[Example, str], bool] | None = None,
     force: bool = False,
+    fits: Callable[[str], bool] | None = None,
 ) -> TargetSet:
     """Build (or reuse, or finish) the store for ``examples`` under ``mode`` gold|ssr|s3ft.
     ``keeps_working(example, paraphrase)``: a second rule a paraphrase the judge accepted
-    must pass too (``judge.paraphrase_keeps_working``). A store (or part of one) that another
+    must pass too (``judge.paraphrase_keeps_working``). ``fits(text)``: whether a self answer
+    or paraphrase fits the response budget (``TargetSet.fits``). A store (or part of one) that another
     ``fingerprint`` made is a ConfigError naming the keys that differ; ``force``: rebuild it."""
     from ray_s3ft.run.fingerprint import check_reuse
 
@@ -155,7 +157,7 @@ def build_targets(
     if store.exists() or partial.exists():
         check_reuse(store if store.exists() else partial, saved, fingerprint, force)
     if store.exists() and saved == fingerprint:
-        return TargetSet(read_store(store), mode, computed=0, reused=len(examples))
+        return TargetSet(read_store(store), mode, computed=0, reused=len(examples), fits=fits)
     if saved != fingerprint:  # another setting's leftovers (--force): start over
         for path in (store, partial):
             path.unlink(missing_ok=True)
@@ -181,7 +183,7 @@ def build_targets(
     records = [done[ex.id] for ex in examples]
     _write_records(store, records)
     partial.unlink(missing_ok=True)
-    return TargetSet(records, mode, computed=len(todo), reused=reused)
+    return TargetSet(records, mode, computed=len(todo), reused=reused, fits=fits)
 
 
 def _judge_chunk(
