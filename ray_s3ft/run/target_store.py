@@ -148,12 +148,12 @@ def build_targets(
     must pass too (``judge.paraphrase_keeps_working``). ``fits(text)``: whether a self answer
     or paraphrase fits the response budget (``TargetSet.fits``). A store (or part of one) that another
     ``fingerprint`` made is a ConfigError naming the keys that differ; ``force``: rebuild it."""
-    from ray_s3ft.run.fingerprint import check_reuse
+    from ray_s3ft.run.fingerprint import check_reuse, load
 
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = {**fingerprint, "mode": mode, "ids": _ids_digest(examples), "format": FORMAT}
     store, partial, meta = run_dir / STORE, run_dir / PARTIAL, run_dir / META
-    saved = _read_meta(meta)
+    saved = load(meta)
     if store.exists() or partial.exists():
         check_reuse(store if store.exists() else partial, saved, fingerprint, force)
     if store.exists() and saved == fingerprint:
@@ -252,13 +252,6 @@ def _write_records(path: Path, records: Sequence[TargetRecord]) -> None:
         for rec in records:
             f.write(json.dumps(dataclasses.asdict(rec)) + "\n")
     os.replace(tmp, path)
-
-
-def _read_meta(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _write_json(path: Path, obj: dict) -> None:
