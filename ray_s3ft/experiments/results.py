@@ -6,10 +6,10 @@ tables of ``results.md``."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from ray_s3ft.experiments.methods import METHODS
+from ray_s3ft.experiments.stats import sample_std
 
 
 def _heldout(acc: dict) -> dict[str, float]:
@@ -54,10 +54,8 @@ def _mean_std(values: list[float]) -> dict[str, float | None]:
     vals = [v for v in values if v is not None]
     if not vals:
         return {"mean": None, "std": None}
-    mean = sum(vals) / len(vals)
     # sample std over seeds (n - 1); 0 for a single seed
-    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
-    return {"mean": mean, "std": math.sqrt(var)}
+    return {"mean": sum(vals) / len(vals), "std": sample_std(vals)}
 
 
 _AGG = (

@@ -12,18 +12,15 @@ from the comparison.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 Verdicts = Sequence[Sequence[float]]  # [Q questions][S seeds], 1.0 = correct
 
 
-def _sample_std(xs: Sequence[float]) -> float:
+def sample_std(xs: Sequence[float]) -> float:
     """Sample std (n - 1); 0 for a single value."""
-    n = len(xs)
-    if n < 2:
-        return 0.0
-    mean = sum(xs) / n
-    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 def seed_mean_se(v: Verdicts) -> dict:
@@ -43,8 +40,8 @@ def seed_mean_se(v: Verdicts) -> dict:
     m = [sum(row) / s for row in v]  # [Q]
     mean = sum(m) / q
     per_seed = [sum(row[j] for row in v) / q for j in range(s)]  # [S]
-    se = _sample_std(m) / math.sqrt(q) if q > 1 else None
-    return {"mean": mean, "se": se, "seed_std": _sample_std(per_seed), "n": q, "seeds": s}
+    se = sample_std(m) / math.sqrt(q) if q > 1 else None
+    return {"mean": mean, "se": se, "seed_std": sample_std(per_seed), "n": q, "seeds": s}
 
 
 def paired_difference(a: Verdicts, b: Verdicts, n_boot: int = 2000, seed: int = 0) -> dict:
