@@ -242,15 +242,13 @@ class ActorGroup(Generic[T]):
         ``stall_s``: an actor that yields nothing for that long is taken as hung: its chunk is
         cut short there and the actor restarted, so the next call does not queue behind it.
         A slow actor that keeps yielding is waited for."""
-        chunks = split_evenly(list(items), len(self.actors))
-        used = [i for i, c in enumerate(chunks) if c]
-        name = self._method(fn)
+        used, calls = self._chunk_calls(fn, items, kw)  # generators, or Ray's ref streams
         if self.local:
-            return [list(getattr(self.actors[i], name)(chunks[i], **kw)) for i in used]
+            return [list(values) for values in calls]
         import ray
 
         out: dict[int, list] = {i: [] for i in used}
-        streams = {getattr(self.actors[i], name).remote(chunks[i], **kw): i for i in used}
+        streams = dict(zip(calls, used, strict=True))
         last = dict.fromkeys(used, time.monotonic())  # when each actor last yielded
         while streams:
             wait_s = None
