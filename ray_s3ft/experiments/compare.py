@@ -66,6 +66,20 @@ def parse_list(text: str, what: str, allowed=None) -> list[str]:
     return items
 
 
+def parse_pairs(text: str, methods: list[str]) -> list[tuple[str, str]]:
+    """``--pairs A-B,C-D``: each side one of ``methods``."""
+    pairs = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        a, sep, b = item.partition("-")
+        if not sep or a not in methods or b not in methods or a == b:
+            raise ConfigError(
+                f"--pairs: {item!r} is not A-B with two different methods of --methods "
+                f"({','.join(methods)})"
+            )
+        pairs.append((a, b))
+    return pairs
+
+
 def cell_config(config: str | None, overrides: list[str], cell: Cell, out: Path):
     return load_config(
         config,
@@ -86,11 +100,13 @@ def run_grid(
     out: Path,
     gather: bool = False,
     force: bool = False,
+    pairs=(),
 ) -> dict:
     """``gather``: train nothing; the tables of the cells already finished (a grid whose seeds
     differ by method, or one still running elsewhere). A cell, the base model's evaluation or
     the target store made by another config or model is an error naming the keys that differ;
-    ``force``: redo it (a cell's directory is emptied and the cell trained again)."""
+    ``force``: redo it (a cell's directory is emptied and the cell trained again). ``pairs``:
+    ``(a, b)`` methods whose paired difference the tables add to the claims'."""
     from ray_s3ft.console import Phases
     from ray_s3ft.model.paths import resolve_model_path
     from ray_s3ft.run import fingerprint as fp
@@ -124,7 +140,9 @@ def run_grid(
     if gather or (not todo and before_ok and (out / STORE).exists()):
         before = json.loads((out / "eval_before.json").read_text())
         store = TargetSet(read_store(out / STORE), "s3ft", computed=0, reused=0)
-        return _finish(config, overrides, methods, seeds, out, before, store, started, gather)
+        return _finish(
+            config, overrides, methods, seeds, out, before, store, started, gather, pairs
+        )
     phases = Phases()
     session = phases.run("startup", Session.open, base, True)
     # the grid is a tracked run of its own; each cell a child of it (trainer.loggers)
@@ -165,7 +183,9 @@ def run_grid(
                 f"({summary['steps']['sft']} SFT / {summary['steps']['grpo']} GRPO steps, "
                 f"{summary['wall_s']['total']:.0f} s)"
             )
-        results = _finish(config, overrides, methods, seeds, out, before, store, started)
+        results = _finish(
+            config, overrides, methods, seeds, out, before, store, started, pairs=pairs
+        )
         _track_grid(grid, out, results)
         status = "FINISHED"
         return results
@@ -211,22 +231,24 @@ def _track_grid(grid, out: Path, results: dict) -> None:
 
 
 def _finish(
-    config, overrides, methods, seeds, out: Path, before, store, started, gather=False
+    config, overrides, methods, seeds, out: Path, before, store, started, gather=False, pairs=()
 ) -> dict:
-    results = collect(out, methods, seeds, before, store.fractions())
+    results = collect(out, methods, seeds, before, store.fractions(), pairs)
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    results["command"] = _command(config, overrides, methods, seeds, out, gather)
+    results["command"] = _command(config, overrides, methods, seeds, out, gather, pairs)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(results))
     return results
 
 
-def _command(config, overrides, methods, seeds, out, gather=False) -> str:
+def _command(config, overrides, methods, seeds, out, gather=False, pairs=()) -> str:
     parts = ["ray-s3ft compare"]
     if config:
         parts.append(f"--config {config}")
     parts += [f"--methods {','.join(methods)}", f"--seeds {','.join(map(str, seeds))}"]
     parts.append(f"--out {out}")
+    if pairs:
+        parts.append("--pairs " + ",".join(f"{a}-{b}" for a, b in pairs))
     if gather:
         parts.append("--gather")
     return " ".join(parts + list(overrides))
@@ -253,6 +275,13 @@ def main(argv: list[str]) -> int:
         help="redo the cells, the base model's evaluation and the target store that another "
         "config or model made (default: stop and name the keys that differ)",
     )
+    ap.add_argument(
+        "--pairs",
+        default="",
+        metavar="A-B,...",
+        help="more paired differences for the tables, each method A minus method B on the same "
+        "questions (e.g. sasr_per_mode-sasr); the claims' pairs are always there",
+    )
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every cell")
     args = ap.parse_args(argv)
     methods = parse_list(args.methods, "methods", METHODS)
@@ -262,9 +291,10 @@ def main(argv: list[str]) -> int:
         raise ConfigError(
             f"--seeds: expected comma-separated integers, got {args.seeds!r}"
         ) from None
+    pairs = parse_pairs(args.pairs, methods)
     out = Path(args.out)
     results = run_grid(
-        args.config, args.overrides, methods, seeds, out, gather=args.gather, force=args.force
+        args.config, args.overrides, methods, seeds, out, args.gather, args.force, pairs
     )
     print(results_markdown(results))
     print(f"saved {out / 'results.md'} and {out / 'results.json'}")

@@ -78,9 +78,10 @@ def paired(a: list[SeedItems], b: list[SeedItems], heldout: list[str], seed: int
     }
 
 
-def claim_pairs(summary: list[dict]) -> list[tuple[str, str, str]]:
-    """``(a, b, label)`` for each claim whose two methods the grid has, and SASR against the
-    grid's best static schedule by mean task accuracy."""
+def claim_pairs(summary: list[dict], extra=()) -> list[tuple[str, str, str]]:
+    """``(a, b, label)`` for each claim whose two methods the grid has, SASR against the
+    grid's best static schedule by mean task accuracy, then the ``extra`` pairs asked for
+    (``compare --pairs``) that are not already there."""
     present = {a["method"]: a for a in summary}
     pairs = [(a, b, f"{a} - {b}") for a, b in CLAIMS if a in present and b in present]
     static = [
@@ -92,14 +93,17 @@ def claim_pairs(summary: list[dict]) -> list[tuple[str, str, str]]:
         best = max(static, key=lambda a: a["task_accuracy"]["mean"])["method"]
         pairs = [p for p in pairs if p[:2] != ("sasr", best)]
         pairs.append(("sasr", best, f"sasr - best static ({best})"))
+    for a, b in extra:
+        if a in present and b in present and (a, b) not in {p[:2] for p in pairs}:
+            pairs.append((a, b, f"{a} - {b}"))
     return pairs
 
 
-def claims(summary: list[dict], items: dict[str, list[SeedItems] | None]) -> list[dict]:
+def claims(summary: list[dict], items: dict[str, list[SeedItems] | None], extra=()) -> list[dict]:
     """The paired differences of ``claim_pairs``; a pair whose cells keep no verdicts gets
     ``NO_ITEMS`` as its note instead of numbers."""
     rows = []
-    for a, b, label in claim_pairs(summary):
+    for a, b, label in claim_pairs(summary, extra):
         row = {"a": a, "b": b, "claim": label}
         if items.get(a) is None or items.get(b) is None:
             row["note"] = NO_ITEMS

@@ -119,10 +119,10 @@ def _step_worth_runs(out: Path, cells: list[dict]) -> list:
     return runs
 
 
-def collect(out: Path, methods, seeds, before: dict, base_targets: dict) -> dict:
+def collect(out: Path, methods, seeds, before: dict, base_targets: dict, pairs=()) -> dict:
     """Every finished cell's row, each method's means and spreads over seeds with the
-    questions' standard errors (``questions.set_errors``), and the claims' paired differences
-    (``questions.claims``)."""
+    questions' standard errors (``questions.set_errors``), and the paired differences of the
+    claims and of ``pairs`` (``(a, b)`` method names; ``questions.claims``)."""
     from ray_s3ft.experiments.questions import NO_ITEMS, claims, method_items, set_errors
 
     cells, summary, items = [], [], {}
@@ -162,7 +162,7 @@ def collect(out: Path, methods, seeds, before: dict, base_targets: dict) -> dict
     worth = {k: step_worth(runs, k) for k in ("eval/task_accuracy", "eval/heldout_mean")}
     return {
         "base": before, "seeds": list(seeds), "cells": cells, "summary": summary,
-        "paired": claims(summary, items),
+        "paired": claims(summary, items, pairs),
         "step_worth": {"task": worth["eval/task_accuracy"], "heldout": worth["eval/heldout_mean"]},
     }  # fmt: skip
 
@@ -193,7 +193,7 @@ def _diff(d: dict | None) -> str:
 def _paired_markdown(rows: list[dict], names: list[str]) -> list[str]:
     lines = [
         "",
-        "Paired differences of the claims (method A minus method B on the same questions, in "
+        "Paired differences of the claims and the pairs asked for (method A minus method B on the same questions, in "
         "points: per question the mean verdict over each method's seeds, A minus B, then the "
         "mean over questions ± its standard error by a paired bootstrap over questions, 2000 "
         "resamples, seed 0; held-out mean: the sets' mean, their errors combined as "

@@ -130,6 +130,34 @@ def test_claims_without_verdicts_say_so_and_sasr_meets_the_best_static_schedule(
     assert [r.get("note") for r in rows] == ["n/a (no per-item record)"] * 2
 
 
+def test_pairs_asked_for_follow_the_claims_once_each():
+    from ray_s3ft.config import ConfigError
+    from ray_s3ft.experiments.compare import parse_pairs
+    from ray_s3ft.experiments.questions import claim_pairs
+
+    methods = ["sasr", "sasr_per_mode", "fixed_ratio"]
+    assert parse_pairs(" sasr_per_mode-sasr,sasr-fixed_ratio ", methods) == [
+        ("sasr_per_mode", "sasr"),
+        ("sasr", "fixed_ratio"),
+    ]
+    assert parse_pairs("", methods) == []
+    for bad in ("sasr", "sasr-sasr", "sasr-grpo", "sasr_per_mode+sasr"):
+        with pytest.raises(ConfigError, match=r"--pairs: .* \(sasr,sasr_per_mode,fixed_ratio\)"):
+            parse_pairs(bad, methods)
+
+    summary = [
+        {"method": m, "task_accuracy": {"mean": t}, "heldout": {}}
+        for m, t in [("sasr", 0.5), ("sasr_per_mode", 0.6), ("fixed_ratio", 0.4)]
+    ]
+    # sasr - fixed_ratio is a claim already (best static): not repeated; a pair whose
+    # method the grid lacks is left out
+    assert claim_pairs(summary, parse_pairs("sasr_per_mode-sasr,sasr-fixed_ratio", methods)) == [
+        ("sasr", "fixed_ratio", "sasr - best static (fixed_ratio)"),
+        ("sasr_per_mode", "sasr", "sasr_per_mode - sasr"),
+    ]
+    assert claim_pairs(summary[:2], [("sasr", "fixed_ratio")]) == []
+
+
 def test_every_evaluation_keeps_each_questions_verdict(tmp_path):
     from ray_s3ft.evaluation.scoring import item_verdicts, prompt_hash, score_sets
     from ray_s3ft.run.session import write_eval
