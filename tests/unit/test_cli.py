@@ -23,8 +23,8 @@ def _start(tmp, *args, cwd=None, env=None) -> tuple[subprocess.Popen, Path]:
     """``ray-s3ft ARGS`` in the background, its stdout and stderr in files under ``tmp``."""
     with (tmp / "stdout").open("w") as out, (tmp / "stderr").open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ray_s3ft.cli", *args], stdout=out, stderr=err, text=True,
-            cwd=cwd, env=env,
+            [sys.executable, "-m", "ray_s3ft.cli", *args], stdout=out, stderr=err, cwd=cwd,
+            env=env,
         )  # fmt: skip
     return proc, tmp
 
