@@ -56,6 +56,33 @@ def _wait_background() -> None:
         _background.pop().wait()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread_in_unit_tests(request):
+    """A unit test runs torch on one thread, and so do the commands it starts
+    (``OMP_NUM_THREADS``). Its models and tensors are tiny: two OpenMP threads gain nothing and
+    spin-wait on each other whenever another process holds a core (the CPU Adam build above, a
+    neighbour's job on a shared machine). Measured on this 2-core machine beside one other job:
+    the unit tier 254 s on two threads, 126 s on one (``test_base_model.py`` 121 s, 13 s).
+    The other tiers keep the process's threads (real models decode faster on both cores).
+    Module-scoped, so a module's own fixtures (a model's evaluation) run on one thread too."""
+    if request.node.path.parent.name != "unit":
+        yield
+        return
+    import torch
+
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
+
+
 @pytest.fixture(scope="session", autouse=True)
 def vllm_cache(tmp_path_factory) -> Path:
     """One vLLM cache for every engine of the session (``VLLM_CACHE_ROOT``, inherited by the

@@ -1,8 +1,10 @@
 """The ``ray-s3ft`` command as a user runs it: bad config is exit 2 with the key named, no traceback."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,59 @@ def _run(*args, cwd=None):
         cwd=cwd,
         timeout=300,
     )
+
+
+def _start(tmp, *args, cwd=None, env=None) -> tuple[subprocess.Popen, Path]:
+    """``ray-s3ft ARGS`` in the background, its stdout and stderr in files under ``tmp``."""
+    with (tmp / "stdout").open("w") as out, (tmp / "stderr").open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ray_s3ft.cli", *args], stdout=out, stderr=err, cwd=cwd,
+            env=env,
+        )  # fmt: skip
+    return proc, tmp
+
+
+def _finished(started, timeout: float) -> subprocess.CompletedProcess:
+    proc, tmp = started
+    proc.wait(timeout=timeout)
+    stdout, stderr = ((tmp / name).read_text() for name in ("stdout", "stderr"))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def slow_commands(tmp_path_factory):
+    """The module's two slow commands, started together when the first of their tests asks:
+    ``eval`` on the built-in model and ``train`` on a broken data file. Each is an interpreter
+    that imports torch and transformers (the train also starts a Ray while it reads the data),
+    10-20 s of one core; side by side they take the two cores."""
+    eval_dir, train_dir = tmp_path_factory.mktemp("eval"), tmp_path_factory.mktemp("train")
+    good = {"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}
+    lines = [json.dumps(good)] * 8 + ['{"question": "cut short', json.dumps({"question": "x"})]
+    data = train_dir / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "TMPDIR": str(train_dir)}
+    started = {
+        "eval": _start(
+            eval_dir, "eval", "eval.task_size=16", "eval.heldout_size=8",
+            f"eval.output_dir={eval_dir / 'eval'}",
+        ),
+        "train": _start(
+            train_dir, "train", "data.task=gsm8k", f"data.train_path={data}",
+            f"data.eval_path={data}", f"trainer.output_dir={train_dir / 'run'}",
+            "data.max_bad_fraction=0.1", cwd=train_dir, env=env,
+        ),
+    }  # fmt: skip
+    try:
+        yield {
+            "eval_out": eval_dir / "eval",
+            "data": data,
+            "train_out": train_dir / "run",
+            **started,
+        }
+    finally:
+        for proc, _ in started.values():
+            if proc.poll() is None:
+                proc.kill()
 
 
 @pytest.mark.parametrize(
@@ -40,9 +95,9 @@ def test_config_prints_the_resolved_yaml():
     assert "max_steps: 70" in r.stdout
 
 
-def test_eval_on_the_builtin_model_saves_numbers(tmp_path):
-    out = tmp_path / "eval"
-    r = _run("eval", "eval.task_size=16", "eval.heldout_size=8", f"eval.output_dir={out}")
+def test_eval_on_the_builtin_model_saves_numbers(slow_commands):
+    out = slow_commands["eval_out"]
+    r = _finished(slow_commands["eval"], timeout=300)
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "eval.json").read_text())
     assert report["task"]["n"] == 16 and set(report["heldout"]) == {"compare", "sort", "reverse"}
@@ -90,16 +145,11 @@ def test_a_missing_model_an_unwritable_output_and_an_unreachable_ray_in_one_mess
     assert seconds < 60  # no Ray start, no wait for a cluster
 
 
-def test_a_data_file_with_too_many_broken_lines_stops_before_any_actor(tmp_path):
-    good = {"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}
-    lines = [json.dumps(good)] * 8 + ['{"question": "cut short', json.dumps({"question": "x"})]
-    data = tmp_path / "train.jsonl"
-    data.write_text("\n".join(lines) + "\n")
-    out = tmp_path / "run"
-    r, _ = _train_fails_fast(
-        tmp_path, "data.task=gsm8k", f"data.train_path={data}", f"data.eval_path={data}",
-        f"trainer.output_dir={out}", "data.max_bad_fraction=0.1",
-    )  # fmt: skip
+def test_a_data_file_with_too_many_broken_lines_stops_before_any_actor(slow_commands):
+    data, out = slow_commands["data"], slow_commands["train_out"]
+    r = _finished(slow_commands["train"], timeout=120)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
     assert f"{data}:9: invalid JSON" in r.stderr, r.stderr
     report = json.loads((out / "data_report.json").read_text())
     entry = report["files"][str(data)]

@@ -217,37 +217,48 @@ def test_mlflow_grid_is_a_parent_run_with_nested_cells(tmp_path):
     assert client.get_run(grid.ids["mlflow"]).data.tags["ray_s3ft.kind"] == "grid"
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """``mlflow server`` on a free loopback port, its store and artifacts under tmp_path;
-    stopped by its PID."""
-    port = _free_port()
+HTTP_TEST = "test_mlflow_over_http_to_a_tracking_server"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mlflow_server_starting(request, tmp_path_factory):
+    """``mlflow server`` on a free loopback port, its store and artifacts in a temp dir, started
+    with the module's first test when the HTTP test is selected: its start (two interpreters
+    importing mlflow, 10-15 s) overlaps the tests before it. Stopped by its PID. Without its
+    job runner (a third interpreter, for jobs no tracker here submits)."""
+    if not any(item.name == HTTP_TEST for item in request.session.items):
+        yield None
+        return
+    tmp, port = tmp_path_factory.mktemp("mlflow-server"), _free_port()
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
+            "--artifacts-destination", str(tmp / "server-artifacts"), "--workers", "1",
         ],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115
-        start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"),  # noqa: SIM115
+        start_new_session=True, env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
     )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-                time.sleep(0.5)
-        else:
-            raise AssertionError(
-                "mlflow server did not start: " + (tmp_path / "server.log").read_text()[-3000:]
-            )
-        yield uri
+        yield {"proc": proc, "uri": f"http://127.0.0.1:{port}", "dir": tmp}
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(_mlflow_server_starting):
+    """The started server once it answers: its URI and its directory."""
+    server = _mlflow_server_starting
+    proc, uri, log = server["proc"], server["uri"], server["dir"] / "server.log"
+    for _ in range(240):
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2):
+                return server
+        except OSError:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+    raise AssertionError("mlflow server did not start: " + log.read_text()[-3000:])
 
 
 @pytest.mark.slow
@@ -255,11 +266,12 @@ def test_mlflow_over_http_to_a_tracking_server(tmp_path, mlflow_server):
     from mlflow import MlflowClient
 
     run_dir = tmp_path / "run"
-    _drive(Trackers.for_run(_cfg(tmp_path, "mlflow", uri=mlflow_server), run_dir))
+    uri = mlflow_server["uri"]
+    _drive(Trackers.for_run(_cfg(tmp_path, "mlflow", uri=uri), run_dir))
     run_id = json.loads((run_dir / "tracking.json").read_text())["mlflow"]
-    _check_mlflow_run(MlflowClient(mlflow_server), run_id, run_dir)
+    _check_mlflow_run(MlflowClient(uri), run_id, run_dir)
     # the artifacts went through the server, into its own artifact store
-    assert list((tmp_path / "server-artifacts").rglob("summary.json"))
+    assert list((mlflow_server["dir"] / "server-artifacts").rglob("summary.json"))
 
 
 # ------------------------------------------------------------------------------ W&B
