@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,6 +353,28 @@ def _keys(change: dict) -> str:
 
 def _yaml(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def monitor_threshold() -> float:
+    """The share of a node's memory in use above which Ray's memory monitor kills a worker."""
+    return float(os.environ.get("RAY_memory_usage_threshold", "0.95"))  # noqa: SIM112 (Ray's)
+
+
+def advice(cfg: Config, model_dir: str | Path | None, limit: float) -> str:
+    """What to change after a worker was killed for memory: this layout's estimate against
+    ``limit`` (bytes), and the settings that would fit it (``suggestions``)."""
+    shape = model_shape(model_dir, cfg) if model_dir is not None else None
+    if shape is None:
+        return (
+            "To use less memory: fewer resources.learner_ranks or resources.rollout_workers, "
+            "learner.gradient_checkpointing: true, a smaller learner.micro_batch_size."
+        )
+    procs = estimate(cfg, shape)
+    return (
+        f"This layout's estimated peak: ~{node_need(procs) / GIB:.1f} GiB ({describe(procs)}) "
+        f"of {limit / GIB:.1f} GiB that Ray's memory monitor allows. To use less: "
+        f"{suggestions(cfg, shape, limit)}."
+    )
 
 
 def fit_problem(

@@ -309,7 +309,9 @@ def memory_limits(nodes: list[dict], local: tuple[str, float] | None = None) -> 
     """Node -> the bytes Ray's memory monitor lets its processes use before it kills one:
     the node's memory (``local``'s total for this machine, else Ray's ``memory`` and
     ``object_store_memory`` resources) x ``RAY_memory_usage_threshold`` (Ray's default 0.95)."""
-    threshold = float(os.environ.get("RAY_memory_usage_threshold", "0.95"))  # noqa: SIM112 (Ray's name)
+    from ray_s3ft.run.memory import monitor_threshold
+
+    threshold = monitor_threshold()
     out: dict[str, float] = {}
     for node in nodes:
         if not node.get("Alive", True):
