@@ -390,8 +390,7 @@ def memory_kill(group: str, error: BaseException) -> OutOfMemory | None:
     on its memory monitor) is dropped for a line of what was killed and how much it held."""
     import ray
 
-    cause = getattr(error, "cause", None)  # a RayTaskError wrapping the kill
-    text = str(cause if isinstance(cause, ray.exceptions.OutOfMemoryError) else error)
+    text = str(error)
     if not isinstance(error, ray.exceptions.OutOfMemoryError) and not _KILLED.search(text):
         return None
     node, task = _NODE.search(text), _TASK.search(text)
