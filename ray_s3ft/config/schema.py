@@ -53,6 +53,8 @@ TIS_RULES = ("stale", "always")
 CHOICE_TARGETS = ("text", "letter", "cloze")
 LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (ray_s3ft/tracking/)
 WANDB_MODES = ("online", "offline", "disabled")
+# what a layout whose estimated memory does not fit its nodes gets (run/memory.py)
+MEMORY_CHECKS = ("error", "warn", "skip")  # not "off": YAML reads it as false
 # Verifiers that can judge each task's answers; the first is what "auto" picks.
 TASK_VERIFIERS = {
     "builtin": ("steps", "math", "llm"),  # steps: every written step checked (verifiers/steps.py)
@@ -322,6 +324,9 @@ class ResourcesConfig:
     # before launching, wait up to this long for the cluster to offer what the groups need
     # (an autoscaling cluster adds nodes after the job starts); 0 = fail at once
     wait_for_resources_s: float = checked(0.0, NON_NEGATIVE)
+    # MEMORY_CHECKS: a layout whose estimated peak memory exceeds what Ray's memory monitor
+    # allows on its nodes stops before launch (error), is only warned of (warn), or not checked (skip)
+    memory_check: str = checked("error", one_of(MEMORY_CHECKS))
 
 
 @dataclass(frozen=True)

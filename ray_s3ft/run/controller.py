@@ -44,7 +44,7 @@ from ray_s3ft.algo.grpo import AGGREGATION, group_advantages
 from ray_s3ft.algo.overlong import loss_weights
 from ray_s3ft.algo.schedules import Decision, make_schedule
 from ray_s3ft.config import Config
-from ray_s3ft.errors import RunFailed
+from ray_s3ft.errors import OutOfMemory, RunFailed
 from ray_s3ft.run.checkpoints import PENDING, latest_checkpoint, save_checkpoint
 from ray_s3ft.run.cluster import Groups
 from ray_s3ft.run.metrics import MetricsLogger, Progress, eval_metrics, step_row
@@ -165,6 +165,8 @@ class Controller(Recovery):
                 before = copy.deepcopy(self.state)
                 try:
                     row = self.step(self.state.step)
+                except OutOfMemory as e:
+                    raise self.out_of_memory(e) from None
                 except ActorDied as e:
                     if e.group == "learner":
                         self.restart_learner(e)

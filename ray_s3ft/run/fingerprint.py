@@ -95,7 +95,7 @@ def eval_fingerprint(cfg: Config, model: dict) -> dict:
 _NOT_CELL = (
     "trainer.output_dir", "trainer.loggers", "trainer.mlflow.", "trainer.wandb.",
     "trainer.resume", "trainer.node_wait_s", "trainer.max_learner_restarts",
-    "trainer.keep_checkpoints", "resources.wait_for_resources_s",
+    "trainer.keep_checkpoints", "resources.wait_for_resources_s", "resources.memory_check",
 )  # fmt: skip
 
 

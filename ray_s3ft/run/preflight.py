@@ -1,7 +1,8 @@
 """Checks that stop a run within seconds, with one message naming the key, before work starts.
 
     check_before_ray(cfg)       model paths, the output directory, RAY_ADDRESS: before Ray starts
-    check_cluster(cfg)          CPUs, GPUs and custom resources of the joined (or started) cluster
+    check_cluster(cfg)          CPUs, GPUs and custom resources of the joined (or started) cluster,
+                                and whether the layout's estimated memory fits its nodes
 
 Each raises ``PreflightError`` (the CLI prints it and exits 2, no traceback). Without them a
 missing model fails deep inside an actor, and a cluster that is too small or unreachable makes
@@ -12,6 +13,7 @@ Imports only the standard library and ``ray_s3ft.config``; ray is imported when 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -19,6 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from ray_s3ft.config import Config, resolved_judge
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 3.0
 _SHOWN_NODES = 4  # nodes described in a resource message
@@ -282,4 +286,74 @@ def check_cluster(cfg: Config, learners: bool = True, say=None, poll_s: float = 
             continue
         if last_said is not None and say is not None:
             say(f"the cluster has what the run needs after {time.monotonic() - started:.0f} s")
+        break
+    check_memory(cfg, ray.nodes(), learners, _local_memory())
+
+
+# --------------------------------------------------------------------------------- memory
+
+
+def _local_memory() -> tuple[str, float] | None:
+    """(this node's IP, its total memory): Ray's ``memory`` resource of the node is what was
+    free when Ray started, less its object store; the monitor compares with the total."""
+    try:
+        import psutil
+        import ray
+
+        return ray.util.get_node_ip_address(), float(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001  (no psutil, no Ray: the nodes' own figures serve)
+        return None
+
+
+def memory_limits(nodes: list[dict], local: tuple[str, float] | None = None) -> dict[str, float]:
+    """Node -> the bytes Ray's memory monitor lets its processes use before it kills one:
+    the node's memory (``local``'s total for this machine, else Ray's ``memory`` and
+    ``object_store_memory`` resources) x ``RAY_memory_usage_threshold`` (Ray's default 0.95)."""
+    from ray_s3ft.run.memory import monitor_threshold
+
+    threshold = monitor_threshold()
+    out: dict[str, float] = {}
+    for node in nodes:
+        if not node.get("Alive", True):
+            continue
+        ip, res = node.get("NodeManagerAddress", "?"), node.get("Resources", {})
+        total = res.get("memory", 0.0) + res.get("object_store_memory", 0.0)
+        if local is not None and ip == local[0]:
+            total = local[1]
+        name = f"node {ip}"
+        if name in out:  # several Ray nodes on one machine
+            name = f"{name} ({node.get('NodeID', '')[:8] or len(out)})"
+        out[name] = total * threshold
+    return out
+
+
+def check_memory(
+    cfg: Config, nodes: list[dict], learners: bool = True, local=None, model_dir=None
+) -> None:
+    """PreflightError (``resources.memory_check: error``) or a warning (``warn``) when the
+    estimated peak memory of the run's processes (``run/memory.py``) exceeds what the nodes
+    allow; nothing for a model not on disk yet (a hub id) or nodes that report no memory."""
+    from ray_s3ft.run import memory
+
+    mode = cfg.resources.memory_check
+    if mode == "skip":
         return
+    limits = {k: v for k, v in memory_limits(nodes, local).items() if v > 0}
+    if not limits:
+        return
+    if model_dir is None:
+        from ray_s3ft.model.paths import resolve_model_path
+
+        model_dir = resolve_model_path(cfg.model.path)
+    shape = memory.model_shape(model_dir, cfg)
+    if shape is None:
+        return
+    problem = memory.fit_problem(cfg, shape, limits, learners)
+    if problem is None:
+        return
+    if mode == "warn":
+        log.warning("%s (resources.memory_check=warn: starting anyway)", problem)
+        return
+    raise PreflightError(
+        f"{problem}; or resources.memory_check: warn to start anyway (docs/real-models.md, Memory)"
+    )

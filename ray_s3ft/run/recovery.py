@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from ray_s3ft.errors import RunFailed
+from ray_s3ft.config import Config
+from ray_s3ft.errors import OutOfMemory, RunFailed
 from ray_s3ft.workers.group import ActorDied, ActorGroup, GroupStartError
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class Recovery:
         if ckpt is None:
             return f"It has no checkpoint yet; start it again with:\n  {cmd}"
         return f"Its latest checkpoint is {ckpt}; resume from it with:\n  {cmd}"
+
+    def out_of_memory(self, error: OutOfMemory) -> RunFailed:
+        """A worker was killed for memory: the run stops (a restarted one would be killed
+        again) with what was killed, what to change and how to resume."""
+        return memory_failure(self.cfg, error, self.how_to_resume())
 
     def node_lost(self, error: ActorDied) -> None:
         """Count a lost node; stop the run when ``trainer.node_wait_s`` is 0."""
@@ -177,3 +183,24 @@ class Recovery:
                 log.warning(
                     "%d %s actor(s) died and were restarted; their work was retried", n, name
                 )
+
+
+def memory_failure(cfg: Config, error: OutOfMemory, resume: str) -> RunFailed:
+    """One message for a worker killed for memory: which, how much it and its node held
+    (what Ray said), the layout's estimate with the settings that would fit (``run/memory``),
+    and ``resume`` (how to go on)."""
+    from ray_s3ft.model.paths import resolve_model_path
+    from ray_s3ft.run.memory import GIB, advice, monitor_threshold
+
+    if error.node is not None:
+        total = error.node[1] * GIB
+    else:
+        import psutil
+
+        total = float(psutil.virtual_memory().total)
+    try:
+        model_dir = resolve_model_path(cfg.model.path)
+    except Exception:  # noqa: BLE001  (the advice then names the usual settings)
+        model_dir = None
+    limit = total * monitor_threshold()
+    return RunFailed(f"{error}.\n{advice(cfg, model_dir, limit)}\n{resume}")

@@ -29,16 +29,24 @@ log = logging.getLogger(__name__)
 def train(cfg: Config, force: bool = False) -> dict:
     """``force``: redo the base model's evaluation and the target store of the run directory
     when another setting made them (else an error naming the keys that differ)."""
+    from ray_s3ft.errors import OutOfMemory
+    from ray_s3ft.run.recovery import memory_failure
+
     phases, started = Phases(), time.perf_counter()
-    with phases.run("startup", Session.open, cfg, True) as session:
-        session.add_drift()
-        before = phases.run("eval_before", session.eval_before, force)
-        targets = phases.run("targets", session.build_targets, None, force)
-        summary = train_and_evaluate(
-            session, cfg, session.run_dir, targets, before, phases, started
-        )
-        print_summary(summary)
-        return summary
+    try:
+        with phases.run("startup", Session.open, cfg, True) as session:
+            session.add_drift()
+            before = phases.run("eval_before", session.eval_before, force)
+            targets = phases.run("targets", session.build_targets, None, force)
+            summary = train_and_evaluate(
+                session, cfg, session.run_dir, targets, before, phases, started
+            )
+    except OutOfMemory as e:  # outside the steps (those stop with their checkpoint to resume)
+        config = Path(cfg.trainer.output_dir) / "config.yaml"
+        again = f"What it finished is kept; go on with:\n  ray-s3ft train --config {config}"
+        raise memory_failure(cfg, e, again) from None
+    print_summary(summary)
+    return summary
 
 
 def train_and_evaluate(

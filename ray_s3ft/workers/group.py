@@ -21,11 +21,14 @@ DeepSpeed, warnings) go to ``<log_dir>/<group>-<i>.log`` instead of the driver's
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from ray_s3ft.errors import OutOfMemory
 
 T = TypeVar("T")
 
@@ -201,8 +204,14 @@ class ActorGroup(Generic[T]):
                         raise
                     raise died from e
             return ray.get(futures)
+        except ray.exceptions.OutOfMemoryError as e:
+            raise memory_kill(self.name, e) from None
         except ray.exceptions.RayActorError as e:
-            raise ActorDied(_GROUP_OF.get(getattr(e, "actor_id", None) or "", self.name), e) from e
+            group = _GROUP_OF.get(getattr(e, "actor_id", None) or "", self.name)
+            oom = memory_kill(group, e)
+            if oom is not None:  # restarting it would only run out of memory again
+                raise oom from None
+            raise ActorDied(group, e) from e
         except ray.exceptions.ObjectLostError as e:
             # an argument of the call was lost with the node that held it: the result of an
             # actor of another group (a learner rank's weights, which the engines read), whose
@@ -363,6 +372,36 @@ def _producer_group(error) -> str | None:
         return _GROUP_OF.get(ref.task_id().actor_id().hex())
     except (AttributeError, ValueError, TypeError):
         return None
+
+
+# what Ray says of a worker its memory monitor killed (Ray 2.x). Not "OOM killer": Ray's
+# message for any worker that died unexpectedly (a segfault too) names the kernel's as a cause
+_KILLED = re.compile(r"low on memory|memory pressure|memory.monitor", re.IGNORECASE)
+_NODE = re.compile(r"Memory on the node \(IP: [^)]*\) was ([\d.]+)\s*GB(?: used)? / ([\d.]+)\s*GB")
+_TASK = re.compile(r"task name=([^,\s]+)|name=([^,\s]+), pid=")
+_PID = re.compile(r"pid=(\d+)")
+_USED = re.compile(r"memory used=([\d.]+)\s*GB")
+
+
+def memory_kill(group: str, error: BaseException) -> OutOfMemory | None:
+    """``error`` as an ``OutOfMemory`` of ``group`` when it says a worker was killed for
+    memory (``ray.exceptions.OutOfMemoryError``, or an actor's death whose cause says so);
+    None for any other error. Ray's own message (its node's top memory users, the docs
+    on its memory monitor) is dropped for a line of what was killed and how much it held."""
+    import ray
+
+    text = str(error)
+    if not isinstance(error, ray.exceptions.OutOfMemoryError) and not _KILLED.search(text):
+        return None
+    node, task = _NODE.search(text), _TASK.search(text)
+    pid, used = _PID.search(text), _USED.search(text)
+    return OutOfMemory(
+        group,
+        task=next((g for g in task.groups() if g), None) if task else None,
+        pid=int(pid.group(1)) if pid else None,
+        used=float(used.group(1)) if used else None,
+        node=(float(node.group(1)), float(node.group(2))) if node else None,
+    )
 
 
 def _peer_death(pending: list, grace_s: float = 30.0):

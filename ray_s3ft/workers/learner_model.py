@@ -103,9 +103,12 @@ class ModelMixin:
 
     def engine_weights(self):
         """``full_state_dict`` packed for the rollout engines (``workers/weights.py``): numpy
-        views, one copy into Ray's object store. Without ZeRO-3 or LoRA they are views of the
-        live parameters, not clones: Ray serialises an actor's return value before the actor
-        runs its next call. Collective under ZeRO-3."""
+        views, one copy into Ray's object store, built by rank 0 alone. Without ZeRO-3 they are
+        views of the live parameters, not clones: Ray serialises an actor's return value before
+        the actor runs its next call. With LoRA only the adapted layers are new tensors (W +
+        delta W); the rest are the frozen base weights, which no step writes. A full clone here
+        was a second copy of the model at every sync. Collective under ZeRO-3 (the gathered
+        buffers are freed on return: those are copied)."""
         import torch
 
         from ray_s3ft.workers.weights import pack
@@ -113,15 +116,15 @@ class ModelMixin:
         with self._gathered(), torch.no_grad():
             if self.rank != 0:
                 return None
-            live = self.cfg.zero_stage != 3 and not self.model_cfg.lora.enabled
-            return pack(self._hf_state(copy=not live))
+            return pack(self._hf_state(copy=self.cfg.zero_stage == 3))
 
     def reset_reference(self) -> None:
         """Make the current policy the KL reference (SASR's post-warm-up reference)."""
         import torch
 
         with self._gathered(), torch.no_grad():
-            self.reference.load_state_dict(self._hf_state(), strict=True)
+            # load_state_dict copies into the reference: views, not a full copy first
+            self.reference.load_state_dict(self._hf_state(copy=False), strict=True)
 
     def _gathered(self):
         """Under ZeRO-3 each rank holds a slice of every weight: gather them for reading."""
