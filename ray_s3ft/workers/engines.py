@@ -162,7 +162,18 @@ class VLLMEngine:
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         requests = [{"prompt_token_ids": s} for s in seqs]
-        outs = self.llm.generate(requests, params, use_tqdm=False, lora_request=self.lora)
+        if self.lora is None:
+            outs = self.llm.generate(requests, params, use_tqdm=False)
+        else:
+            # vLLM 0.32's LoRA logits layer indexes the adapter by request, not by prompt
+            # token, when prompt logprobs are asked for (PunicaWrapperCPU.add_lora_logits:
+            # "einsum(): subscript b has size 4 ... with previously seen size 79"): one
+            # request per call, whose one index covers all its tokens
+            outs = [
+                out
+                for r in requests
+                for out in self.llm.generate([r], params, use_tqdm=False, lora_request=self.lora)
+            ]
         result = []
         for seq, start, out in zip(seqs, starts, outs, strict=True):
             lp = out.prompt_logprobs  # len(seq) entries: None first, then {token id: Logprob}
