@@ -21,6 +21,7 @@ from ray_s3ft.config.rules import Check
 from ray_s3ft.config.schema import (
     LOGGERS,
     TASK_VERIFIERS,
+    VLLM_LORA_RANKS,
     Config,
     ConfigError,
     _show,
@@ -161,6 +162,15 @@ def validate(cfg: Config) -> None:
             f"must be <= model.max_model_len - data.max_prompt_tokens "
             f"({m.max_model_len - d.max_prompt_tokens})",
         )
+
+    # LoRA served as adapters: only a vLLM engine takes them, up to vLLM's largest rank.
+    if ro.lora_sync == "adapter":
+        if not m.lora.enabled:
+            bad("rollout.lora_sync", "adapter needs model.lora.enabled=true (or use merged)")
+        if ro.backend != "vllm":
+            bad("rollout.lora_sync", f"adapter needs rollout.backend=vllm, not {ro.backend}")
+        if m.lora.r > VLLM_LORA_RANKS[-1]:
+            bad("model.lora.r", f"must be <= {VLLM_LORA_RANKS[-1]} with rollout.lora_sync=adapter")
 
     # Schedule: which step kinds can happen decides which batch rules apply.
     takes_grpo = s.kind != "sft"

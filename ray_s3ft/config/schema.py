@@ -37,6 +37,10 @@ TASKS = ("builtin", "gsm8k", "mbpp", "nq")
 ENGINES = ("vllm", "hf")
 # how learner weights reach a vLLM engine (ray_s3ft.workers.vllm_weights)
 WEIGHT_LOADERS = ("name_map", "vllm_reload")
+# how a LoRA run's weights reach the engines (ray_s3ft.workers.lora_sync)
+LORA_SYNCS = ("merged", "adapter")
+# the adapter ranks a vLLM engine can be started for (vLLM's MaxLoRARanks)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VERIFIERS = ("auto", "steps", "math", "code", "llm", "nq_match")
 MATH_EXTRACT = ("flexible", "strict")
 LLM_JUDGE_MODES = ("loglik", "generate")
@@ -151,6 +155,10 @@ class RolloutConfig:
     # once (falls back to vllm_reload where it cannot: quantized, several ranks, vLLM LoRA);
     # vllm_reload = vLLM's layerwise reload_weights
     weight_loader: str = checked("name_map", one_of(WEIGHT_LOADERS))
+    # LORA_SYNCS, with model.lora.enabled: merged = the learner merges the adapters and sends
+    # the full weights (rollout.weight_loader); adapter = the engines keep the base weights and
+    # serve the adapters (vLLM LoRA, rollout.backend=vllm): each sync sends only the adapters
+    lora_sync: str = checked("merged", one_of(LORA_SYNCS))
     seed: int = checked(0, AT_LEAST_0)  # sampling seed of the engine
     # torch threads of each rollout engine. 0 = auto: synchronous, only one phase runs at a
     # time, so an engine takes its node's cores shared by the rollout workers; async, it keeps

@@ -234,6 +234,8 @@ def launch(
     # GPU learners and GPU vLLM engines sync by NCCL broadcast; otherwise via the object store
     nccl = learners and cfg.rollout.backend == "vllm" and r.gpus_per_rollout > 0
     nccl = nccl and r.gpus_per_learner > 0
+    # LoRA adapters travel by the object store (a few MB), GPU or not (run/weight_sync.py)
+    nccl = nccl and cfg.rollout.lora_sync != "adapter"
     threads = {"OMP_NUM_THREADS": "1"}  # torch/OMP threads per actor: cores are shared
     rollout = ActorGroup(
         RolloutWorker,
@@ -255,6 +257,7 @@ def launch(
             nccl_sync=nccl,
             threads=rollout_threads(cfg),
             peers=r.rollout_workers,
+            lora_rank=cfg.model.lora.r if cfg.rollout.lora_sync == "adapter" else None,
         ),
         local=local,
         log_dir=log_dir,

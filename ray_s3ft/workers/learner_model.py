@@ -1,5 +1,6 @@
 """The learner's model: the DeepSpeed engine and the KL reference it builds, and the weights it
-hands out (to the rollout engines, the reference, checkpoints), LoRA adapters merged.
+hands out (to the rollout engines, the reference, checkpoints), LoRA adapters merged, or the
+adapters alone (``engine_adapter``, ``rollout.lora_sync=adapter``).
 
 A mixin of ``LearnerActor`` (``workers/learner.py``): it uses the actor's ``cfg``
 (``LearnerConfig``), ``model_cfg``, ``model_path``, ``rank``, ``world_size`` and ``device``.
@@ -118,6 +119,22 @@ class ModelMixin:
                 return None
             return pack(self._hf_state(copy=self.cfg.zero_stage == 3))
 
+    def engine_adapter(self):
+        """The LoRA adapters alone, packed for engines that serve them
+        (``rollout.lora_sync=adapter``, ``workers/lora_sync.py``): an ``Adapter`` on rank 0,
+        None on the others. Collective under ZeRO-3 (only the adapters are gathered)."""
+        import torch
+
+        from ray_s3ft.workers.lora_sync import adapter_state
+        from ray_s3ft.workers.weights import Adapter, pack
+
+        with self._gathered(only_lora=True), torch.no_grad():
+            if self.rank != 0:
+                return None
+            dtype = getattr(torch, self.model_cfg.dtype)
+            tensors, config = adapter_state(self.engine.module, dtype)
+            return Adapter(pack(tensors), config)
+
     def reset_reference(self) -> None:
         """Make the current policy the KL reference (SASR's post-warm-up reference)."""
         import torch
@@ -126,15 +143,17 @@ class ModelMixin:
             # load_state_dict copies into the reference: views, not a full copy first
             self.reference.load_state_dict(self._hf_state(copy=False), strict=True)
 
-    def _gathered(self):
-        """Under ZeRO-3 each rank holds a slice of every weight: gather them for reading."""
+    def _gathered(self, only_lora: bool = False):
+        """Under ZeRO-3 each rank holds a slice of every weight: gather them (``only_lora``:
+        the LoRA adapters' alone) for reading."""
         import contextlib
 
         if self.cfg.zero_stage != 3:
             return contextlib.nullcontext()
         import deepspeed
 
-        params = list(self.engine.module.parameters())
+        named = self.engine.module.named_parameters()
+        params = [p for n, p in named if not only_lora or "lora_" in n]
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
     def _hf_state(self, device: str = "cpu", copy: bool = True) -> dict:

@@ -27,11 +27,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ray_s3ft.config import RolloutConfig
 from ray_s3ft.prompts import build_paraphrase_prompt
 from ray_s3ft.workers.engines import HFEngine, VLLMEngine, encode_prompts
 from ray_s3ft.workers.types import Answer, RolloutResult, Sampling
+
+if TYPE_CHECKING:
+    from ray_s3ft.workers.weights import Adapter
 
 
 class RolloutWorker:
@@ -46,11 +50,13 @@ class RolloutWorker:
         threads: int | None = None,
         peers: int = 1,
         hf_batch_size: int = 64,
+        lora_rank: int | None = None,
     ) -> None:
         """``nccl_sync``: weights will arrive by NCCL broadcast (GPU), not as a state dict.
         ``threads``: torch threads of the engine (``rollout.threads``; None: as the process has
         them, 0: this node's cores shared by ``peers`` rollout workers). ``hf_batch_size``: prompts per
-        ``transformers.generate`` batch (``rollout.backend=hf``)."""
+        ``transformers.generate`` batch (``rollout.backend=hf``). ``lora_rank``: the engine
+        serves LoRA adapters of that rank (``rollout.lora_sync=adapter``, vLLM only)."""
         from ray_s3ft.model.encoding import load_tokenizer
 
         if threads is not None:
@@ -63,7 +69,9 @@ class RolloutWorker:
         self.version = 0
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         if cfg.backend == "vllm":
-            self.engine = VLLMEngine(model_path, cfg, max_model_len, trust_remote_code, nccl_sync)
+            self.engine = VLLMEngine(
+                model_path, cfg, max_model_len, trust_remote_code, nccl_sync, lora_rank
+            )
         else:
             self.engine = HFEngine(
                 model_path, cfg, max_model_len, trust_remote_code, nccl_sync, hf_batch_size
@@ -198,6 +206,16 @@ class RolloutWorker:
         self.version = version
         return version
 
+    def update_adapter(self, version: int, adapter: Adapter) -> int:
+        """Serve these LoRA adapters (``LearnerActor.engine_adapter``, read in place from Ray's
+        object store) on the base weights (``rollout.lora_sync=adapter``). Returns the
+        version now served."""
+        from ray_s3ft.workers.weights import unpack
+
+        self.engine.load_adapter(unpack(adapter.tensors), adapter.config)
+        self.version = version
+        return version
+
     def nccl_connect(self, master_address: str, master_port: int, rank_offset: int, world: int):
         """GPU path: join the NCCL group learner rank 0 broadcasts weights on (vLLM only)."""
         from ray_s3ft.workers.nccl_sync import receiver_connect
@@ -217,5 +235,6 @@ class RolloutWorker:
 
     def weights_loaded_by(self) -> str:
         """How the last weights went in: ``name_map`` or ``vllm_reload`` (a vLLM engine:
-        ``rollout.weight_loader``, or the reload it fell back to), ``hf``."""
+        ``rollout.weight_loader``, or the reload it fell back to), ``adapter`` (LoRA adapters,
+        ``rollout.lora_sync=adapter``), ``hf``."""
         return getattr(self.engine, "loaded_by", None) or "hf"

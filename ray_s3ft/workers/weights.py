@@ -10,11 +10,22 @@ bit patterns and are viewed back.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 Packed = dict[str, tuple[np.ndarray, str]]  # HF name -> (array, torch dtype name)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """LoRA adapters for engines that serve them (``rollout.lora_sync=adapter``,
+    ``workers/lora_sync.py``)."""
+
+    # PEFT names: base_model.model.<module>.lora_A.weight [r, in], .lora_B.weight [out, r]
+    tensors: Packed
+    config: str  # PEFT's adapter_config.json
 
 
 def pack(state: dict[str, torch.Tensor]) -> Packed:

@@ -171,3 +171,53 @@ def test_lora_trains_adapters_syncs_merged_weights_and_saves_both(
         assert saved_mean < MEAN_TOL
     finally:
         learner.shutdown()
+
+
+def test_lora_adapters_served_by_vllm_decode_as_the_merged_weights(engine, smollm, prompts):
+    """``rollout.lora_sync=adapter``: an engine that keeps the base weights and serves the
+    adapters (vLLM LoRA) gives the merged engine's greedy tokens, the learner's sampled-token
+    logprobs (the bounds above) and the merged engine's scores; a second sync replaces the
+    adapter."""
+    from transformers import AutoTokenizer
+
+    from ray_s3ft.tasks.builtin import task_split
+
+    tok = AutoTokenizer.from_pretrained(smollm)
+    lora = ["model.lora.enabled=true", "model.lora.r=8"]
+    cfg = load_config(overrides=["rollout.backend=vllm", *lora, "rollout.lora_sync=adapter"])
+    served = ActorGroup(
+        RolloutWorker, 1, name="rollout-smollm-adapter", resources=Resources(cpus=0.5),
+        kwargs=dict(model_path=smollm, cfg=cfg.rollout, max_model_len=512,
+                    max_prompt_tokens=256, threads=0, lora_rank=cfg.model.lora.r),
+    )  # fmt: skip
+    learner = _learner(smollm, lora, lr=3e-3)
+    examples = task_split("train", 8, seed=0)
+    sft = sft_batch(tok, [e.prompt for e in examples], [e.gold for e in examples], 256)
+    asked = prompts[:4]
+    try:
+        base = served.call_one(RolloutWorker.greedy_tokens, asked, 24)  # no adapter yet
+        for version in (1, 2):
+            learner.call_one(LearnerActor.train_step, sft, mode="sft")
+            merged = learner.submit(LearnerActor.engine_weights)
+            engine.call(RolloutWorker.update_weights, version, merged[0])
+            adapter = learner.submit(LearnerActor.engine_adapter)
+            assert served.call(RolloutWorker.update_adapter, version, adapter[0]) == [version]
+        assert served.call_one(RolloutWorker.weights_loaded_by) == "adapter"
+        want = engine.call_one(RolloutWorker.greedy_tokens, asked, 24)
+        got = served.call_one(RolloutWorker.greedy_tokens, asked, 24)
+        assert got == want  # the same greedy tokens as the merged weights
+        assert got != base  # which the training changed
+        mean, worst = _gap(learner, _sample(served, prompts[:2], tok))
+        # the scoring path (held-out log-likelihoods, drift) serves the adapter too
+        scores = [served.call_one(RolloutWorker.token_logprobs, want),
+                  engine.call_one(RolloutWorker.token_logprobs, want)]  # fmt: skip
+        diff = torch.tensor([a - b for x, y in zip(*scores) for a, b in zip(x, y)]).abs()
+        print(
+            f"adapter engine: |learner - vLLM| logprob mean {mean:.3g} max {worst:.3g}; "
+            f"|adapter - merged| score mean {diff.mean():.3g} max {diff.max():.3g}"
+        )
+        assert mean < MEAN_TOL and worst < MAX_TOL
+        assert diff.mean() < MEAN_TOL and diff.max() < MAX_TOL
+    finally:
+        learner.shutdown()
+        served.shutdown()
