@@ -178,7 +178,7 @@ def _seq_len(cfg: Config) -> int:
 def sync_bytes(cfg: Config, m: ModelShape) -> float:
     """What one CPU weight sync sends: the merged weights in model.dtype, or the LoRA
     adapters alone (fp32) where the config has ``rollout.lora_sync: adapter``."""
-    if getattr(cfg.rollout, "lora_sync", None) == "adapter" and cfg.model.lora.enabled:
+    if cfg.rollout.lora_sync == "adapter" and cfg.model.lora.enabled:
         return m.lora * 4
     return m.params * DTYPE_BYTES[cfg.model.dtype]
 
@@ -298,7 +298,7 @@ def _changes(cfg: Config) -> list[dict]:
         out.append({"learner.micro_batch_size": le.micro_batch_size // 2})
     if cfg.model.dtype == "float32":
         out.append({"model.dtype": "bfloat16", "rollout.dtype": "bfloat16"})
-    if cfg.model.lora.enabled and getattr(cfg.rollout, "lora_sync", None) not in (None, "adapter"):
+    if cfg.model.lora.enabled and cfg.rollout.lora_sync != "adapter":
         out.append({"rollout.lora_sync": "adapter"})
     if kv_cache_bytes(cfg) > GIB:
         out.append({"rollout.kv_cache_gib": 1.0})
