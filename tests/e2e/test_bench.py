@@ -91,6 +91,10 @@ def test_bf16(paired):
     full, lora = cells["fp32_full"]["step_flops"], cells["fp32_lora"]["step_flops"]
     assert 4 / 6 < lora / full < 1
     assert d["matmul"]["float32"]["flops_per_s"] > 0 and d["matmul"]["bfloat16"]["flops_per_s"] > 0
+    # the decode cells: the same calls in each dtype (2 prompts x 4 samples of up to 16 tokens)
+    for cell in d["decode"].values():
+        assert len(cell["tokens"]) == 1 and 0 < cell["tokens"][0] <= 2 * 4 * 16
+        assert cell["tokens_per_s"] > 0
 
 
 def test_gpu_check(tmp_path):

@@ -6,7 +6,9 @@ through the package index by ``ray_s3ft.model.fetch``):
   (T = 1) logprobs the learner used to compute are far off;
 - LoRA (r = 8): the adapters train and the base weights stay; the engine serves the merged
   weights after a sync (its logprobs are the learner's); a checkpoint holds the adapters (PEFT)
-  and the merged model, which transformers loads and vLLM takes.
+  and the merged model, which transformers loads and vLLM takes;
+- the bf16 profile (``model.dtype=auto`` on a CPU with bf16 units): a bf16 learner's logprobs
+  against a bf16 engine's, before and after a weight sync that sends bf16.
 """
 
 import math
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 from ray_s3ft.config import load_config
+from ray_s3ft.config.precision import BF16_CPU_FLAGS, cpu_bf16_units
 from ray_s3ft.workers.batches import grpo_batch, sft_batch
 from ray_s3ft.workers.group import ActorGroup, Resources
 from ray_s3ft.workers.learner import LearnerActor
@@ -31,6 +34,10 @@ NEW_TOKENS = 64
 # distribution by mean 0.16, max 3.7 on the same tokens. The bounds are 24x and 20x the
 # measured error and 1600x below the raw one.
 MEAN_TOL, MAX_TOL = 1e-4, 1e-3
+# The same in bf16 (model.dtype=auto -> a DeepSpeed bf16 learner, a bf16 vLLM engine), on a
+# CPU with AVX512_BF16: measured mean 0.0235, max 0.338 (0.0264 / 0.346 after an SFT step and a
+# bf16 sync): ~5000x the fp32 gap, what rollout.tis=always corrects. Bounds ~4x and ~3x that.
+BF16_MEAN_TOL, BF16_MAX_TOL = 0.1, 1.0
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +52,17 @@ def prompts():
     return [e.prompt for e in task_split("train", 8, seed=0)]
 
 
-@pytest.fixture(scope="module")
-def engine(ray_cluster, smollm):
-    cfg = load_config(overrides=["rollout.backend=vllm"]).rollout
-    group = ActorGroup(
-        RolloutWorker, 1, name="rollout-smollm", resources=Resources(cpus=0.5),
-        kwargs=dict(model_path=smollm, cfg=cfg, max_model_len=512, max_prompt_tokens=256,
+def _engine(path, cfg, name="rollout-smollm"):
+    return ActorGroup(
+        RolloutWorker, 1, name=name, resources=Resources(cpus=0.5),
+        kwargs=dict(model_path=path, cfg=cfg, max_model_len=512, max_prompt_tokens=256,
                     threads=0),  # both cores: the learner waits while the engine samples
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def engine(ray_cluster, smollm):
+    group = _engine(smollm, load_config(overrides=["rollout.backend=vllm"]).rollout)
     yield group
     group.shutdown()
 
@@ -221,3 +231,47 @@ def test_lora_adapters_served_by_vllm_decode_as_the_merged_weights(engine, smoll
     finally:
         learner.shutdown()
         served.shutdown()
+
+
+@pytest.mark.skipif(
+    not cpu_bf16_units(),
+    reason=f"this CPU has no bf16 units ({' / '.join(BF16_CPU_FLAGS)}): model.dtype=auto is "
+    "float32 here, and emulated bf16 would take several times longer to measure",
+)
+def test_bf16_profile_logprobs_match_a_bf16_engine_within_the_bound(engine, smollm, prompts):
+    import ray
+    from transformers import AutoTokenizer
+
+    from ray_s3ft.tasks.builtin import task_split
+    from ray_s3ft.workers.weights import unpack
+
+    tok = AutoTokenizer.from_pretrained(smollm)
+    examples = task_split("train", 8, seed=0)
+    sft = sft_batch(tok, [e.prompt for e in examples], [e.gold for e in examples], 256)
+    cfg = load_config(overrides=[f"model.path={smollm}", "model.dtype=auto", "schedule.kind=sft"])
+    assert (cfg.model.dtype, cfg.learner.bf16, cfg.rollout.dtype) == ("bfloat16", True, "bfloat16")
+    assert cfg.rollout.tis == "always"  # the engine's numerics are not the learner's
+    engine.shutdown()  # the fp32 engine: one engine at a time on this machine
+    bf16_engine = _engine(smollm, cfg.rollout, name="rollout-smollm-bf16")
+    learner = _learner(smollm, ["model.dtype=auto"], lr=1e-4)
+    try:
+        mean, worst = _gap(learner, _sample(bf16_engine, prompts[:2], tok))
+        # one SFT step, then the sync: the weights travel in bf16, half the fp32 bytes
+        learner.call_one(LearnerActor.train_step, sft, mode="sft")
+        packed = ray.get(learner.submit(LearnerActor.engine_weights)[0])
+        assert {dtype for _, dtype in packed.values()} == {"bfloat16"}
+        numel = sum(t.numel() for t in unpack(packed).values())
+        assert sum(a.nbytes for a, _ in packed.values()) == 2 * numel
+        assert bf16_engine.call(RolloutWorker.update_weights, 1, packed) == [1]
+        synced_mean, synced_max = _gap(learner, _sample(bf16_engine, prompts[:2], tok))
+        print(
+            f"bf16 (T={T}): |learner - vLLM| logprob mean {mean:.3g} max {worst:.3g}; after an "
+            f"SFT step and a bf16 sync ({2 * numel / 2**20:.0f} MiB): mean {synced_mean:.3g} "
+            f"max {synced_max:.3g}"
+        )
+        assert mean < BF16_MEAN_TOL and worst < BF16_MAX_TOL
+        assert synced_mean < BF16_MEAN_TOL and synced_max < BF16_MAX_TOL
+        assert mean > MEAN_TOL  # bf16 numerics differ: what rollout.tis=always corrects
+    finally:
+        learner.shutdown()
+        bf16_engine.shutdown()
