@@ -1,10 +1,13 @@
-"""Which response an SFT step trains on: gold, SSR's self-or-gold, or S3FT's three rungs.
+"""Which response an SFT step trains on: gold, SSR's self-or-gold, S3FT's three rungs, or SDFT's
+paraphrase-or-gold.
 
 SSR (arXiv 2409.04787): train on the base model's own answer when the judge accepts it, else on
 the gold answer; staying close to the model's own distribution is what preserves general
 ability. S3FT (arXiv 2502.08130) adds a middle rung: the base model's paraphrase of the gold,
-if the judge accepts it (docs/methods.md §3). The fractions of each source are one of the three
-numbers the S3FT paper reports, hence ``source_fractions``.
+if the judge accepts it (docs/methods.md §3). SDFT (arXiv 2402.13669), the S3FT paper's third
+baseline, skips the self answer: every gold is paraphrased, and the paraphrase is the target
+when accepted, else the gold (docs/methods.md §3). The fractions of each source are one of the three numbers
+the S3FT paper reports, hence ``source_fractions``.
 
 A self answer or paraphrase is trained on whole or not at all: one that does not fit the
 response budget (``fits``, ``data.max_response_tokens``) is passed over for the next rung, as a
@@ -17,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-TARGET_MODES = ("gold", "ssr", "s3ft")
+TARGET_MODES = ("gold", "ssr", "s3ft", "sdft")
 
 
 class TargetSource(str, Enum):
@@ -65,9 +68,11 @@ def select_target(
     """The training target for one (x, y_gold) pair under ``mode`` in TARGET_MODES.
 
     gold: always y_gold (plain SFT). ssr: y_self if accepted, else y_gold. s3ft: y_self if
-    accepted, else y_para if accepted, else y_gold. Accepted: the judge said True and the
+    accepted, else y_para if accepted, else y_gold. sdft: y_para if accepted, else y_gold (no
+    y_self is read). Accepted: the judge said True and the
     answer ended (``*_finished``: not cut at the generation budget). Only the rungs consulted
-    are validated (gold mode reads no verdict), so one judged record serves all three modes.
+    are validated (gold mode reads no verdict), so one judged record serves gold, ssr and s3ft; sdft needs a
+    y_para for every example, which an s3ft record has only where y_self was rejected.
     ``fits(text)``: whether a self answer or paraphrase fits the response budget; an accepted
     one that does not is passed over (listed in ``Target.too_long``). None: every one fits.
     """
@@ -79,7 +84,9 @@ def select_target(
         if fits is None or fits(self_response):
             return Target(text=self_response, source=TargetSource.SELF)
         too_long.append(TargetSource.SELF)
-    if mode == "s3ft" and _accepted(paraphrase_ok, paraphrase, paraphrase_finished, "paraphrase"):
+    if mode in ("s3ft", "sdft") and _accepted(
+        paraphrase_ok, paraphrase, paraphrase_finished, "paraphrase"
+    ):
         assert paraphrase is not None
         if fits is None or fits(paraphrase):
             return Target(paraphrase, TargetSource.PARAPHRASE, tuple(too_long))

@@ -29,6 +29,7 @@ from ray_s3ft.config.schema import (
 from ray_s3ft.tasks.benchmarks import is_choice_file
 from ray_s3ft.tasks.builtin import HELDOUT_SKILLS
 from ray_s3ft.tasks.humaneval import is_humaneval_entry
+from ray_s3ft.tasks.math500 import is_math500_entry
 from ray_s3ft.tasks.olmo_tasks import NAMED
 from ray_s3ft.tasks.suites import SUITES
 
@@ -96,13 +97,14 @@ def validate(cfg: Config) -> None:
                 if x not in HELDOUT_SKILLS
                 and not is_choice_file(x)
                 and not is_humaneval_entry(x)
+                and not is_math500_entry(x)
                 and x not in SUITES
             ]
         ):
             bad(
                 key,
                 f"entries must be built-in skills ({', '.join(HELDOUT_SKILLS)}), paths to "
-                f"multiple-choice .jsonl files, {', '.join(SUITES)}, humaneval or a HumanEval .jsonl / .jsonl.gz "
+                f"multiple-choice .jsonl files, {', '.join(SUITES)}, humaneval, math500 or a HumanEval .jsonl / .jsonl.gz "
                 f"file, not {', '.join(map(repr, odd))}",
             )
     if odd := [x for x in cfg.trainer.loggers if x not in LOGGERS]:

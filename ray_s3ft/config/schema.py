@@ -47,7 +47,7 @@ VERIFIERS = ("auto", "steps", "math", "code", "llm", "nq_match")
 MATH_EXTRACT = ("flexible", "strict")
 LLM_JUDGE_MODES = ("loglik", "generate")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
-TARGET_KINDS = ("gold", "ssr", "s3ft")
+TARGET_KINDS = ("gold", "ssr", "s3ft", "sdft")
 LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
 OVERLONG_MODES = ("keep", "mask", "penalty")  # GRPO samples cut at the budget (algo/overlong.py)
 SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
@@ -283,7 +283,7 @@ class GRPOConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    # TARGET_KINDS: SFT targets are gold, SSR (self|gold) or S3FT
+    # TARGET_KINDS: SFT targets are gold, SSR (self|gold), S3FT or SDFT (paraphrase|gold)
     targets: str = checked("s3ft", one_of(TARGET_KINDS))
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 

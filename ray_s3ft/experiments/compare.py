@@ -7,7 +7,8 @@ only the method's own settings (schedule kind, SFT targets, gate options) and th
 The Ray cluster, the rollout engines, the judges and the learner ranks are started once: between
 cells the learners reset to the base weights (fresh optimizer and KL reference) and the engines
 get the base weights with the next sync. The base model is evaluated once and the S3FT target
-store is built once; every cell reads the rung its method asks for from that store.
+store is built once; every cell reads the rung its method asks for from that store (``sdft``
+cells from a second store in ``OUT/sdft``, built once too: SDFT paraphrases every gold).
 
 A finished cell (its ``summary.json`` exists) is skipped, so an interrupted grid resumes where
 it stopped; a cell cut short resumes from its last checkpoint. Both only while the cell's
@@ -152,11 +153,14 @@ def run_grid(
     try:
         session.add_drift()
         before = phases.run("eval_before", session.eval_before, force)
-        # one store serves every mode: build it with all rungs (s3ft)
-        s3ft = dataclasses.replace(
-            base, algorithm=dataclasses.replace(base.algorithm, targets="s3ft")
-        )
-        store = phases.run("targets", session.build_targets, s3ft, force)
+        # one store serves gold, ssr and s3ft: build it with all rungs (s3ft). SDFT's, a
+        # paraphrase of every gold, is a store of its own (OUT/sdft), built for its cells only
+        store = phases.run("targets", session.build_targets, _targets(base, "s3ft"), force)
+        stores = {"s3ft": store}
+        if any(cfgs[c].algorithm.targets == "sdft" for c in todo):
+            stores["sdft"] = phases.run(
+                "targets_sdft", session.build_targets, _targets(base, "sdft"), force, out / "sdft"
+            )
         for i, cell in enumerate(todo):
             cfg = cfgs[cell]
             cell_dir = Path(cfg.trainer.output_dir)
@@ -168,7 +172,8 @@ def run_grid(
             session.groups.learner.call(
                 LearnerActor.reset, cell.seed, cfg.learner, cfg.algorithm.grpo
             )
-            targets = dataclasses.replace(store, mode=cfg.algorithm.targets, computed=0)
+            mode = cfg.algorithm.targets
+            targets = dataclasses.replace(stores.get(mode, store), mode=mode, computed=0)
             trackers = Trackers.for_run(
                 cfg, cell_dir, kind="cell", name=cell.name, group=group, parent=grid.ids
             )
@@ -198,6 +203,11 @@ def run_grid(
 
 
 CELL_FINGERPRINT = "fingerprint.json"
+
+
+def _targets(cfg, mode: str):
+    """``cfg`` with ``algorithm.targets`` = ``mode``: the store a grid builds for its cells."""
+    return dataclasses.replace(cfg, algorithm=dataclasses.replace(cfg.algorithm, targets=mode))
 
 
 def _cell_done(cell_dir: Path, fingerprint: dict, force: bool) -> bool:

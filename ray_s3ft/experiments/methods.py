@@ -16,6 +16,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
         "SFT on S3FT targets (self | paraphrase | gold)",
         ["schedule.kind=sft", "algorithm.targets=s3ft"],
     ),
+    "sdft": (
+        "SFT on SDFT targets (paraphrase | gold)",
+        ["schedule.kind=sft", "algorithm.targets=sdft"],
+    ),
     "grpo": ("GRPO only", ["schedule.kind=grpo"]),
     "sft_then_grpo": (
         "S3FT SFT for warmup_steps, then GRPO",

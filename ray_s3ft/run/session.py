@@ -131,10 +131,12 @@ class Session:
             force,
         )
 
-    def build_targets(self, cfg: Config | None = None, force: bool = False):
-        """The S3FT target store of ``cfg`` (default: the session's), in the run directory;
-        ``force``: rebuild a store that another setting made."""
-        return build_targets(cfg or self.cfg, self.groups, self.examples, self.run_dir,
+    def build_targets(
+        self, cfg: Config | None = None, force: bool = False, run_dir: Path | None = None
+    ):
+        """The S3FT target store of ``cfg`` (default: the session's), in ``run_dir`` (default:
+        the run directory); ``force``: rebuild a store that another setting made."""
+        return build_targets(cfg or self.cfg, self.groups, self.examples, run_dir or self.run_dir,
                              self.model_path, self.tokenizer, force)  # fmt: skip
 
 

@@ -3,7 +3,8 @@
 For every training example: the base model answers greedily (y_self) and the judge rules on it;
 for the rejected ones the base model paraphrases the gold (y_para) and the judge rules again.
 Each record keeps every rung and its verdict, so one store serves ``algorithm.targets`` gold,
-ssr and s3ft alike; the chosen target and its source label come from ``select_target``.
+ssr and s3ft alike; the chosen target and its source label come from ``select_target``. An sdft
+store (arXiv 2402.13669) is built apart: no self answers, a paraphrase of every gold.
 
 The store is ``targets.jsonl`` in the run directory. Work is done in chunks appended to
 ``targets.partial.jsonl``, so an interrupted build resumes where it stopped; a finished store
@@ -41,7 +42,7 @@ class TargetRecord:
     id: str
     prompt: str
     gold: str
-    self_response: str | None = None  # None when the mode never asks the model (gold)
+    self_response: str | None = None  # None when the mode never asks the model (gold, sdft)
     self_ok: bool | None = None
     paraphrase: str | None = None  # None when y_self was accepted or the mode is ssr
     paraphrase_ok: bool | None = None
@@ -143,7 +144,7 @@ def build_targets(
     force: bool = False,
     fits: Callable[[str], bool] | None = None,
 ) -> TargetSet:
-    """Build (or reuse, or finish) the store for ``examples`` under ``mode`` gold|ssr|s3ft.
+    """Build (or reuse, or finish) the store for ``examples`` under ``mode`` gold|ssr|s3ft|sdft.
     ``keeps_working(example, paraphrase)``: a second rule a paraphrase the judge accepted
     must pass too (``judge.paraphrase_keeps_working``). ``fits(text)``: whether a self answer
     or paraphrase fits the response budget (``TargetSet.fits``). A store (or part of one) that another
@@ -195,23 +196,27 @@ def _judge_chunk(
     max_new_tokens: int,
     keeps_working: Callable[[Example, str], bool] | None = None,
 ) -> list[TargetRecord]:
-    base = [TargetRecord(id=ex.id, prompt=ex.prompt, gold=ex.gold) for ex in chunk]
-    if mode == "gold":
-        return base
-    selfs = greedy([ex.prompt for ex in chunk], max_new_tokens)
-    verdicts = judge([_item(ex, a.text) for ex, a in zip(chunk, selfs, strict=True)])
-    records = [
-        dataclasses.replace(rec, self_response=a.text, self_ok=v.correct, self_finished=a.finished)
-        for rec, a, v in zip(base, selfs, verdicts, strict=True)
-    ]
-    if mode != "s3ft":
+    records = [TargetRecord(id=ex.id, prompt=ex.prompt, gold=ex.gold) for ex in chunk]
+    if mode in ("ssr", "s3ft"):
+        selfs = greedy([ex.prompt for ex in chunk], max_new_tokens)
+        verdicts = judge([_item(ex, a.text) for ex, a in zip(chunk, selfs, strict=True)])
+        records = [
+            dataclasses.replace(
+                rec, self_response=a.text, self_ok=v.correct, self_finished=a.finished
+            )
+            for rec, a, v in zip(records, selfs, verdicts, strict=True)
+        ]
+    if mode == "s3ft":
+        # a cut y_self the judge accepted is rejected too (select_target): it needs the next rung
+        todo = [i for i, r in enumerate(records) if r.target("ssr").source != TargetSource.SELF]
+    elif mode == "sdft":  # every gold is paraphrased: SDFT has no self rung
+        todo = list(range(len(chunk)))
+    else:
         return records
-    # a cut y_self the judge accepted is rejected too (select_target): it needs the next rung
-    rejected = [i for i, r in enumerate(records) if r.target("ssr").source != TargetSource.SELF]
-    if rejected:
-        paras = paraphrase([(chunk[i].prompt, chunk[i].gold) for i in rejected], max_new_tokens)
-        pverdicts = judge([_item(chunk[i], p.text) for i, p in zip(rejected, paras, strict=True)])
-        for i, p, v in zip(rejected, paras, pverdicts, strict=True):
+    if todo:
+        paras = paraphrase([(chunk[i].prompt, chunk[i].gold) for i in todo], max_new_tokens)
+        pverdicts = judge([_item(chunk[i], p.text) for i, p in zip(todo, paras, strict=True)])
+        for i, p, v in zip(todo, paras, pverdicts, strict=True):
             ok = v.correct
             if ok and keeps_working is not None and not keeps_working(chunk[i], p.text):
                 ok = False  # right answer, but not a restatement of the gold's working

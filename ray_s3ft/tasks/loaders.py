@@ -209,10 +209,10 @@ def load_eval_examples(
     """``{"task": eval split, <set>: held-out examples, ...}`` for a data and eval section. A
     held-out set is a built-in skill, a multiple-choice ``.jsonl`` file named by its stem, a public
     suite (``mmlu``, ``arc_easy``, ``arc_challenge``, ``hellaswag``, fetched once:
-    ``tasks/suites.py``), or HumanEval (``humaneval``, or a HumanEval-format ``.jsonl`` /
-    ``.jsonl.gz`` file). ``data.eval_path`` may name a set (``tasks/olmo_tasks.py``)."""
+    ``tasks/suites.py``), MATH-500 (``math500``, ``tasks/math500.py``), or HumanEval
+    (``humaneval``, or a HumanEval-format ``.jsonl`` / ``.jsonl.gz`` file). ``data.eval_path`` may name a set (``tasks/olmo_tasks.py``)."""
     from ray_s3ft.prompts import task_prompt_template
-    from ray_s3ft.tasks import benchmarks, builtin, humaneval, olmo_tasks, suites
+    from ray_s3ft.tasks import benchmarks, builtin, humaneval, math500, olmo_tasks, suites
 
     if data.task == "builtin":
         template = task_prompt_template("builtin", data.prompt_template)
@@ -229,6 +229,8 @@ def load_eval_examples(
         if humaneval.is_humaneval_entry(entry):
             name = humaneval.set_name(entry)
             examples = humaneval.load_humaneval(entry, eval_cfg.heldout_size)
+        elif math500.is_math500_entry(entry):
+            name, examples = entry, math500.load_math500(eval_cfg.heldout_size)
         elif suites.is_suite_entry(entry):
             name, examples = entry, suites.load_suite(entry, eval_cfg.heldout_size)
         elif benchmarks.is_choice_file(entry):

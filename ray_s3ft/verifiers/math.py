@@ -5,8 +5,8 @@ S3FT paper, arXiv 2502.08130), "#### N" (GSM8K gold solutions) and ``\\boxed{N}`
 A real instruct model often states none of them ("So she has 7 + 4 = 11 shells."): in
 ``flexible`` extraction (``judge.math_extract``) a response without a marker is read by its
 last number, as lm-evaluation-harness's "flexible-extract" filter for GSM8K does, and so is
-one whose marker states no digit at all ("The answer is N.", the prompt's instruction copied);
-``strict`` reads the markers only and leaves the first undecided.
+one whose marker (not ``\\boxed``) states no digit at all ("The answer is N.", the prompt's
+instruction copied); ``strict`` reads the markers only and leaves the first undecided.
 Equivalence (14 == 14.0, 7/2 == 3.5, \\frac{1}{2} == 0.5) is left to math-verify.
 
 math-verify guards ``parse`` and ``verify`` with ``signal.alarm`` timeouts, which raise outside
@@ -57,19 +57,20 @@ def extract_answer(text: str, mode: str = "strict") -> str | None:
         raise ValueError(f"extraction mode must be one of {', '.join(EXTRACT_MODES)}: {mode!r}")
     if not isinstance(text, str):
         return None
-    found: list[tuple[int, str | None]] = []
+    found: list[tuple[int, str | None, bool]] = []  # (where, answer, whether boxed)
     for m in _ANSWER_IS.finditer(text):
-        found.append((m.start(), _clean(m.group(1))))
+        found.append((m.start(), _clean(m.group(1)), False))
     for m in _HASHES.finditer(text):
-        found.append((m.start(), _clean(m.group(1))))
+        found.append((m.start(), _clean(m.group(1)), False))
     for m in _BOXED.finditer(text):
         content = _balanced(text, m.end())
-        found.append((m.start(), _clean(content) if content is not None else None))
+        found.append((m.start(), _clean(content) if content is not None else None, True))
     if not found:
         return last_number(text) if mode == "flexible" else None
-    answer = max(found, key=lambda item: item[0])[1]
-    if mode == "flexible" and not any(ch.isdigit() for ch in answer or ""):
-        # "The answer is N." copied from the prompt's instruction: not an answer
+    _, answer, boxed = max(found, key=lambda item: item[0])
+    if mode == "flexible" and not boxed and not any(ch.isdigit() for ch in answer or ""):
+        # "The answer is N." copied from the prompt's instruction: not an answer. A boxed
+        # answer is one the model chose to state: MATH's \boxed{\pi}, \boxed{\text{(C)}}
         return last_number(text)
     return answer
 

@@ -22,13 +22,13 @@ def _acc(task, heldout):
     return out
 
 
-def _summary(tmp, name, task, heldout, steps=(3, 1)):
+def _summary(tmp, name, task, heldout, steps=(3, 1), targets=(0.5, 0.3, 0.2)):
     d = tmp / "cells" / name
     d.mkdir(parents=True)
     s = {
         "run_dir": str(d),
         "accuracy_after": _acc(task, heldout),
-        "targets": {"self": 0.5, "paraphrase": 0.3, "gold": 0.2},
+        "targets": dict(zip(("self", "paraphrase", "gold"), targets, strict=True)),
         "steps": {"sft": steps[0], "grpo": steps[1]},
         "wall_s": {"total": 10.0},
     }
@@ -72,6 +72,22 @@ def test_collect_skips_unfinished_cells(tmp_path):
     _summary(tmp_path, "s3ft-s0", 0.5, {"a": 0.8})
     r = collect(tmp_path, ["s3ft"], [0, 1], before, {})
     assert [c["seed"] for c in r["cells"]] == [0] and r["summary"][0]["n_seeds"] == 1
+
+
+def test_an_sdft_cell_shows_its_own_paraphrase_gold_split_not_the_s3ft_stores(tmp_path):
+    before = _acc(0.40, {"a": 0.80})
+    _summary(tmp_path, "s3ft-s0", 0.5, {"a": 0.8})
+    _summary(tmp_path, "sdft-s0", 0.5, {"a": 0.8}, targets=(0.0, 0.25, 0.75))
+    store = {"self": 0.5, "paraphrase": 0.3, "gold": 0.2}  # the S3FT store's, for the base row
+    r = collect(tmp_path, ["base", "s3ft", "sdft"], [0], before, store)
+    assert [a["targets"] for a in r["summary"]][2] == {
+        "self": 0.0,
+        "paraphrase": 0.25,
+        "gold": 0.75,
+    }
+    md = results_markdown(r)
+    assert "| (50.0 / 30.0 / 20.0) |" in md and "| 50.0 / 30.0 / 20.0 |" in md
+    assert "| 0.0 / 25.0 / 75.0 |" in md
 
 
 def test_gather_needs_a_grid_directory(tmp_path):

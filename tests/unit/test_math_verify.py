@@ -132,13 +132,17 @@ def test_plain_numbers_compare_exactly_and_expressions_still_verify(response, go
         ("The answer is 5. (I checked it 2 times.)", "5"),
         # the prompt's "The answer is N." copied: no digit, so the last number counts
         ("So 7 - 4 = 3 marbles. The answer is N.", "3"),
+        # but a boxed answer without a digit is stated on purpose (MATH: \pi, a letter, a word)
+        ("Since 2 turns are a half, the angle is $\\boxed{\\pi}$.", "\\pi"),
+        ("Of the 5 options, $\\boxed{\\text{(C)}}$", "\\text{(C)}"),
         ("no number at all", None),
     ],
 )
 def test_flexible_extraction_falls_back_to_the_last_number_and_strict_does_not(text, flexible):
     assert extract_answer(text, "flexible") == flexible
     strict = extract_answer(text)
-    assert strict == (flexible if "answer is 5" in text else "N" if "is N" in text else None)
+    marked = "answer is 5" in text or "boxed" in text
+    assert strict == (flexible if marked else "N" if "is N" in text else None)
 
 
 def test_verify_math_in_each_extraction_mode():

@@ -70,6 +70,22 @@ def test_ssr_never_paraphrases_and_gold_never_asks(tmp_path):
     assert e.asked == [] and all(t.source.value == "gold" for t in gold.targets())
 
 
+def test_sdft_paraphrases_every_gold_and_never_asks_for_a_self_answer(tmp_path):
+    e = Engines()
+    sdft = _build(tmp_path, e, mode="sdft")
+    # answer 1's self answer is right, but SDFT has no self rung: its paraphrase is wrong -> gold
+    assert [t.source.value for t in sdft.targets()] == ["gold", "paraphrase", "gold"] * 3
+    assert sdft.targets()[1].text == "para of q1"
+    assert e.asked == [] and e.paraphrased == [ex.prompt for ex in EXAMPLES]
+    assert sdft.fractions() == pytest.approx({"self": 0.0, "paraphrase": 1 / 3, "gold": 2 / 3})
+    assert all(r.self_response is None for r in sdft.records)
+    assert sdft.undecided() == {"self": 0, "paraphrase": 0}
+    # the mode is in the fingerprint: an s3ft store (paraphrases only where y_self was
+    # rejected) is not read as an sdft one
+    with pytest.raises(ConfigError, match=r'mode: "sdft" -> "s3ft"'):
+        _build(tmp_path, Engines(), mode="s3ft")
+
+
 def test_a_finished_store_is_reused_not_recomputed(tmp_path):
     _build(tmp_path, Engines())
     mtime = (tmp_path / STORE).stat().st_mtime_ns
@@ -169,7 +185,7 @@ def test_a_cut_answer_the_judge_accepts_is_never_a_target_and_is_counted(tmp_pat
         "q2": Answer("3 + 4 = 7. The answer is 7.", True),
     }
     paras = {"q0": Answer("We add 3 and 4 to get 7, and then", False),
-             "q1": Answer("3 + 4 = 7.", True)}  # fmt: skip
+             "q1": Answer("3 + 4 = 7.", True), "q2": Answer("Adding gives 7.", True)}  # fmt: skip
     asked = []
 
     def paraphrase(pairs, n):
@@ -200,6 +216,12 @@ def test_a_cut_answer_the_judge_accepts_is_never_a_target_and_is_counted(tmp_pat
     assert [t.source.value for t in ssr.targets()] == ["gold", "gold", "self"]
     assert ssr.unfinished() == {
         "self": 2, "self_rejected": 1, "paraphrase": 0, "paraphrase_rejected": 0
+    }  # fmt: skip
+    # sdft: q0's accepted but cut paraphrase is gold, the two finished ones are targets
+    sdft = build("sdft")
+    assert [t.source.value for t in sdft.targets()] == ["gold", "paraphrase", "paraphrase"]
+    assert sdft.unfinished() == {
+        "self": 0, "self_rejected": 0, "paraphrase": 1, "paraphrase_rejected": 1
     }  # fmt: skip
 
 

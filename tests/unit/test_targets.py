@@ -1,4 +1,4 @@
-"""Target selection for gold / SSR / S3FT (ray_s3ft/algo/targets.py)."""
+"""Target selection for gold / SSR / S3FT / SDFT (ray_s3ft/algo/targets.py)."""
 
 import pytest
 
@@ -19,18 +19,19 @@ def _pick(mode, self_ok, para_ok):
 
 
 @pytest.mark.parametrize(
-    ("self_ok", "para_ok", "gold", "ssr", "s3ft"),
+    ("self_ok", "para_ok", "gold", "ssr", "s3ft", "sdft"),
     [
-        (True, True, "G", "S", "S"),
-        (True, False, "G", "S", "S"),
-        (False, True, "G", "G", "P"),
-        (False, False, "G", "G", "G"),
-        (None, True, "G", "G", "P"),  # undecided judge = not accepted
-        (None, None, "G", "G", "G"),
+        (True, True, "G", "S", "S", "P"),  # sdft never takes the self answer
+        (True, False, "G", "S", "S", "G"),
+        (False, True, "G", "G", "P", "P"),
+        (False, False, "G", "G", "G", "G"),
+        (None, True, "G", "G", "P", "P"),  # undecided judge = not accepted
+        (True, None, "G", "S", "S", "G"),
+        (None, None, "G", "G", "G", "G"),
     ],
 )
-def test_ladder(self_ok, para_ok, gold, ssr, s3ft):
-    for mode, want in zip(TARGET_MODES, (gold, ssr, s3ft), strict=True):
+def test_ladder(self_ok, para_ok, gold, ssr, s3ft, sdft):
+    for mode, want in zip(TARGET_MODES, (gold, ssr, s3ft, sdft), strict=True):
         assert _pick(mode, self_ok, para_ok).text == want
 
 
@@ -49,6 +50,12 @@ def test_a_cut_answer_is_never_a_target_whatever_the_judge_said():
     assert select_target("s3ft", **REC, **both_cut) == Target("G", TargetSource.GOLD)
     # a cut paraphrase does not block an accepted, finished y_self
     assert select_target("s3ft", **REC, self_ok=True, paraphrase_finished=False).text == "S"
+    # sdft: a cut paraphrase the judge accepted is gold; an SDFT record has no y_self at all
+    sdft = {"gold": "G", "paraphrase": "P", "paraphrase_ok": True}
+    assert select_target("sdft", **sdft) == Target("P", TargetSource.PARAPHRASE)
+    assert select_target("sdft", **sdft, paraphrase_finished=False) == Target(
+        "G", TargetSource.GOLD
+    )
 
 
 def test_true_verdict_on_empty_response_raises():
@@ -61,7 +68,7 @@ def test_true_verdict_on_empty_response_raises():
 
 
 def test_unknown_mode():
-    with pytest.raises(ValueError, match="gold, ssr, s3ft"):
+    with pytest.raises(ValueError, match="gold, ssr, s3ft, sdft"):
         select_target("dpo", gold="G")
 
 
@@ -96,6 +103,8 @@ def test_an_accepted_target_over_the_response_budget_falls_to_the_next_rung():
     # a rejected rung is never measured, so never counted as too long
     assert pick("s3ft", 2, self_ok=False) == Target("G", TargetSource.GOLD, too_long=(P,))
     assert pick("gold", 0) == Target("G", TargetSource.GOLD)
+    assert pick("sdft", 3) == Target("PPP", P)  # the self answer is not a rung of sdft
+    assert pick("sdft", 2) == Target("G", TargetSource.GOLD, too_long=(P,))
     # 3 targets: the self answer passed over twice, the paraphrase once
     picked = [pick("s3ft", 3), pick("s3ft", 2), pick("s3ft", 4)]
     assert too_long_counts(picked) == {"self": 2, "paraphrase": 1}
