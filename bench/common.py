@@ -39,6 +39,22 @@ def task_prompts(n: int, seed: int = 0) -> list:
     return task_split("train", n, seed=seed)
 
 
+def one_learner(cfg, path: str, name: str, threads: int, logs: str):
+    """One learner rank (an ``ActorGroup`` of one, not yet set up) with ``threads`` torch
+    threads, for the benchmarks that time what it sends."""
+    from ray_s3ft.workers.group import ActorGroup, Resources
+    from ray_s3ft.workers.learner import LearnerActor
+
+    return ActorGroup(
+        LearnerActor, 1, name=name, log_dir=logs,
+        resources=Resources(threads, 0.0, {"OMP_NUM_THREADS": str(threads)}),
+        kwargs=dict(world_size=1, model_path=path, model=cfg.model, cfg=cfg.learner,
+                    grpo=cfg.algorithm.grpo, lr=cfg.learner.lr, weight_decay=0.0,
+                    seed=0, threads=threads),
+        rank_kwargs=lambda i: {"rank": i},
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def private_ray(num_cpus: int = 4):
     """A local Ray cluster of our own (temp dir, auth token), with the workers' environment

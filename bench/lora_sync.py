@@ -16,7 +16,7 @@ import dataclasses
 import statistics
 import time
 
-from bench.common import Row, parser, private_ray, report, task_prompts
+from bench.common import Row, one_learner, parser, private_ray, report, task_prompts
 
 
 def measure(args, path: str, logs: str) -> dict:
@@ -29,14 +29,7 @@ def measure(args, path: str, logs: str) -> dict:
 
     cfg = load_config(overrides=["schedule.kind=sft", "model.lora.enabled=true"])
     t = args.threads
-    learner = ActorGroup(
-        LearnerActor, 1, name="learner-lora", log_dir=logs,
-        resources=Resources(t, 0.0, {"OMP_NUM_THREADS": str(t)}),
-        kwargs=dict(world_size=1, model_path=path, model=cfg.model, cfg=cfg.learner,
-                    grpo=cfg.algorithm.grpo, lr=cfg.learner.lr, weight_decay=0.0,
-                    seed=0, threads=t),
-        rank_kwargs=lambda i: {"rank": i},
-    )  # fmt: skip
+    learner = one_learner(cfg, path, "learner-lora", t, logs)
     prompts = [e.prompt for e in task_prompts(args.prompts)]
     out = {}
     try:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, parser, private_ray, report, task_prompts
+from bench.common import Row, one_learner, parser, private_ray, report, task_prompts
 
 # name -> (hidden, layers, heads, ffn); parameters with the 640-token vocabulary, tied
 SIZES = {
@@ -96,14 +96,7 @@ def measure(args, name: str, path: str, logs: str) -> dict:
 
     cfg = load_config(overrides=["schedule.kind=sft"])
     t = args.threads
-    learner = ActorGroup(
-        LearnerActor, 1, name=f"learner-{name}", log_dir=logs,
-        resources=Resources(t, 0.0, {"OMP_NUM_THREADS": str(t)}),
-        kwargs=dict(world_size=1, model_path=path, model=cfg.model, cfg=cfg.learner,
-                    grpo=cfg.algorithm.grpo, lr=cfg.learner.lr, weight_decay=0.0,
-                    seed=0, threads=t),
-        rank_kwargs=lambda i: {"rank": i},
-    )  # fmt: skip
+    learner = one_learner(cfg, path, f"learner-{name}", t, logs)
 
     def engine(loader: str) -> ActorGroup:
         rollout_cfg = dataclasses.replace(cfg.rollout, weight_loader=loader)
