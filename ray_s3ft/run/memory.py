@@ -272,16 +272,12 @@ def describe(procs: list[Proc]) -> str:
     return ", ".join(out)
 
 
-def _replace(cfg: Config, key: str, value) -> Config:
-    section, field = key.split(".", 1)
-    sub = getattr(cfg, section)
-    if "." in field:
-        inner, leaf = field.split(".")
-        nested = dataclasses.replace(getattr(sub, inner), **{leaf: value})
-        sub = dataclasses.replace(sub, **{inner: nested})
-    else:
-        sub = dataclasses.replace(sub, **{field: value})
-    return dataclasses.replace(cfg, **{section: sub})
+def _replace(obj, key: str, value):
+    """``obj`` (a config dataclass) with the dotted ``key`` set to ``value``."""
+    head, _, rest = key.partition(".")
+    return dataclasses.replace(
+        obj, **{head: _replace(getattr(obj, head), rest, value) if rest else value}
+    )
 
 
 def _changes(cfg: Config) -> list[dict]:
