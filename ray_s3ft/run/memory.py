@@ -43,6 +43,7 @@ OVERHEAD = {"learner": 1.3 * GIB, "engine": 1.6 * GIB, "judge": 0.4 * GIB,
 # intermediate per layer (attention and MLP inputs kept for backward, LoRA's dropout copies),
 # C_V x vocab for the logits, their log-softmax and its gradient (fp32)
 C_H, C_I, C_V = 10, 4, 3
+C_G = 1  # with gradient checkpointing: bytes kept per layer input value
 ZERO_BUCKET = 500_000_000  # DeepSpeed's reduce_bucket_size (elements): ZeRO-2/3 grad staging
 PHASES = ("train", "sync")
 
@@ -207,7 +208,7 @@ def learner_rank(cfg: Config, m: ModelShape, rank: int) -> Proc:
     per_layer = (C_H * m.hidden + C_I * m.intermediate) * act_b
     layers = m.layers * per_layer
     if le.gradient_checkpointing:  # each layer's input, and one layer recomputed at a time
-        layers = m.layers * m.hidden * act_b + per_layer
+        layers = C_G * m.layers * m.hidden * act_b + per_layer
     parts.append(Part("activations", tokens * (layers + C_V * m.vocab * 4), "train"))
     if stage == 3:  # every rank gathers the weights; rank 0 copies them out
         gathered = weights - weights / n + (weights if rank == 0 else 0)

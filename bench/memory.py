@@ -1,0 +1,307 @@
+"""Learner memory: one learner rank's resident memory on a real model, measured, against the
+preflight's estimate of it (``ray_s3ft/run/memory.py``, ``learner_rank``).
+
+Each cell, (model) x (micro-batch x sequence length) x (gradient checkpointing off | on), runs
+in a fresh process (the peak RSS of a process never goes down): one ``LearnerActor`` in a local
+``ActorGroup`` called as the controller calls it (as ``bench/gpu/check.py``'s ``run_cell``),
+DeepSpeed ZeRO-2 on CPU, ``--dtype`` (fp32: the profiles'), LoRA r = 8 on q, k, v, o with
+dropout 0.1 (the profiles' setting), one micro-batch of random token ids per step (every row
+``seq_len`` tokens, the second half its response). It records the RSS after ``setup`` (imports,
+weights, the KL reference, optimizer state), then the peak RSS (``VmHWM``, reset through
+``/proc/self/clear_refs`` before each mode) over ``--steps`` SFT steps and over ``--steps``
+GRPO steps (the reference's forward included). Activations measured = the larger peak - the
+RSS after setup.
+
+The estimate of the same cell comes from a Config with the cell's keys (``learner.micro_batch_
+size``, ``model.max_model_len`` and budgets that make the longest row ``seq_len``, ``learner.
+gradient_checkpointing``, ZeRO-2, one rank): its ``fixed + weights + reference + grads + Adam``
+against the RSS after setup, its ``activations`` against the activations measured.
+``--fit`` solves for the activation factors (``fit_factors``: C_H, C_I, C_V and the
+checkpointed bytes per layer input, C_G) by least squares on relative errors.
+
+``--smoke`` runs one cell per checkpointing setting on a tiny Qwen2-shaped model.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import ROOT, Row, parser, report
+
+GIB = 2**30
+DEFAULT_MODELS = "smollm2-135m,qwen2.5-coder-0.5b"
+DEFAULT_CELLS = "2x256,4x640"
+
+
+# ------------------------------------------------------------------- one cell (a child process)
+
+
+def _status_kib(key: str) -> int:
+    return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+
+def rss() -> float:
+    """This process's resident memory now (bytes)."""
+    return _status_kib("VmRSS") * 1024.0
+
+
+def peak_rss() -> float:
+    """This process's peak resident memory since the last ``reset_peak`` (bytes)."""
+    return _status_kib("VmHWM") * 1024.0
+
+
+def reset_peak() -> None:
+    """Set the peak RSS to the RSS now (Linux: ``5`` to ``/proc/self/clear_refs``)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def run_cell(spec: dict) -> dict:
+    """One learner rank on ``spec["path"]``: RSS after setup, peak RSS over the SFT steps and
+    over the GRPO steps (bytes), and each step's seconds."""
+    from types import SimpleNamespace
+
+    from bench.gpu.check import batches, free_port
+    from ray_s3ft.config import GRPOConfig, LearnerConfig, LoraConfig, ModelConfig
+    from ray_s3ft.workers.batches import shard
+    from ray_s3ft.workers.group import ActorGroup
+    from ray_s3ft.workers.learner import LearnerActor
+
+    path, mb, seq = spec["path"], spec["micro_batch"], spec["seq_len"]
+    model = ModelConfig(
+        path=path, dtype=spec["dtype"], max_model_len=seq,
+        lora=LoraConfig(enabled=True, r=8, alpha=16, dropout=0.1),
+    )  # fmt: skip
+    cfg = LearnerConfig(
+        zero_stage=2, bf16=False, micro_batch_size=mb,
+        gradient_checkpointing=spec["checkpointing"],
+    )  # fmt: skip
+    started = rss()
+    group = ActorGroup(
+        LearnerActor, 1, name="learner", local=True,
+        kwargs=dict(world_size=1, model_path=path, model=model, cfg=cfg, grpo=GRPOConfig(),
+                    lr=1e-5, grpo_lr=1e-6, weight_decay=0.0, seed=0,
+                    threads=os.cpu_count() or 1),
+        rank_kwargs=lambda i: {"rank": i},
+    )  # fmt: skip
+    out = {"rss_start": started}
+    try:
+        group.call(LearnerActor.setup, "127.0.0.1", free_port())
+        gc.collect()
+        out["setup_peak"] = peak_rss()
+        out["rss_setup"] = rss()
+        vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
+        shape = SimpleNamespace(batch=mb, seq_len=seq)
+        for mode in ("sft", "grpo"):
+            steps = batches(shape, vocab, mode, spec["steps"])
+            gc.collect()
+            reset_peak()
+            seconds = []
+            for b in steps:
+                t = time.perf_counter()
+                group.scatter(LearnerActor.train_step, shard(b, 1), mode=mode)
+                seconds.append(time.perf_counter() - t)
+            out[f"peak_{mode}"] = peak_rss()
+            out[f"seconds_{mode}"] = seconds
+    finally:
+        group.shutdown()
+    return out
+
+
+def run_child(spec: dict, timeout: float) -> dict:
+    """``run_cell`` in a fresh Python process; its result, or ``{"error": ...}``."""
+    cmd = [sys.executable, "-m", "bench.memory", "--child", json.dumps(spec)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TRANSFORMERS_VERBOSITY="error")
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
+    for line in reversed(r.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    return {"error": f"exit {r.returncode}: {r.stderr.strip()[-2000:]}"}
+
+
+# ------------------------------------------------------------------------------- the estimate
+
+
+def cell_config(path: str, micro_batch: int, seq_len: int, checkpointing: bool, dtype: str):
+    """A Config whose learner rank is the cell: one ZeRO-2 rank, LoRA r = 8, rows of at most
+    ``seq_len`` tokens (the budgets: half prompt, half response)."""
+    from ray_s3ft.config import load_config
+
+    half = seq_len // 2
+    return load_config(
+        overrides=[
+            f"model.path={path}", f"model.dtype={dtype}", f"rollout.dtype={dtype}",
+            f"model.max_model_len={seq_len}", "model.lora.enabled=true", "model.lora.r=8",
+            f"data.max_prompt_tokens={half}", f"data.max_response_tokens={seq_len - half}",
+            f"rollout.max_new_tokens={seq_len - half}", "eval.max_new_tokens=4",
+            f"learner.micro_batch_size={micro_batch}", "learner.zero_stage=2",
+            f"learner.gradient_checkpointing={str(checkpointing).lower()}",
+            "learner.bf16=false", "resources.learner_ranks=1",
+            f"trainer.sft_batch_size={micro_batch}", f"trainer.grpo_prompts_per_step={micro_batch}",
+        ]
+    )  # fmt: skip
+
+
+def estimated_parts(path: str, micro_batch: int, seq_len: int, checkpointing: bool, dtype: str):
+    """memory.py's learner rank 0 for the cell: part name -> bytes."""
+    from ray_s3ft.run import memory
+
+    cfg = cell_config(path, micro_batch, seq_len, checkpointing, dtype)
+    shape = memory.model_shape(path, cfg)
+    if shape is None:
+        raise SystemExit(f"bench.memory: no config.json in {path}")
+    parts = {p.what: p.bytes for p in memory.learner_rank(cfg, shape, 0).parts}
+    return parts, shape
+
+
+# ------------------------------------------------------------------------------------ fitting
+
+
+def design_row(shape, tokens: int, checkpointing: bool, act_bytes: int = 4) -> list[float]:
+    """The coefficients of (C_H, C_I, C_V, C_G) in memory.py's activation bytes of a cell:
+    without checkpointing tokens x (layers x (C_H h + C_I i) x b + C_V x vocab x 4); with it
+    tokens x (C_G x layers x h x b + (C_H h + C_I i) x b + C_V x vocab x 4)."""
+    layers = 1 if checkpointing else shape.layers
+    return [
+        tokens * layers * shape.hidden * act_bytes,
+        tokens * layers * shape.intermediate * act_bytes,
+        tokens * shape.vocab * 4,
+        tokens * shape.layers * shape.hidden * act_bytes if checkpointing else 0.0,
+    ]
+
+
+def fit_factors(rows: list[list[float]], measured: list[float]) -> list[float]:
+    """(C_H, C_I, C_V, C_G) minimising the squared relative errors of ``design_row``s against
+    the ``measured`` activation bytes (C_G is left out, 0, without checkpointed cells)."""
+    import numpy as np
+
+    a = np.array(rows, dtype=float) / np.array(measured, dtype=float)[:, None]
+    used = [j for j in range(a.shape[1]) if a[:, j].any()]
+    x, *_ = np.linalg.lstsq(a[:, used], np.ones(len(measured)), rcond=None)
+    out = [0.0] * a.shape[1]
+    for j, v in zip(used, x, strict=True):
+        out[j] = float(v)
+    return out
+
+
+def predict(row: list[float], factors: list[float]) -> float:
+    return sum(r * f for r, f in zip(row, factors, strict=True))
+
+
+# --------------------------------------------------------------------------------------- main
+
+
+def smoke_model(root: Path) -> str:
+    from bench.gpu.check import build_model
+
+    return build_model("smoke", root)
+
+
+def main(argv=None) -> dict:
+    ap = parser("memory", __doc__)
+    ap.add_argument("--models", default=DEFAULT_MODELS, help="names (ray-s3ft fetch-model) or dirs")
+    ap.add_argument("--cells", default=DEFAULT_CELLS, help="micro_batch x seq_len, comma-separated")
+    ap.add_argument("--checkpointing", default="off,on", help="off, on or both")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--steps", type=int, default=1, help="steps per mode")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per cell")
+    ap.add_argument("--child", help=argparse_suppress())
+    args = ap.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(run_cell(json.loads(args.child))), flush=True)
+        return {}
+    from ray_s3ft.model.paths import resolve_model_path
+
+    if args.smoke:
+        args.models, args.cells = str(smoke_model(Path(tempfile.mkdtemp(prefix="bm-")))), "2x32"
+    cells, rows, fit_rows, fit_measured = [], [], [], []
+    for name in args.models.split(","):
+        path = name if os.path.isdir(name) else resolve_model_path(name)
+        label = Path(path).name
+        for cell in args.cells.split(","):
+            mb, seq = (int(x) for x in cell.split("x"))
+            for ck in args.checkpointing.split(","):
+                on = ck == "on"
+                spec = dict(path=path, micro_batch=mb, seq_len=seq, checkpointing=on,
+                            dtype=args.dtype, steps=args.steps)  # fmt: skip
+                key = f"{label} {mb}x{seq} ckpt {ck}"
+                print(f"{key}: running", flush=True)
+                got = run_child(spec, args.timeout)
+                parts, shape = estimated_parts(path, mb, seq, on, args.dtype)
+                est_setup = sum(v for k, v in parts.items() if k != "activations"
+                                and k != "merged LoRA layers")  # fmt: skip
+                c = {"model": label, "micro_batch": mb, "seq_len": seq, "checkpointing": on,
+                     "estimate": parts, "estimated_setup": est_setup, **got}  # fmt: skip
+                cells.append(c)
+                args.out.parent.mkdir(parents=True, exist_ok=True)  # survives a cut-off run
+                args.out.with_suffix(".partial.json").write_text(json.dumps(cells, indent=1))
+                if "error" in got:
+                    print(f"{key}: {got['error']}", flush=True)
+                    if not got["error"].startswith("timed out"):
+                        raise SystemExit(f"bench.memory: {key}: {got['error']}")
+                    continue
+                peak = max(got["peak_sft"], got["peak_grpo"])
+                c["activations"] = peak - got["rss_setup"]
+                c["over_weights"] = got["rss_setup"] - (est_setup - parts["fixed"])
+                fit_rows.append(design_row(shape, mb * seq, on))
+                fit_measured.append(c["activations"])
+                c["design_row"] = fit_rows[-1]
+                print(
+                    f"{key}: setup {got['rss_setup'] / GIB:.2f} GiB (est. {est_setup / GIB:.2f}), "
+                    f"peak SFT {got['peak_sft'] / GIB:.2f} GRPO {got['peak_grpo'] / GIB:.2f}, "
+                    f"activations {c['activations'] / GIB:.2f} "
+                    f"(est. {parts['activations'] / GIB:.2f}); steps "
+                    f"{got['seconds_sft'][0]:.0f} + {got['seconds_grpo'][0]:.0f} s",
+                    flush=True,
+                )
+                rows.append(Row(f"{key}: activations, estimated / measured",
+                                parts["activations"] / GIB, c["activations"] / GIB, "GiB",
+                                (">=", 1.0)))  # fmt: skip
+                rows.append(Row(f"{key}: after setup, estimated / measured", est_setup / GIB,
+                                got["rss_setup"] / GIB, "GiB", (">=", 1.0)))  # fmt: skip
+    details = {"cells": cells}
+    if fit_rows:
+        factors = fit_factors(fit_rows, fit_measured)
+        details["fit"] = dict(zip(("C_H", "C_I", "C_V", "C_G"), factors, strict=True))
+        details["fit_residuals"] = [predict(r, factors) / m - 1 for r, m in zip(fit_rows, fit_measured, strict=True)]  # fmt: skip
+        print_table(cells, details)
+    if not rows:
+        raise SystemExit("bench.memory: no cell ran: " + "; ".join(c["error"] for c in cells))
+    return report("memory", args, rows, details)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def print_table(cells: list[dict], details: dict) -> None:
+    print(f"\n{'cell (GiB)':36} {'setup':>6} {'est.':>6} {'fixed':>6} {'est.':>6} {'peak':>6} "
+          f"{'act.':>6} {'est.':>6} {'ratio':>6}")  # fmt: skip
+    for c in cells:
+        if "activations" not in c:
+            continue
+        key = f"{c['model']} {c['micro_batch']}x{c['seq_len']} ckpt {'on' if c['checkpointing'] else 'off'}"  # fmt: skip
+        est = c["estimate"]["activations"]
+        print(f"{key:36} {c['rss_setup'] / GIB:6.2f} {c['estimated_setup'] / GIB:6.2f} "
+              f"{c['over_weights'] / GIB:6.2f} {c['estimate']['fixed'] / GIB:6.2f} "
+              f"{max(c['peak_sft'], c['peak_grpo']) / GIB:6.2f} {c['activations'] / GIB:6.2f} "
+              f"{est / GIB:6.2f} {est / c['activations']:6.2f}")  # fmt: skip
+    f = details["fit"]
+    print("least-squares factors: " + ", ".join(f"{k} {v:.2f}" for k, v in f.items()))
+    print("residuals (fit / measured - 1): " + ", ".join(f"{r:+.2f}" for r in details["fit_residuals"]))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
