@@ -7,7 +7,7 @@ in a fresh process (the peak RSS of a process never goes down): one ``LearnerAct
 DeepSpeed ZeRO-2 on CPU, ``--dtype`` (fp32: the profiles'), LoRA r = 8 on q, k, v, o with
 dropout 0.1 (the profiles' setting), one micro-batch of random token ids per step (every row
 ``seq_len`` tokens, the second half its response). It records the RSS after ``setup`` (imports,
-weights, the KL reference, optimizer state), then the peak RSS (``VmHWM``, reset through
+weights, the KL reference, optimizer state; every weight read once, ``touch``), then the peak RSS (``VmHWM``, reset through
 ``/proc/self/clear_refs`` before each mode) over ``--steps`` SFT steps and over ``--steps``
 GRPO steps (the reference's forward included). Activations measured = the larger peak - the
 RSS after setup.
@@ -63,6 +63,18 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+def touch(learner) -> None:
+    """Read every weight of the engine and the reference once: loaded from safetensors in
+    their own dtype they are views of the mapped file, resident only once read (as a step
+    reads them)."""
+    import torch
+
+    with torch.no_grad():
+        for module in (learner.engine.module, learner.reference):
+            for t in (*module.parameters(), *module.buffers()):
+                t.sum()
+
+
 def run_cell(spec: dict) -> dict:
     """One learner rank on ``spec["path"]``: RSS after setup, peak RSS over the SFT steps and
     over the GRPO steps (bytes), and each step's seconds."""
@@ -96,7 +108,11 @@ def run_cell(spec: dict) -> dict:
         group.call(LearnerActor.setup, "127.0.0.1", free_port())
         gc.collect()
         out["setup_peak"] = peak_rss()
+        out["rss_loaded"] = rss()  # frozen weights may still be unread pages of a mapped file
+        out["rss_file_loaded"] = _status_kib("RssFile") * 1024.0
+        touch(group.actors[0])
         out["rss_setup"] = rss()
+        out["rss_file_setup"] = _status_kib("RssFile") * 1024.0
         vocab = json.loads((Path(path) / "config.json").read_text())["vocab_size"]
         shape = SimpleNamespace(batch=mb, seq_len=seq)
         for mode in ("sft", "grpo"):
@@ -257,7 +273,10 @@ def main(argv=None) -> dict:
                 fit_measured.append(c["activations"])
                 c["design_row"] = fit_rows[-1]
                 print(
-                    f"{key}: setup {got['rss_setup'] / GIB:.2f} GiB (est. {est_setup / GIB:.2f}), "
+                    f"{key}: loaded {got['rss_loaded'] / GIB:.2f} GiB (file-backed "
+                    f"{got['rss_file_loaded'] / GIB:.2f}), weights read "
+                    f"{got['rss_setup'] / GIB:.2f} (file-backed {got['rss_file_setup'] / GIB:.2f}; "
+                    f"est. {est_setup / GIB:.2f}), "
                     f"peak SFT {got['peak_sft'] / GIB:.2f} GRPO {got['peak_grpo'] / GIB:.2f}, "
                     f"activations {c['activations'] / GIB:.2f} "
                     f"(est. {parts['activations'] / GIB:.2f}); steps "
