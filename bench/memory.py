@@ -226,7 +226,11 @@ def smoke_model(root: Path) -> str:
 def main(argv=None) -> dict:
     ap = parser("memory", __doc__)
     ap.add_argument("--models", default=DEFAULT_MODELS, help="names (ray-s3ft fetch-model) or dirs")
-    ap.add_argument("--cells", default=DEFAULT_CELLS, help="micro_batch x seq_len, comma-separated")
+    ap.add_argument(
+        "--cells",
+        default=DEFAULT_CELLS,
+        help="micro_batch x seq_len, comma-separated; MODEL:BxT for one model",
+    )
     ap.add_argument("--checkpointing", default="off,on", help="off, on or both")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--steps", type=int, default=1, help="steps per mode")
@@ -245,6 +249,9 @@ def main(argv=None) -> dict:
         path = name if os.path.isdir(name) else resolve_model_path(name)
         label = Path(path).name
         for cell in args.cells.split(","):
+            only, _, cell = cell.rpartition(":")  # "smollm2-135m:4x640": that model's alone
+            if only and only != name:
+                continue
             mb, seq = (int(x) for x in cell.split("x"))
             for ck in args.checkpointing.split(","):
                 on = ck == "on"
