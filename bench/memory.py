@@ -37,8 +37,8 @@ from pathlib import Path
 from bench.common import ROOT, Row, parser, report
 
 GIB = 2**30
-DEFAULT_MODELS = "smollm2-135m,qwen2.5-coder-0.5b"
-DEFAULT_CELLS = "2x256,4x640"
+DEFAULT_MODELS = "qwen2.5-coder-0.5b,smollm2-135m"
+DEFAULT_CELLS = "2x256,2x640,smollm2-135m:4x640"
 
 
 # ------------------------------------------------------------------- one cell (a child process)
@@ -235,75 +235,106 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--steps", type=int, default=1, help="steps per mode")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per cell")
+    ap.add_argument(
+        "--from", dest="sources", type=Path, nargs="+",
+        help="measure nothing: compare the cells of these earlier results with the estimate now",
+    )  # fmt: skip
     ap.add_argument("--child", help=argparse_suppress())
     args = ap.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(run_cell(json.loads(args.child))), flush=True)
         return {}
+    if args.sources:
+        measured = [
+            c for f in args.sources for c in json.loads(f.read_text())["details"]["measured"]
+        ]
+    else:
+        measured = measure(args)
+    rows, details = compare(measured)
+    if not rows:
+        raise SystemExit("bench.memory: no cell ran: " + "; ".join(c["error"] for c in measured))
+    return report("memory", args, rows, {"measured": measured, **details})
+
+
+def measure(args) -> list[dict]:
+    """Each cell of ``args`` in its own process: the cell's spec with ``run_cell``'s figures."""
     from ray_s3ft.model.paths import resolve_model_path
 
     if args.smoke:
         args.models, args.cells = str(smoke_model(Path(tempfile.mkdtemp(prefix="bm-")))), "2x32"
-    cells, rows, fit_rows, fit_measured = [], [], [], []
+    out = []
     for name in args.models.split(","):
         path = name if os.path.isdir(name) else resolve_model_path(name)
-        label = Path(path).name
         for cell in args.cells.split(","):
             only, _, cell = cell.rpartition(":")  # "smollm2-135m:4x640": that model's alone
             if only and only != name:
                 continue
             mb, seq = (int(x) for x in cell.split("x"))
             for ck in args.checkpointing.split(","):
-                on = ck == "on"
-                spec = dict(path=path, micro_batch=mb, seq_len=seq, checkpointing=on,
+                spec = dict(path=path, micro_batch=mb, seq_len=seq, checkpointing=ck == "on",
                             dtype=args.dtype, steps=args.steps)  # fmt: skip
-                key = f"{label} {mb}x{seq} ckpt {ck}"
-                print(f"{key}: running", flush=True)
+                print(f"{cell_name(spec)}: running", flush=True)
                 got = run_child(spec, args.timeout)
-                parts, shape = estimated_parts(path, mb, seq, on, args.dtype)
-                est_setup = sum(v for k, v in parts.items() if k != "activations"
-                                and k != "merged LoRA layers")  # fmt: skip
-                c = {"model": label, "micro_batch": mb, "seq_len": seq, "checkpointing": on,
-                     "estimate": parts, "estimated_setup": est_setup, **got}  # fmt: skip
-                cells.append(c)
+                out.append({**spec, **got})
                 args.out.parent.mkdir(parents=True, exist_ok=True)  # survives a cut-off run
-                args.out.with_suffix(".partial.json").write_text(json.dumps(cells, indent=1))
+                args.out.with_suffix(".partial.json").write_text(
+                    json.dumps({"details": {"measured": out}}, indent=1)
+                )
                 if "error" in got:
-                    print(f"{key}: {got['error']}", flush=True)
+                    print(f"{cell_name(spec)}: {got['error']}", flush=True)
                     if not got["error"].startswith("timed out"):
-                        raise SystemExit(f"bench.memory: {key}: {got['error']}")
+                        raise SystemExit(f"bench.memory: {cell_name(spec)}: {got['error']}")
                     continue
-                peak = max(got["peak_sft"], got["peak_grpo"])
-                c["activations"] = peak - got["rss_setup"]
-                c["over_weights"] = got["rss_setup"] - (est_setup - parts["fixed"])
-                fit_rows.append(design_row(shape, mb * seq, on))
-                fit_measured.append(c["activations"])
-                c["design_row"] = fit_rows[-1]
                 print(
-                    f"{key}: loaded {got['rss_loaded'] / GIB:.2f} GiB (file-backed "
+                    f"{cell_name(spec)}: loaded {got['rss_loaded'] / GIB:.2f} GiB (file-backed "
                     f"{got['rss_file_loaded'] / GIB:.2f}), weights read "
-                    f"{got['rss_setup'] / GIB:.2f} (file-backed {got['rss_file_setup'] / GIB:.2f}; "
-                    f"est. {est_setup / GIB:.2f}), "
-                    f"peak SFT {got['peak_sft'] / GIB:.2f} GRPO {got['peak_grpo'] / GIB:.2f}, "
-                    f"activations {c['activations'] / GIB:.2f} "
-                    f"(est. {parts['activations'] / GIB:.2f}); steps "
-                    f"{got['seconds_sft'][0]:.0f} + {got['seconds_grpo'][0]:.0f} s",
+                    f"{got['rss_setup'] / GIB:.2f} (file-backed {got['rss_file_setup'] / GIB:.2f}), "
+                    f"peak SFT {got['peak_sft'] / GIB:.2f} GRPO {got['peak_grpo'] / GIB:.2f}; "
+                    f"steps {got['seconds_sft'][0]:.0f} + {got['seconds_grpo'][0]:.0f} s",
                     flush=True,
                 )
-                rows.append(Row(f"{key}: activations, estimated / measured",
-                                parts["activations"] / GIB, c["activations"] / GIB, "GiB",
-                                (">=", 1.0)))  # fmt: skip
-                rows.append(Row(f"{key}: after setup, estimated / measured", est_setup / GIB,
-                                got["rss_setup"] / GIB, "GiB", (">=", 1.0)))  # fmt: skip
+    return out
+
+
+def cell_name(c: dict) -> str:
+    ck = "on" if c["checkpointing"] else "off"
+    return f"{Path(c['path']).name} {c['micro_batch']}x{c['seq_len']} ckpt {ck}"
+
+
+def compare(measured: list[dict]) -> tuple[list[Row], dict]:
+    """Each measured cell against memory.py's estimate of it now (rows: estimate / measured,
+    goal >= 1), and the factors fitted to all of them with their residuals."""
+    rows, cells, fit_rows, fit_measured = [], [], [], []
+    for m in measured:
+        if "error" in m:
+            continue
+        parts, shape = estimated_parts(
+            m["path"], m["micro_batch"], m["seq_len"], m["checkpointing"], m["dtype"]
+        )
+        est_setup = sum(
+            v for k, v in parts.items() if k not in ("activations", "merged LoRA layers")
+        )
+        c = {"cell": cell_name(m), "estimate": parts, "estimated_setup": est_setup,
+             "rss_setup": m["rss_setup"], "peak": max(m["peak_sft"], m["peak_grpo"]),
+             # the fixed part measured: the RSS after setup less what memory.py counts besides
+             "fixed": m["rss_setup"] - (est_setup - parts["fixed"])}  # fmt: skip
+        c["activations"] = c["peak"] - m["rss_setup"]
+        c["design_row"] = design_row(shape, m["micro_batch"] * m["seq_len"], m["checkpointing"])
+        cells.append(c)
+        fit_rows.append(c["design_row"])
+        fit_measured.append(c["activations"])
+        rows.append(Row(f"{c['cell']}: activations, estimated / measured",
+                        parts["activations"] / GIB, c["activations"] / GIB, "GiB",
+                        (">=", 1.0)))  # fmt: skip
+        rows.append(Row(f"{c['cell']}: after setup, estimated / measured", est_setup / GIB,
+                        m["rss_setup"] / GIB, "GiB", (">=", 1.0)))  # fmt: skip
     details = {"cells": cells}
-    if fit_rows:
+    if len(cells) >= 2:
         factors = fit_factors(fit_rows, fit_measured)
         details["fit"] = dict(zip(("C_H", "C_I", "C_V", "C_G"), factors, strict=True))
         details["fit_residuals"] = [predict(r, factors) / m - 1 for r, m in zip(fit_rows, fit_measured, strict=True)]  # fmt: skip
-        print_table(cells, details)
-    if not rows:
-        raise SystemExit("bench.memory: no cell ran: " + "; ".join(c["error"] for c in cells))
-    return report("memory", args, rows, details)
+    print_table(cells, details)
+    return rows, details
 
 
 def argparse_suppress():
@@ -316,17 +347,15 @@ def print_table(cells: list[dict], details: dict) -> None:
     print(f"\n{'cell (GiB)':36} {'setup':>6} {'est.':>6} {'fixed':>6} {'est.':>6} {'peak':>6} "
           f"{'act.':>6} {'est.':>6} {'ratio':>6}")  # fmt: skip
     for c in cells:
-        if "activations" not in c:
-            continue
-        key = f"{c['model']} {c['micro_batch']}x{c['seq_len']} ckpt {'on' if c['checkpointing'] else 'off'}"  # fmt: skip
-        est = c["estimate"]["activations"]
-        print(f"{key:36} {c['rss_setup'] / GIB:6.2f} {c['estimated_setup'] / GIB:6.2f} "
-              f"{c['over_weights'] / GIB:6.2f} {c['estimate']['fixed'] / GIB:6.2f} "
-              f"{max(c['peak_sft'], c['peak_grpo']) / GIB:6.2f} {c['activations'] / GIB:6.2f} "
-              f"{est / GIB:6.2f} {est / c['activations']:6.2f}")  # fmt: skip
-    f = details["fit"]
-    print("least-squares factors: " + ", ".join(f"{k} {v:.2f}" for k, v in f.items()))
-    print("residuals (fit / measured - 1): " + ", ".join(f"{r:+.2f}" for r in details["fit_residuals"]))  # fmt: skip
+        est = c["estimate"]
+        print(f"{c['cell']:36} {c['rss_setup'] / GIB:6.2f} {c['estimated_setup'] / GIB:6.2f} "
+              f"{c['fixed'] / GIB:6.2f} {est['fixed'] / GIB:6.2f} {c['peak'] / GIB:6.2f} "
+              f"{c['activations'] / GIB:6.2f} {est['activations'] / GIB:6.2f} "
+              f"{est['activations'] / c['activations']:6.2f}")  # fmt: skip
+    if "fit" in details:
+        f, res = details["fit"], details["fit_residuals"]
+        print("least-squares factors: " + ", ".join(f"{k} {v:.2f}" for k, v in f.items()))
+        print("their residuals (fit / measured - 1): " + ", ".join(f"{r:+.2f}" for r in res))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ from ray_s3ft.run import memory
 from ray_s3ft.run.memory import ModelShape
 
 # hidden 8, 2 layers, vocab 10, MLP 16
+TINY = {
+    "hidden_size": 8, "num_hidden_layers": 2, "vocab_size": 10, "intermediate_size": 16,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": False,
+}  # fmt: skip
 SHAPE = ModelShape(params=1352, hidden=8, layers=2, vocab=10, intermediate=16)
 
 
@@ -48,11 +52,7 @@ def test_the_fit_recovers_factors_that_made_the_measurements():
 
 
 def test_the_cell_config_gives_the_estimate_the_cell(tmp_path):
-    cfg = {
-        "hidden_size": 8, "num_hidden_layers": 2, "vocab_size": 10, "intermediate_size": 16,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": False,
-    }  # fmt: skip
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
     parts, shape = bm.estimated_parts(str(tmp_path), 3, 20, False, "float32")
     assert (shape.params, shape.layers) == (1352, 2)
     # 3 rows of 20 tokens, and the design row at memory.py's own factors
@@ -65,3 +65,20 @@ def test_the_cell_config_gives_the_estimate_the_cell(tmp_path):
         bm.predict(bm.design_row(shape, 60, True), factors)
     )
     assert parts["weights"] == parts["reference"] == 1352 * 4
+
+
+def test_a_measured_cell_against_the_estimate(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    cell = {"path": str(tmp_path), "micro_batch": 3, "seq_len": 20, "checkpointing": False,
+            "dtype": "float32", "rss_setup": 5000.0, "peak_sft": 9000.0, "peak_grpo": 11000.0}  # fmt: skip
+    rows, details = bm.compare([cell, {**cell, "checkpointing": True}, {"error": "timed out"}])
+    c = details["cells"][0]
+    assert c["activations"] == 11000 - 5000  # the larger peak less the RSS after setup
+    # the fixed part measured: the RSS after setup less the weights and the reference
+    # (1352 x 4 bytes each) and the LoRA adapters' grads and Adam state
+    parts = c["estimate"]
+    assert parts["weights"] == parts["reference"] == 1352 * 4
+    assert c["fixed"] == 5000 - (2 * 1352 * 4 + parts["grads + Adam"])
+    assert rows[0].figure * bm.GIB == pytest.approx(parts["activations"])
+    assert rows[0].baseline * bm.GIB == 6000
+    assert len(rows) == 4 and "fit" in details
