@@ -38,7 +38,7 @@ from bench.common import ROOT, Row, parser, report
 
 GIB = 2**30
 DEFAULT_MODELS = "qwen2.5-coder-0.5b,smollm2-135m"
-DEFAULT_CELLS = "2x256,2x640,smollm2-135m:4x640"
+DEFAULT_CELLS = "2x256,smollm2-135m:4x640,qwen2.5-coder-0.5b:2x640"
 
 
 # ------------------------------------------------------------------- one cell (a child process)
@@ -236,7 +236,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=1, help="steps per mode")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per cell")
     ap.add_argument(
-        "--from", dest="sources", type=Path, nargs="+",
+        "--from", dest="sources", nargs="+",
         help="measure nothing: compare the cells of these earlier results with the estimate now",
     )  # fmt: skip
     ap.add_argument("--child", help=argparse_suppress())
@@ -246,7 +246,7 @@ def main(argv=None) -> dict:
         return {}
     if args.sources:
         measured = [
-            c for f in args.sources for c in json.loads(f.read_text())["details"]["measured"]
+            c for f in args.sources for c in json.loads(Path(f).read_text())["details"]["measured"]
         ]
     else:
         measured = measure(args)
