@@ -36,13 +36,18 @@ from ray_s3ft.config import Config, ConfigError, resolved_judge, validate
 GIB = 2**30  # Ray's memory monitor says "GB" for GiB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "F32": 4, "BF16": 2, "F16": 2}
 # resident memory of each kind of process with nothing of the model in it: the imports
-# (torch, vLLM, DeepSpeed, transformers), Ray's worker, buffers (measured, SmolLM2 profile)
-OVERHEAD = {"learner": 1.3 * GIB, "engine": 1.6 * GIB, "judge": 0.4 * GIB,
+# (torch, vLLM, DeepSpeed, transformers), Ray's worker, buffers (measured, SmolLM2 profile;
+# the learner's by bench/memory.py: 0.68 GiB in-process, 0.72 in a Ray actor)
+OVERHEAD = {"learner": 0.8 * GIB, "engine": 1.6 * GIB, "judge": 0.4 * GIB,
             "driver": 1.0 * GIB, "ray": 0.6 * GIB}  # fmt: skip
-# bytes of activations per token, over the bytes of one value: C_H x hidden + C_I x
-# intermediate per layer (attention and MLP inputs kept for backward, LoRA's dropout copies),
-# C_V x vocab for the logits, their log-softmax and its gradient (fp32)
-C_H, C_I, C_V = 10, 4, 3
+# bytes of activations per token, over the bytes of one value, fitted to a learner rank's
+# measured peaks (bench/memory.py: Qwen2.5-0.5B and SmolLM2-135M, fp32, LoRA r=8, 256 to 640
+# tokens a row; docs/real-models.md, "Memory"): C_H x hidden + C_I x intermediate per layer
+# (what backward keeps: norms, attention and MLP inputs, LoRA's dropout copies, the attention
+# probabilities), C_V x vocab for the logits, their log-softmax, softmax and gradient and in a
+# GRPO step the reference's logits (fp32); with gradient checkpointing C_G x hidden per layer
+# (the checkpointed inputs and what the recomputation keeps) and one layer's C_H, C_I
+C_H, C_I, C_V, C_G = 21, 3, 7, 11
 ZERO_BUCKET = 500_000_000  # DeepSpeed's reduce_bucket_size (elements): ZeRO-2/3 grad staging
 PHASES = ("train", "sync")
 
@@ -206,8 +211,8 @@ def learner_rank(cfg: Config, m: ModelShape, rank: int) -> Proc:
     tokens = le.micro_batch_size * _seq_len(cfg)
     per_layer = (C_H * m.hidden + C_I * m.intermediate) * act_b
     layers = m.layers * per_layer
-    if le.gradient_checkpointing:  # each layer's input, and one layer recomputed at a time
-        layers = m.layers * m.hidden * act_b + per_layer
+    if le.gradient_checkpointing:  # each layer's checkpoint, and one layer recomputed at a time
+        layers = C_G * m.layers * m.hidden * act_b + per_layer
     parts.append(Part("activations", tokens * (layers + C_V * m.vocab * 4), "train"))
     if stage == 3:  # every rank gathers the weights; rank 0 copies them out
         gathered = weights - weights / n + (weights if rank == 0 else 0)

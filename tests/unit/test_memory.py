@@ -82,8 +82,9 @@ def test_each_part_of_a_learner_rank_by_hand():
         # ZeRO-2 over 2 ranks, 224 trained: grads 4 x 224 / 2 + the bucket 4 x 224; Adam's
         # moments 8 x 224 and DeepSpeed's fp32 copy 4 x 224, halved
         "grads + Adam": 448 + 896 + (8 * 224 + 4 * 224) / 2,
-        # 2 rows x 16 tokens x ((10 x 8 + 4 x 16) x 4 bytes x 2 layers + 3 x 10 x 4 logits)
-        "activations": 32 * ((80 + 64) * 4 * 2 + 120),
+        # 2 rows x 16 tokens x ((21 x 8 + 3 x 16) x 4 bytes x 2 layers + 7 x 10 x 4 logits)
+        # = 32 x (216 x 8 + 280) = 32 x 2008
+        "activations": 32 * ((168 + 48) * 4 * 2 + 280),
         "merged LoRA layers": 384 * 4,  # rank 0 at a sync: W + delta W of q, k, v, o
     }
     assert "merged LoRA layers" not in {p.what for p in memory.learner_rank(cfg, m, 1).parts}
@@ -92,9 +93,10 @@ def test_each_part_of_a_learner_rank_by_hand():
         p.what: p.bytes for p in memory.learner_rank(tiny_cfg("learner.zero_stage=3"), m, 0).parts
     }
     assert z3["weights"] == 1352 * 2 and z3["gathered weights"] == 1352 * 2 + 1352 * 4
-    # gradient checkpointing: each layer's input, and one layer's activations at a time
+    # gradient checkpointing: 11 x hidden per layer kept, and one layer's activations at a
+    # time: 32 x (11 x 2 x 8 x 4 + 216 x 4 + 280) = 32 x 1848
     gc = {p.what: p.bytes for p in memory.learner_rank(tiny_cfg("learner.gradient_checkpointing=true"), m, 0).parts}  # fmt: skip
-    assert gc["activations"] == 32 * (2 * 8 * 4 + (80 + 64) * 4 + 120)
+    assert gc["activations"] == 32 * (11 * 2 * 8 * 4 + (168 + 48) * 4 + 280) == 59136
 
 
 def test_a_node_needs_the_fixed_parts_and_the_larger_phase():
@@ -106,7 +108,7 @@ def test_a_node_needs_the_fixed_parts_and_the_larger_phase():
     engine = {p.what: p.bytes for p in procs[2].parts}
     assert engine == {"fixed": OVERHEAD["engine"], "weights": 1352 * 4, "KV cache": GIB}
     fixed = sum(x.bytes for p in procs for x in p.parts if x.phase == "always")
-    train = 2 * 32 * ((80 + 64) * 4 * 2 + 120)
+    train = 2 * 32 * ((168 + 48) * 4 * 2 + 280)
     sync = 384 * 4 + 1352 * 4  # rank 0's merged layers, the export in transit
     assert node_need(procs) == pytest.approx(fixed + max(train, sync))
     # an adapter-only sync (rollout.lora_sync: adapter, where the config has it) sends 224 x 4
@@ -124,16 +126,17 @@ def test_the_smollm2_profile_fits_and_the_05b_model_in_its_layout_does_not():
     assert memory.fit_problem(cfg, small, NODE) is None
     big = shape_from_config(QWEN_05B, lora, r=8)
     problem = memory.fit_problem(cfg, big, NODE)
-    assert problem.startswith("memory: the run needs ~40.7 GiB on node 10.0.0.1 (driver 1.0, ")
+    # a rank: fixed 0.8 + weights and reference 2 x 2.35 + LoRA's grads and Adam 0.02 + 2 rows
+    # x 640 tokens x ((21 x 896 + 3 x 4864) x 24 layers x 4 B + 7 x 151936 x 4 B)
+    # = 1280 x 7,461,376 B = 8.89 GiB: 14.4 GiB
+    assert problem.startswith("memory: the run needs ~35.8 GiB on node 10.0.0.1 (driver 1.0, ")
     assert (
-        "engine 4.9, judge 0.4, 2 learner ranks 16.9 each, object store 2.3) of 22.3 GiB" in problem
+        "engine 4.9, judge 0.4, 2 learner ranks 14.4 each, object store 2.3) of 22.3 GiB" in problem
     )
-    assert problem.endswith(
-        "set resources.learner_ranks: 1, learner.gradient_checkpointing: true together (~17.8 GiB)"
-    )
+    assert problem.endswith("set resources.learner_ranks: 1 (~21.4 GiB)")
     # ZeRO-3 alone fits 40 GiB (each rank half the weights); not with SASR's gradient probe,
     # which the config forbids under ZeRO-3
-    assert "learner.zero_stage: 3 (~38.3 GiB)" in memory.suggestions(cfg, big, 40 * GIB)
+    assert "learner.zero_stage: 3 (~33.4 GiB)" in memory.suggestions(cfg, big, 40 * GIB)
     probe = load_config(PROFILE, ["schedule.sasr.probe_every=2"])
     assert "zero_stage" not in memory.suggestions(probe, big, 40 * GIB)
 
@@ -160,13 +163,13 @@ def test_the_preflight_refuses_warns_or_stays_quiet(tmp_path, caplog):
     local = ("10.0.0.1", 23.5 * GIB)
     with pytest.raises(PreflightError) as e:
         check_memory(load_config(PROFILE), nodes, local=local, model_dir=big)
-    assert "needs ~40.7 GiB on node 10.0.0.1" in str(e.value)
+    assert "needs ~35.8 GiB on node 10.0.0.1" in str(e.value)
     assert str(e.value).endswith("or resources.memory_check: warn to start anyway "
                                  "(docs/real-models.md, Memory)")  # fmt: skip
     with caplog.at_level(logging.WARNING):
         check_memory(load_config(PROFILE, ["resources.memory_check=warn"]), nodes, local=local,
                      model_dir=big)  # fmt: skip
-    assert "needs ~40.7 GiB" in caplog.text and "memory_check=warn" in caplog.text
+    assert "needs ~35.8 GiB" in caplog.text and "memory_check=warn" in caplog.text
     check_memory(load_config(PROFILE, ["resources.memory_check=skip"]), nodes, local=local,
                  model_dir=big)  # fmt: skip
     # the SmolLM2 profile passes; so does a model not on disk (a hub id)
