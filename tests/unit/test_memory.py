@@ -106,11 +106,16 @@ def test_a_node_needs_the_fixed_parts_and_the_larger_phase():
     assert names == ["driver", "Ray", "engine 0", "judge 0", "judge 1", "learner rank 0",
                      "learner rank 1", "object store"]  # fmt: skip
     engine = {p.what: p.bytes for p in procs[2].parts}
-    assert engine == {"fixed": OVERHEAD["engine"], "weights": 1352 * 4, "KV cache": GIB}
+    # scoring: fp32 logits of a 4096-token prefill batch over the 10-token vocabulary
+    score = 4096 * 10 * 4
+    assert engine == {"fixed": OVERHEAD["engine"], "weights": 1352 * 4, "KV cache": GIB,
+                      "prompt logprobs": score}  # fmt: skip
     fixed = sum(x.bytes for p in procs for x in p.parts if x.phase == "always")
-    train = 2 * 32 * ((168 + 48) * 4 * 2 + 280)
+    train = 2 * 32 * ((168 + 48) * 4 * 2 + 280)  # 128,512 B
     sync = 384 * 4 + 1352 * 4  # rank 0's merged layers, the export in transit
-    assert node_need(procs) == pytest.approx(fixed + max(train, sync))
+    assert node_need(procs) == pytest.approx(fixed + max(train, sync, score))
+    assert score > train  # this tiny model's peak is the engine's scoring
+    assert node_need(procs) == pytest.approx(fixed + 163_840)
     # an adapter-only sync (rollout.lora_sync: adapter, where the config has it) sends 224 x 4
     adapter = type("R", (), {"lora_sync": "adapter"})()
     cfg_adapter = type("C", (), {"rollout": adapter, "model": cfg.model})()
@@ -128,10 +133,11 @@ def test_the_smollm2_profile_fits_and_the_05b_model_in_its_layout_does_not():
     problem = memory.fit_problem(cfg, big, NODE)
     # a rank: fixed 0.8 + weights and reference 2 x 2.35 + LoRA's grads and Adam 0.02 + 2 rows
     # x 640 tokens x ((21 x 896 + 3 x 4864) x 24 layers x 4 B + 7 x 151936 x 4 B)
-    # = 1280 x 7,461,376 B = 8.89 GiB: 14.4 GiB
+    # = 1280 x 7,461,376 B = 8.89 GiB: 14.4 GiB. The engine at its peak, scoring: fixed 1.6 +
+    # weights 2.35 + KV cache 1 + 4096 x 151936 x 4 B of logits (2.32 GiB) = 7.3 GiB
     assert problem.startswith("memory: the run needs ~35.8 GiB on node 10.0.0.1 (driver 1.0, ")
     assert (
-        "engine 4.9, judge 0.4, 2 learner ranks 14.4 each, object store 2.3) of 22.3 GiB" in problem
+        "engine 7.3, judge 0.4, 2 learner ranks 14.4 each, object store 2.3) of 22.3 GiB" in problem
     )
     assert problem.endswith("set resources.learner_ranks: 1 (~21.4 GiB)")
     # ZeRO-3 alone fits 40 GiB (each rank half the weights); not with SASR's gradient probe,
@@ -177,3 +183,22 @@ def test_the_preflight_refuses_warns_or_stays_quiet(tmp_path, caplog):
     small = _model_dir(tmp_path / "small", SMOLLM2)
     check_memory(load_config(PROFILE), nodes, local=local, model_dir=small)
     check_memory(load_config(PROFILE), nodes, local=local, model_dir=tmp_path / "absent")
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "mbpp", "nq"])
+def test_the_05b_profiles_fit_this_machine(task):
+    cfg = load_config(f"configs/qwen2.5-coder-0.5b-{task}.yaml", ["model.dtype=float32"])
+    m = shape_from_config(QWEN_05B, cfg.model.lora.target_modules, r=8)
+    assert memory.fit_problem(cfg, m, NODE) is None
+    if task != "gsm8k":
+        return
+    # one row of min(1024, 448 + 512) = 960 tokens, gradient checkpointing: per token
+    # 11 x 24 layers x 896 x 4 B (checkpoints) + one layer's (21 x 896 + 3 x 4864) x 4 B
+    # + 7 x 151936 x 4 B (logits) = 946,176 + 133,632 + 4,254,208 = 5,334,016 B
+    (rank,) = [p for p in estimate(cfg, m) if p.name == "learner rank 0"]
+    parts = {p.what: p.bytes for p in rank.parts}
+    assert parts["activations"] == 960 * 5_334_016  # 4.77 GiB
+    # fixed 0.8 + weights and reference 2 x 2.35 + 4.77 + LoRA's grads and Adam 0.02
+    assert rank.need() / GIB == pytest.approx(10.28, abs=0.01)
+    # the node in a step: driver 1.0, Ray 0.6, engine 1.6 + 2.35 + 1.0, judge 0.4, the rank
+    assert node_need(estimate(cfg, m)) / GIB == pytest.approx(17.2, abs=0.05)

@@ -96,7 +96,7 @@ def test_the_message_says_what_to_change_and_how_to_resume(cfg):
     error = memory_kill("rollout", OutOfMemoryError(RAY_OOM))
     msg = str(memory_failure(cfg, error, "resume: ray-s3ft train --config x.yaml"))
     assert msg == (
-        f"{LINE}.\nThis layout's estimated peak: ~35.8 GiB (driver 1.0, Ray 0.6, engine 4.9, "
+        f"{LINE}.\nThis layout's estimated peak: ~35.8 GiB (driver 1.0, Ray 0.6, engine 7.3, "
         "judge 0.4, 2 learner ranks 14.4 each, object store 2.3) of 22.3 GiB that Ray's memory "
         "monitor allows. To use less: set resources.learner_ranks: 1 (~21.4 GiB).\n"
         "resume: ray-s3ft train --config x.yaml"
