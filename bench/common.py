@@ -74,6 +74,57 @@ def private_ray(num_cpus: int = 4):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def peak_rss(pid: int | None = None, children: bool = True) -> dict:
+    """Resident memory of process ``pid`` (default this one), from Linux's /proc: its peak
+    (``VmHWM``) and current (``VmRSS``) resident set in MiB, and with ``children`` the same for
+    each live descendant process. Shared memory the process touched counts (Ray's object
+    store, read in place): one page can count in several processes."""
+    pid = os.getpid() if pid is None else pid
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    out = {
+        "pid": pid,
+        "name": fields.get("Name", ""),
+        "peak_rss_mib": int(fields["VmHWM"].split()[0]) / 1024,  # kB
+        "rss_mib": int(fields["VmRSS"].split()[0]) / 1024,
+    }
+    if children:
+        kids = []
+        for child in _children(pid):
+            with contextlib.suppress(OSError, KeyError):  # gone since it was listed
+                kids.append(peak_rss(child, children=False))
+        out["children"] = kids
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (each thread's ``children`` file, recursively)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                found += [int(child), *_children(int(child))]
+    return found
+
+
+def actor_peak_rss(group) -> list[dict]:
+    """``peak_rss`` inside each actor of an ``ActorGroup`` (its process and children), in
+    actor order; read before the group is shut down."""
+    return group.wait([a.__ray_call__.remote(_actor_peak_rss) for a in group.actors])
+
+
+def _actor_peak_rss(_actor) -> dict:
+    return peak_rss()
+
+
+def peak_mib(p: dict) -> float:
+    """A ``peak_rss`` result's peak in MiB, its descendants' peaks added (an upper bound on
+    the tree's peak: they need not have peaked at once)."""
+    return p["peak_rss_mib"] + sum(c["peak_rss_mib"] for c in p.get("children", []))
+
+
 def repeat(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
     """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed ones."""
     for _ in range(warmup):

@@ -7,12 +7,16 @@ tensors (``LearnerActor.full_state_dict``) into ``reload_weights``.
 
 Sizes: the built-in model, random Llamas (the built-in tokenizer, head_dim 64, fp32, saved
 with ``save_pretrained`` so vLLM loads them) and the real SmolLM2-135M-Instruct
-(``smollm2-135m``, fetched once). The copy baseline copies every tensor of the same
-state dict (same names, shapes, dtype: tied embeddings count twice, as the sync sends them)
-into preallocated, already touched buffers, with the learner's thread count, in one process.
+(``smollm2-135m``, fetched once); ``--model`` adds model directories or known names
+(``qwen2.5-coder-0.5b``), measured after the sizes in the same run. The copy baseline copies
+every tensor of the same state dict (same names, shapes, dtype: tied embeddings count twice,
+as the sync sends them) into preallocated, already touched buffers, with the learner's thread
+count, in one process.
 The share is sync / (sync + one SFT ``train_step`` of that model on the default batch), a
 GRPO step's learner part; a real step also samples and judges, so its share is smaller.
-One learner rank (a larger model does not fit twice in 24 GiB), one engine.
+One learner rank (a larger model does not fit twice in 24 GiB), one engine. Peak resident
+memory (``VmHWM``) of the learner rank, each engine and the driver is in the details
+(``peak_rss``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, one_learner, parser, private_ray, report, task_prompts
+from bench.common import (
+    Row,
+    actor_peak_rss,
+    one_learner,
+    parser,
+    peak_mib,
+    peak_rss,
+    private_ray,
+    report,
+    task_prompts,
+)
 
 # name -> (hidden, layers, heads, ffn); parameters with the 640-token vocabulary, tied
 SIZES = {
@@ -38,7 +52,8 @@ SIZES = {
 
 
 def model_dir(name: str, root: Path) -> str:
-    """The built-in model, or a random Llama of size ``name`` saved under ``root``."""
+    """The built-in model, a random Llama of size ``name`` saved under ``root``, or (a name
+    not in ``SIZES``) a model directory or known name (``--model``)."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -46,6 +61,8 @@ def model_dir(name: str, root: Path) -> str:
     from ray_s3ft.model.tiny import model_config
 
     builtin = resolve_model_path("builtin")
+    if name not in SIZES:
+        return resolve_model_path(name)
     if SIZES[name] is None:
         return builtin
     if SIZES[name] == "real":
@@ -110,6 +127,12 @@ def measure(args, name: str, path: str, logs: str) -> dict:
     # the first engine starts while the learner sets up (one process each): nothing is timed
     # before both are up
     rollout, serving = engine("vllm_reload"), "vllm_reload"  # the engine and its weight_loader
+    memory = {}
+
+    def close(group: ActorGroup) -> None:  # its peak memory, then shut it down
+        memory[f"engine_{serving}"] = actor_peak_rss(group)[0]
+        group.shutdown()
+
     try:
         addr, port = learner.call_one(LearnerActor.master_address)
         learner.call(LearnerActor.setup, addr, port)
@@ -123,7 +146,7 @@ def measure(args, name: str, path: str, logs: str) -> dict:
             ("name_map", LearnerActor.engine_weights, "name_map"),
         ):
             if loader != serving:
-                rollout.shutdown()
+                close(rollout)
                 rollout, serving = engine(loader), loader
                 rollout.call(RolloutWorker.weights_version)  # the engine is up
             state_s, load_s = [], []
@@ -139,7 +162,7 @@ def measure(args, name: str, path: str, logs: str) -> dict:
                     state_s.append(stored - started)
                     load_s.append(time.perf_counter() - stored)
             timed[how] = (state_s, load_s, rollout.call_one(RolloutWorker.weights_loaded_by))
-        rollout.shutdown()  # its memory, before the optimizer state is allocated
+        close(rollout)  # its memory, before the optimizer state is allocated
 
         tok = AutoTokenizer.from_pretrained(path)
         n = cfg.trainer.sft_batch_size
@@ -152,10 +175,12 @@ def measure(args, name: str, path: str, logs: str) -> dict:
             learner.scatter(LearnerActor.train_step, shard(batch, 1), mode="sft")
             if i >= args.step_warmup:
                 step_s.append(time.perf_counter() - started)
+        memory["learner"] = actor_peak_rss(learner)[0]
     finally:
         rollout.shutdown()
         learner.shutdown()
-    out = {"step_s": step_s, "median_step_s": statistics.median(step_s)}
+    memory["driver"] = peak_rss(children=False)  # its Ray cluster's processes are children
+    out = {"step_s": step_s, "median_step_s": statistics.median(step_s), "peak_rss": memory}
     for how, (state_s, load_s, loaded_by) in timed.items():
         sync = [a + b for a, b in zip(state_s, load_s, strict=True)]
         out[how] = {
@@ -170,7 +195,16 @@ def measure(args, name: str, path: str, logs: str) -> dict:
 
 def main(argv=None) -> dict:
     ap = parser("weight_sync", __doc__)
-    ap.add_argument("--sizes", default="builtin,50m,150m,500m", help=f"of {', '.join(SIZES)}")
+    ap.add_argument(
+        "--sizes",
+        default=None,
+        help=f"of {', '.join(SIZES)} (default builtin,50m,150m,500m; none with --model alone)",
+    )
+    ap.add_argument(
+        "--model",
+        default="",
+        help="model directories or known names, comma-separated, after the sizes",
+    )
     ap.add_argument("--threads", type=int, default=2, help="learner (and copy) threads")
     ap.add_argument("--warmup", type=int, default=1, help="untimed syncs")
     ap.add_argument("--repeats", type=int, default=3, help="timed syncs")
@@ -179,10 +213,13 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.smoke:
         args.sizes, args.repeats, args.step_warmup, args.steps = "tiny", 1, 0, 1
-    sizes = args.sizes.split(",")
+    if args.sizes is None:
+        args.sizes = "" if args.model else "builtin,50m,150m,500m"
+    sizes = [s for s in args.sizes.split(",") if s]
     unknown = set(sizes) - set(SIZES)
     if unknown:
         ap.error(f"unknown sizes {sorted(unknown)}")
+    sizes += [m for m in args.model.split(",") if m]
 
     rows, details = [], {}
     with tempfile.TemporaryDirectory(prefix="rb-models-") as root, private_ray() as logs:
@@ -193,7 +230,8 @@ def main(argv=None) -> dict:
             ours = measure(args, name, path, logs)
             details[name] = {"copy": copy, **ours}
             gb = copy["bytes"] / 1e9
-            label = f"{name} ({copy['params'] / 1e6:.1f} M params, {gb:.2f} GB)"
+            short = Path(name).name if "/" in name else name
+            label = f"{short} ({copy['params'] / 1e6:.1f} M params, {gb:.2f} GB)"
             sync, step = ours["name_map"]["median_sync_s"], ours["median_step_s"]
             reload, before = ours["numpy"]["median_sync_s"], ours["torch"]["median_sync_s"]
             rows += [
@@ -207,6 +245,12 @@ def main(argv=None) -> dict:
             print(f"{label}: sync {sync:.3f} s (reload_weights: {reload:.3f} s, with torch "
                   f"tensors: {before:.3f} s), copy {copy['median_s']:.4f} s, "
                   f"train step {step:.2f} s", flush=True)  # fmt: skip
+            mem = ours["peak_rss"]
+            print(f"{label}: peak RSS (MiB, with child processes) learner "
+                  f"{peak_mib(mem['learner']):.0f}, engine vllm_reload "
+                  f"{peak_mib(mem['engine_vllm_reload']):.0f}, engine name_map "
+                  f"{peak_mib(mem['engine_name_map']):.0f}, driver (so far) "
+                  f"{peak_mib(mem['driver']):.0f}", flush=True)  # fmt: skip
     return report("weight_sync", args, rows, details)
 
 

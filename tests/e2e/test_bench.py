@@ -63,6 +63,30 @@ def test_weight_sync(paired):
         s = d[how]
         assert len(s["sync_s"]) == len(s["learner_side_s"]) == len(s["engine_side_s"]) >= 1
         assert s["loaded_by"] == loaded_by, how
+    _check_peaks(d["peak_rss"], {"learner", "engine_vllm_reload", "engine_name_map", "driver"})
+
+
+def test_lora_sync(tmp_path):
+    d = bench_smoke("lora_sync", tmp_path)["details"]["builtin"]
+    merged, adapter = d["merged"], d["adapter"]
+    assert merged["loaded_by"] == "name_map"
+    # the adapters alone: lora_A and lora_B of q, k, v, o in each of the 4 layers
+    assert adapter["tensors_sent"] == 2 * 4 * 4 < merged["tensors_sent"]
+    assert adapter["bytes_sent"] == adapter["copy"]["bytes"] < merged["bytes_sent"]
+    # lora_B starts at 0: both engines serve the base model and decode the same tokens
+    assert d["same_answers"]
+    assert merged["tokens"] == adapter["tokens"] and merged["tokens"][0] > 0
+    assert len(d["step_s"]) == 1
+    _check_peaks(d["peak_rss"], {"learner", "engine_merged", "engine_adapter", "driver"})
+
+
+def _check_peaks(peaks: dict, names: set) -> None:
+    """Each process's peak resident memory: an interpreter with torch is over 100 MiB."""
+    assert set(peaks) == names
+    assert len({p["pid"] for p in peaks.values()}) == len(peaks)  # one process each
+    for name, p in peaks.items():
+        assert 100 < p["peak_rss_mib"] < 24 * 1024, (name, p)
+        assert p["rss_mib"] <= p["peak_rss_mib"], (name, p)
 
 
 def test_e2e_trl(tmp_path):
