@@ -74,16 +74,19 @@ def private_ray(num_cpus: int = 4):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def proc_status(pid: int | None = None) -> dict[str, str]:
+    """Linux's /proc/PID/status (default this process) as field -> value ("VmHWM" -> "123 kB")."""
+    path = Path(f"/proc/{os.getpid() if pid is None else pid}/status")
+    return {k: v.strip() for k, _, v in (x.partition(":") for x in path.read_text().splitlines())}
+
+
 def peak_rss(pid: int | None = None, children: bool = True) -> dict:
     """Resident memory of process ``pid`` (default this one), from Linux's /proc: its peak
     (``VmHWM``) and current (``VmRSS``) resident set in MiB, and with ``children`` the same for
     each live descendant process. Shared memory the process touched counts (Ray's object
     store, read in place): one page can count in several processes."""
     pid = os.getpid() if pid is None else pid
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        fields[key] = value.strip()
+    fields = proc_status(pid)
     out = {
         "pid": pid,
         "name": fields.get("Name", ""),

@@ -27,14 +27,13 @@ from __future__ import annotations
 import gc
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, Row, parser, report
+from bench.common import ROOT, Row, parser, proc_status, report
 
 GIB = 2**30
 DEFAULT_MODELS = "qwen2.5-coder-0.5b,smollm2-135m"
@@ -45,7 +44,7 @@ DEFAULT_CELLS = "2x256,smollm2-135m:4x640,qwen2.5-coder-0.5b:2x640"
 
 
 def _status_kib(key: str) -> int:
-    return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+    return int(proc_status()[key].split()[0])
 
 
 def rss() -> float:
