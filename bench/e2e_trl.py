@@ -153,7 +153,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--trl-venv", type=Path, default=VENV, help="TRL's virtual environment")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.steps, args.warmup, args.prompts_per_step, args.group_size = 3, 1, 2, 2
+        args.steps, args.warmup, args.prompts_per_step, args.group_size = 2, 1, 2, 2
         args.max_new = 16
     batch = args.prompts_per_step * args.group_size
     overrides = [

@@ -9,7 +9,9 @@ A second baseline adds what ``train_step`` also computes for its statistics (the
 model's forward for the KL, the entropy), which separates DeepSpeed + Ray from that work.
 The learner is called as the controller calls it (``scatter(train_step)``, ray.get included).
 Two ranks on two cores are compared with the bare loop on two threads: a different baseline
-(data parallelism against intra-op threads), reported for the default layout.
+(data parallelism against intra-op threads), reported for the default layout. The groups of
+each world size start and set up side by side, untimed; each is then timed alone (the others
+idle) and shut down.
 """
 
 from __future__ import annotations
@@ -98,13 +100,13 @@ def bare_loop(args, cfg, path, batches, threads: int, extra_work: bool) -> dict:
     return _summary(args, seconds, losses)
 
 
-def learner_group(args, cfg, path, batches, ranks: int, logs: str) -> dict:
-    from ray_s3ft.workers.batches import shard
+def learner_group(args, cfg, path, ranks: int, logs: str):
+    """A group of ``ranks`` learner ranks, started (not yet set up)."""
     from ray_s3ft.workers.group import ActorGroup, Resources
     from ray_s3ft.workers.learner import LearnerActor
 
     threads = args.threads
-    group = ActorGroup(
+    return ActorGroup(
         LearnerActor, ranks, name=f"learner-{ranks}", log_dir=logs,
         resources=Resources(threads, 0.0, {"OMP_NUM_THREADS": str(threads)}),
         kwargs=dict(world_size=ranks, model_path=path, model=cfg.model, cfg=cfg.learner,
@@ -113,19 +115,38 @@ def learner_group(args, cfg, path, batches, ranks: int, logs: str) -> dict:
                     threads=threads),
         rank_kwargs=lambda i: {"rank": i},
     )  # fmt: skip
+
+
+def learner_groups(args, cfg, path, batches, ranks: list[int], logs: str) -> dict:
+    """World size -> its timed steps. The groups start and set up side by side (nothing is
+    timed then: their imports overlap); then each is timed alone while the others idle, and
+    shut down after its steps."""
+    from ray_s3ft.workers.batches import shard
+    from ray_s3ft.workers.learner import LearnerActor
+
+    groups = {n: learner_group(args, cfg, path, n, logs) for n in ranks}
     try:
-        addr, port = group.call_one(LearnerActor.master_address)
-        group.call(LearnerActor.setup, addr, port)
-        seconds, losses = [], []
-        for b in batches:
-            shards = shard(b, ranks)
-            started = time.perf_counter()
-            stats = group.scatter(LearnerActor.train_step, shards, mode="sft")[0]
-            seconds.append(time.perf_counter() - started)
-            losses.append(stats.loss)
-        return _summary(args, seconds, losses)
+        setups = {}
+        for n, group in groups.items():
+            addr, port = group.call_one(LearnerActor.master_address)
+            setups[n] = group.submit(LearnerActor.setup, addr, port)
+        for n, group in groups.items():
+            group.wait(setups[n])
+        out = {}
+        for n, group in groups.items():
+            seconds, losses = [], []
+            for b in batches:
+                shards = shard(b, n)
+                started = time.perf_counter()
+                stats = group.scatter(LearnerActor.train_step, shards, mode="sft")[0]
+                seconds.append(time.perf_counter() - started)
+                losses.append(stats.loss)
+            out[n] = _summary(args, seconds, losses)
+            group.shutdown()
+        return out
     finally:
-        group.shutdown()
+        for group in groups.values():
+            group.shutdown()
 
 
 def main(argv=None) -> dict:
@@ -148,8 +169,8 @@ def main(argv=None) -> dict:
     matched = bare_loop(args, cfg, path, batches, args.threads, extra_work=True)
     if 2 in ranks:
         bare[2] = bare_loop(args, cfg, path, batches, 2 * args.threads, extra_work=False)
-    with private_ray() as logs:
-        ours = {n: learner_group(args, cfg, path, batches, n, logs) for n in ranks}
+    with private_ray(num_cpus=max(4, args.threads * sum(ranks))) as logs:  # all at once
+        ours = learner_groups(args, cfg, path, batches, ranks, logs)
 
     t = args.threads
     rows = []

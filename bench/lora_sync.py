@@ -53,6 +53,21 @@ def measure(args, path: str, logs: str) -> dict:
     learner = one_learner(cfg, path, "learner-lora", t, logs)
     prompts = [e.prompt for e in task_prompts(args.prompts)]
     out, memory, answers = {}, {}, {}
+
+    def start_engine(how: str) -> ActorGroup:
+        rollout_cfg = dataclasses.replace(cfg.rollout, lora_sync=how)
+        return ActorGroup(
+            RolloutWorker, 1, name=f"rollout-{how}", log_dir=logs,
+            resources=Resources(1.0, 0.0, {"OMP_NUM_THREADS": str(t)}),
+            kwargs=dict(model_path=path, cfg=rollout_cfg,
+                        max_model_len=cfg.model.max_model_len,
+                        max_prompt_tokens=cfg.data.max_prompt_tokens, threads=t,
+                        lora_rank=cfg.model.lora.r if how == "adapter" else None),
+        )  # fmt: skip
+
+    # the first engine starts while the learner sets up (one process each): nothing is timed
+    # before both are up
+    first = start_engine("merged")
     try:
         addr, port = learner.call_one(LearnerActor.master_address)
         learner.call(LearnerActor.setup, addr, port)
@@ -60,15 +75,7 @@ def measure(args, path: str, logs: str) -> dict:
             ("merged", LearnerActor.engine_weights, RolloutWorker.update_weights),
             ("adapter", LearnerActor.engine_adapter, RolloutWorker.update_adapter),
         ):
-            rollout_cfg = dataclasses.replace(cfg.rollout, lora_sync=how)
-            engine = ActorGroup(
-                RolloutWorker, 1, name=f"rollout-{how}", log_dir=logs,
-                resources=Resources(1.0, 0.0, {"OMP_NUM_THREADS": str(t)}),
-                kwargs=dict(model_path=path, cfg=rollout_cfg,
-                            max_model_len=cfg.model.max_model_len,
-                            max_prompt_tokens=cfg.data.max_prompt_tokens, threads=t,
-                            lora_rank=cfg.model.lora.r if how == "adapter" else None),
-            )  # fmt: skip
+            engine = first if how == "merged" else start_engine(how)
             try:
                 engine.call(RolloutWorker.weights_version)  # the engine is up
                 learner_s, engine_s, copy = [], [], None
@@ -123,6 +130,7 @@ def measure(args, path: str, logs: str) -> dict:
                 step_s.append(time.perf_counter() - started)
         memory["learner"] = actor_peak_rss(learner)[0]
     finally:
+        first.shutdown()  # when setting up failed; a no-op once shut down
         learner.shutdown()
     out["same_answers"] = answers["merged"] == answers["adapter"]  # lora_B = 0: same model
     out["step_s"] = step_s

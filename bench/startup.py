@@ -91,7 +91,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--warm-runs", type=int, default=1)
     args = ap.parse_args(argv)
     if args.smoke:
-        args.overrides += " data.train_size=16 eval.task_size=8 eval.heldout_size=8"
+        # the least work before the first step: no S3FT targets to build, no held-out sets
+        args.overrides += (
+            " data.train_size=16 eval.task_size=8 eval.heldout=[] algorithm.targets=gold"
+        )
         args.warm_runs = 0
     overrides = args.overrides.split()
     with tempfile.TemporaryDirectory(prefix="rb-start-") as tmp:
