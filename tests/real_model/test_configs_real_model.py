@@ -9,10 +9,10 @@ the S3FT store, SFT and GRPO steps, the checkpoint and the eval after.
 
 A config is trained here unless every one of its settings, as this test runs it, is what a
 config trained here (or the grid's smoke run, ``test_real_model_grid``) runs with: numbers that
-pick no code path (learning rates, temperatures, batch and memory sizes, paths) aside. Three of
-the nine are covered that way (``COVERED``); ``test_a_config_not_trained_here_runs_nothing_new``
-checks it key by key, so a config that gains a setting of its own fails there until it is
-trained here. A run costs 1.5 minutes on a 2-core machine.
+pick no code path (learning rates, temperatures, batch and memory sizes, paths, prompt texts)
+aside. Three of the nine are covered that way (``COVERED``);
+``test_a_config_not_trained_here_runs_nothing_new`` checks it key by key, so a config that
+gains a setting of its own fails there until it is trained here. A run costs 1.5 minutes on a 2-core machine.
 
 The runs share one local Ray cluster (started as ``ray-s3ft train`` starts its own) and run in
 this process through ``ray_s3ft.run.train.train``, the function the CLI calls: a new Ray and a
@@ -127,10 +127,11 @@ COVERED = {
     "qwen-0.5b-gsm8k": ("configs/qwen2.5-coder-0.5b-gsm8k.yaml", "gsm8k", False),
     "mistral-mbpp": ("configs/gpu/s3ft-paper-mistral7b-mbpp.yaml", "mbpp", False),
 }
-# settings that are numbers or paths, which select no code path; eval.choice_target only acts on
-# held-out sets, which these runs do not have (eval.heldout=[]), and judge.llm_model "base" is
-# the model under test
+# settings that are numbers, paths or prompt texts, which select no code path; eval.choice_target
+# only acts on held-out sets, which these runs do not have (eval.heldout=[]), and
+# judge.llm_model "base" is the model under test
 NUMBERS = {
+    "data.prompt_template", "data.paraphrase_template",
     "learner.lr", "learner.grpo_lr", "rollout.temperature", "rollout.gpu_memory_utilization",
     "eval.batch_size", "eval.heldout_size", "eval.choice_target", "judge.sandbox_memory_mb",
     "judge.llm_model", "trainer.keep_checkpoints", "data.train_path", "data.eval_path",
