@@ -166,19 +166,12 @@ def _settings(path: str, overrides: list[str], pad: bool = True) -> dict[str, st
 
     from ray_s3ft.config import load_config
     from ray_s3ft.config.schema import resolved_judge
-
-    def flat(obj, prefix=""):
-        out = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                out |= flat(value, f"{prefix}{f.name}.")
-            else:
-                out[prefix + f.name] = repr(value)
-        return out
+    from ray_s3ft.run.fingerprint import flatten
 
     cfg = load_config(ROOT / path, ["model.path=model", *overrides])
-    return flat(dataclasses.replace(cfg, judge=resolved_judge(cfg))) | {"tokenizer.pad": repr(pad)}
+    cfg = dataclasses.replace(cfg, judge=resolved_judge(cfg))
+    flat = flatten(dataclasses.asdict(cfg)) | {"tokenizer.pad": pad}
+    return {key: repr(value) for key, value in flat.items()}
 
 
 def _untrained(path: str, task: str, no_pad: bool, tmp: Path, *extra: str) -> dict[str, str]:
