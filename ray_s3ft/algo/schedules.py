@@ -1,4 +1,5 @@
-"""Step-wise choice between an SFT step and a GRPO step: SASR and its baselines (docs/methods.md §5).
+"""Step-wise choice between an SFT step and a GRPO step: SASR and its baselines (docs/methods.md §5),
+and the one-step mixes of both (docs/methods.md §6).
 
 SASR (arXiv 2505.13026) runs W pure SFT warm-up steps, then draws each step's mode from a
 probability driven by the SFT gradient norm. ``SASRSchedule``'s default is the paper's rule as
@@ -6,6 +7,11 @@ docs/methods.md §5 records it, ``p_t = G_last / (G_last + gamma * G_warm)``; pr
 an EMA, a KL term and clipping are our extensions, off unless configured. The baselines
 ``sft``, ``grpo``, ``sft_then_grpo`` and ``fixed_ratio`` share this interface so one controller
 runs them all by config. Steps are 0-indexed; step < warmup_steps is warm-up.
+
+A mix step (``mix``, ``sasr_soft``) is neither: one optimizer step on (1 - mu) * GRPO + mu * SFT.
+``mix`` takes mu from a schedule (constant, or a linear or cosine decay, as CHORD's global mu,
+arXiv 2508.11408); ``sasr_soft`` (ours) takes SASR's p_sft as mu instead of drawing a mode from
+it. A mu of exactly 1 or 0 is a plain SFT or GRPO step.
 
 Every kind tracks the same signals (so baseline logs are comparable with SASR's):
   G_t    the SFT grad norm (L2, before clipping) of the latest SFT step (G_last), or with
@@ -24,16 +30,19 @@ from typing import Any
 
 import numpy as np
 
-from ray_s3ft.config import SCHEDULE_KINDS  # the one list, config checks included
+from ray_s3ft.config import MIX_DECAYS as DECAYS  # the one list each, config checks included
+from ray_s3ft.config import SCHEDULE_KINDS
 
-MODES = ("sft", "grpo")
+MODES = ("sft", "grpo", "mix")
 KL_ROUNDING = 1e-6  # a mean k3 this far below 0 is float rounding, not a negative KL
 
 
 @dataclass(frozen=True)
 class Decision:
-    mode: str  # "sft" | "grpo"
-    p_sft: float  # probability of SFT the draw used (1.0 / 0.0 for deterministic steps)
+    mode: str  # "sft" | "grpo" | "mix"
+    # probability of SFT the draw used (1.0 / 0.0 for deterministic steps); of a mix step,
+    # mu: the weight of its SFT loss
+    p_sft: float
     probe: bool = False  # run a gradient-only SFT probe (no optimizer step) at this GRPO step
 
     def __post_init__(self) -> None:
@@ -82,7 +91,8 @@ class Schedule:
     def observe(
         self, step: int, mode: str, *, sft_grad_norm: float | None = None, kl: float | None = None
     ) -> None:
-        """Learner stats after ``step`` ran in ``mode``: SFT grad norm on SFT steps, KL on GRPO."""
+        """Learner stats after ``step`` ran in ``mode``: SFT grad norm on SFT steps, KL on GRPO;
+        a mix step may report both (the SFT part's norm, measured alone, and the KL)."""
         _check(mode in MODES, "mode", f"one of {MODES}", mode)
         if mode == "grpo":
             self.grpo_steps += 1
@@ -244,6 +254,65 @@ class SASRSchedule(Schedule):
         return Decision(mode, p, probe)
 
 
+def _mix(mu: float) -> Decision:
+    """A mix step of SFT weight ``mu``; at 1 or 0 one loss has no weight: a plain step."""
+    if mu >= 1.0:
+        return Decision("sft", 1.0)
+    if mu <= 0.0:
+        return Decision("grpo", 0.0)
+    return Decision("mix", mu)
+
+
+class MixSchedule(Schedule):
+    """W warm-up SFT steps, then one-step mixes whose SFT weight mu goes from ``mu_start`` to
+    ``mu_end`` over ``decay_steps`` steps (constant: mu_start throughout). With t the steps
+    since the warm-up and f = min(t / decay_steps, 1):
+
+        linear: mu = mu_start + (mu_end - mu_start) * f
+        cosine: mu = mu_end + (mu_start - mu_end) * (1 + cos(pi * f)) / 2
+    """
+
+    kind = "mix"
+
+    def __init__(
+        self, *, mu_start: float, mu_end: float, decay: str, decay_steps: int, **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        _check(0.0 <= mu_start <= 1.0, "mu_start", "in [0, 1]", mu_start)
+        _check(0.0 <= mu_end <= 1.0, "mu_end", "in [0, 1]", mu_end)
+        _check(decay in DECAYS, "decay", f"one of {DECAYS}", decay)
+        _check(decay_steps >= 1, "decay_steps", ">= 1", decay_steps)
+        self.mu_start, self.mu_end, self.decay = mu_start, mu_end, decay
+        self.decay_steps = decay_steps
+
+    def mu(self, step: int) -> float:
+        if self.decay == "constant":
+            return self.mu_start
+        f = min(max(step - self.warmup_steps, 0) / self.decay_steps, 1.0)
+        if self.decay == "linear":
+            return self.mu_start + (self.mu_end - self.mu_start) * f
+        return self.mu_end + (self.mu_start - self.mu_end) * (1.0 + math.cos(math.pi * f)) / 2
+
+    def _decide(self, step: int) -> Decision:
+        if step < self.warmup_steps:
+            return Decision("sft", 1.0)
+        return _mix(self.mu(step))
+
+
+class SoftSASRSchedule(SASRSchedule):
+    """SASR without the coin (ours): after the warm-up every step is a mix whose SFT weight mu
+    is the gate's p_sft (``SASRSchedule.gate``). Each mix step measures its SFT part's gradient
+    norm alone, so G_t moves every step and probes have nothing to add (``probe_every`` is not
+    used)."""
+
+    kind = "sasr_soft"
+
+    def _decide(self, step: int) -> Decision:
+        if step < self.warmup_steps:
+            return Decision("sft", 1.0)
+        return _mix(self.gate())
+
+
 def make_schedule(
     kind: str,
     *,
@@ -257,9 +326,13 @@ def make_schedule(
     p_max: float = 1.0,
     ema_decay: float = 0.0,
     probe_every: int = 0,
+    mix: dict[str, Any] | None = None,
+    total_steps: int = 0,
 ) -> Schedule:
     """Build a schedule by name; parameters a kind does not use are ignored (one config serves
-    all kinds). ``sft`` and ``grpo`` ignore warmup_steps: they are the pure baselines."""
+    all kinds). ``sft`` and ``grpo`` ignore warmup_steps: they are the pure baselines. ``mix``:
+    ``mu_start``, ``mu_end``, ``decay``, ``decay_steps`` (0: to the last of ``total_steps``,
+    the run's steps; other keys, ``token_weight``, are the learner's)."""
     base: dict[str, Any] = {"seed": seed, "warmup_steps": warmup_steps, "ema_decay": ema_decay}
     if kind in ("sft", "grpo"):
         return ConstantSchedule(kind, **{**base, "warmup_steps": 0})
@@ -268,8 +341,17 @@ def make_schedule(
         return SFTThenGRPOSchedule(**base)
     if kind == "fixed_ratio":
         return FixedRatioSchedule(p_sft=p_sft, **base)
-    if kind == "sasr":
-        return SASRSchedule(
+    if kind == "mix":
+        m = {"mu_start": 0.5, "mu_end": 0.5, "decay": "constant", "decay_steps": 0, **(mix or {})}
+        # decay_steps 0: mu_end on the run's last step, total_steps - 1 (at least one step on)
+        steps = m["decay_steps"] or max(total_steps - 1 - warmup_steps, 1)
+        return MixSchedule(
+            mu_start=m["mu_start"], mu_end=m["mu_end"], decay=m["decay"], decay_steps=steps,
+            **base,
+        )  # fmt: skip
+    if kind in ("sasr", "sasr_soft"):
+        cls = SASRSchedule if kind == "sasr" else SoftSASRSchedule
+        return cls(
             gamma=gamma,
             lam=lam,
             kl_target=kl_target,

@@ -177,10 +177,40 @@ def validate(cfg: Config) -> None:
     # Schedule: which step kinds can happen decides which batch rules apply.
     takes_grpo = s.kind != "sft"
     takes_sft = s.kind != "grpo"
-    if s.kind in ("sasr", "sft_then_grpo") and not 1 <= s.warmup_steps < t.max_steps:
+    if s.kind in ("sasr", "sft_then_grpo", "sasr_soft") and not 1 <= s.warmup_steps < t.max_steps:
         bad(
             "schedule.warmup_steps",
             f"must be in [1, trainer.max_steps) = [1, {t.max_steps}) for schedule.kind={s.kind}",
+        )
+    if s.kind == "mix" and s.warmup_steps >= t.max_steps:
+        bad("schedule.warmup_steps", f"must be < trainer.max_steps ({t.max_steps}) for mix")
+    if s.kind == "mix" and s.mix.decay == "constant" and s.mix.mu_end != s.mix.mu_start:
+        bad(
+            "schedule.mix.mu_end",
+            f"has no effect with schedule.mix.decay=constant (mu stays mu_start="
+            f"{s.mix.mu_start}); set decay to linear or cosine, or mu_end to mu_start",
+        )
+    if s.kind in ("mix", "sasr_soft"):
+        # one optimizer step carries both losses: there is one Adam state, and one update
+        if le.optimizer_state != "shared":
+            bad(
+                "learner.optimizer_state",
+                f"must be shared for schedule.kind={s.kind}: each step's one update carries "
+                "both losses, so there is no mode to keep a state for",
+            )
+        if alg.grpo.updates_per_batch != 1:
+            bad(
+                "algorithm.grpo.updates_per_batch",
+                f"must be 1 for schedule.kind={s.kind}: a mix step is one optimizer step",
+            )
+    if le.zero_stage == 3 and (s.kind == "sasr_soft" or (s.kind == "sasr" and s.sasr.probe_every)):
+        # the SFT gradient alone (a probe, or the SFT part of a sasr_soft step) is taken with
+        # torch.autograd.grad on the full parameters, which ZeRO-3 partitions
+        why = "sasr_soft" if s.kind == "sasr_soft" else "schedule.sasr.probe_every > 0"
+        bad(
+            "learner.zero_stage",
+            f"must be <= 2 with {why}: the SFT gradient norm needs the full parameters on "
+            "every rank, which ZeRO-3 partitions",
         )
     if s.sasr.p_min > s.sasr.p_max:
         bad("schedule.sasr.p_min", f"must be <= schedule.sasr.p_max ({s.sasr.p_max})")
@@ -233,12 +263,6 @@ def validate(cfg: Config) -> None:
         )
     if le.bf16 and m.dtype == "float16":
         bad("learner.bf16", "conflicts with model.dtype=float16; use bfloat16 or float32")
-    if s.kind == "sasr" and s.sasr.probe_every > 0 and le.zero_stage == 3:
-        bad(
-            "learner.zero_stage",
-            "must be <= 2 with schedule.sasr.probe_every > 0: the gradient-only probe needs "
-            "the full parameters on every rank, which ZeRO-3 partitions",
-        )
     if le.offload_optimizer and le.zero_stage == 0:
         bad("learner.offload_optimizer", "needs learner.zero_stage >= 1")
     if le.backend == "nccl" and res.gpus_per_learner == 0:

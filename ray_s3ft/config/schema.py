@@ -50,7 +50,11 @@ DIST_BACKENDS = ("auto", "gloo", "nccl")
 TARGET_KINDS = ("gold", "ssr", "s3ft", "sdft")
 LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
 OVERLONG_MODES = ("keep", "mask", "penalty")  # GRPO samples cut at the budget (algo/overlong.py)
-SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr")
+SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr", "mix", "sasr_soft")
+# a mix step's SFT weight mu over the steps after the warm-up (algo/schedules.py, MixSchedule)
+MIX_DECAYS = ("constant", "linear", "cosine")
+# per-token weight of a mix step's SFT loss: none, or CHORD's p * (1 - p) (arXiv 2508.11408)
+MIX_TOKEN_WEIGHTS = ("none", "chord_phi")
 REFERENCES = ("base", "after_warmup")
 OPTIMIZER_STATES = ("shared", "per_mode")
 # which GRPO batches get truncated importance weights min(pi_old / pi_engine, rollout.is_cap)
@@ -307,6 +311,22 @@ class SASRConfig:
 
 
 @dataclass(frozen=True)
+class MixConfig:
+    # schedule.kind mix and sasr_soft: after the warm-up each step is one optimizer step on
+    # (1 - mu) * GRPO + mu * SFT (S3FT targets), each loss normalised as its own step would
+    # be (docs/methods.md §6). mix takes mu from this schedule, sasr_soft from SASR's gate.
+    mu_start: float = checked(0.5, FRACTION)  # mu of the first step after the warm-up
+    mu_end: float = checked(0.5, FRACTION)  # linear / cosine: mu once decay_steps have passed
+    decay: str = checked("constant", one_of(MIX_DECAYS))  # MIX_DECAYS; constant: mu_start
+    # steps after the warm-up over which mu goes from mu_start to mu_end; 0 = the rest of
+    # the run (mu_end on its last step)
+    decay_steps: int = checked(0, AT_LEAST_0)
+    # MIX_TOKEN_WEIGHTS: chord_phi weighs each SFT token by p * (1 - p), p its probability
+    # under the policy (no gradient through the weight)
+    token_weight: str = checked("none", one_of(MIX_TOKEN_WEIGHTS))
+
+
+@dataclass(frozen=True)
 class ScheduleConfig:
     kind: str = checked("sasr", one_of(SCHEDULE_KINDS))  # SCHEDULE_KINDS
     # W: SFT warm-up of sasr; the switch step of sft_then_grpo
@@ -317,6 +337,7 @@ class ScheduleConfig:
     # step, for fixed_ratio its warm-up; a schedule without a warm-up keeps the base)
     reference: str = checked("after_warmup", one_of(REFERENCES))
     sasr: SASRConfig = field(default_factory=SASRConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,8 @@ def run_grid(
             say(
                 f"cell {i + 1}/{len(todo)} {cell.name}: task {pct(a['task']['accuracy'])}, "
                 f"held-out {pct(a['heldout_mean'])} "
-                f"({summary['steps']['sft']} SFT / {summary['steps']['grpo']} GRPO steps, "
+                f"({summary['steps']['sft']} SFT / {summary['steps']['grpo']} GRPO"
+                f"{f' / {mix} mix' if (mix := summary['steps'].get('mix')) else ''} steps, "
                 f"{summary['wall_s']['total']:.0f} s)"
             )
         results = _finish(

@@ -72,6 +72,26 @@ METHODS: dict[str, tuple[str, list[str]]] = {
         "sft_then_grpo, one Adam state per mode",
         ["schedule.kind=sft_then_grpo", "algorithm.targets=s3ft", "learner.optimizer_state=per_mode"],
     ),
+    "mix": (
+        "one-step mix (1 - mu) GRPO + mu SFT (S3FT targets), mu 0.5",
+        ["schedule.kind=mix", "algorithm.targets=s3ft", "schedule.mix.mu_start=0.5",
+         "schedule.mix.mu_end=0.5", "schedule.mix.decay=constant"],
+    ),
+    "mix_cosine": (
+        "one-step mix, mu from 0.9 to 0.1 by a cosine over the run (CHORD's decaying mu)",
+        ["schedule.kind=mix", "algorithm.targets=s3ft", "schedule.mix.mu_start=0.9",
+         "schedule.mix.mu_end=0.1", "schedule.mix.decay=cosine"],
+    ),
+    "mix_phi": (
+        "one-step mix, mu 0.5, SFT tokens weighted by p (1 - p) (CHORD's phi)",
+        ["schedule.kind=mix", "algorithm.targets=s3ft", "schedule.mix.mu_start=0.5",
+         "schedule.mix.mu_end=0.5", "schedule.mix.decay=constant",
+         "schedule.mix.token_weight=chord_phi"],
+    ),
+    "sasr_soft": (
+        "SASR without the coin: every step a mix with mu = the gate's p_sft (ours)",
+        ["schedule.kind=sasr_soft", "algorithm.targets=s3ft"],
+    ),
     "grpo_ppo2": ("GRPO only, 2 PPO updates per rollout batch",
                   ["schedule.kind=grpo", "algorithm.grpo.updates_per_batch=2"]),
     "grpo_dynamic": ("GRPO only, DAPO dynamic sampling",
@@ -91,5 +111,7 @@ CLAIMS = (
     ("sasr", "fixed_ratio"),
     ("sasr", "sft_then_grpo"),
     ("sasr_per_mode", "fixed_ratio_per_mode"),
+    ("sasr_soft", "sasr"),  # the coin against the soft gate
+    ("mix", "fixed_ratio"),  # one-step mixing against per-step alternation at the same share
 )
 STATIC = ("fixed_ratio", "sft_then_grpo", "fixed_ratio_per_mode", "sft_then_grpo_per_mode")

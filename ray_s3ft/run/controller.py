@@ -4,7 +4,8 @@
 
 One training step reads like the papers (``Controller.step``): the schedule picks SFT or GRPO; an
 SFT step trains on the S3FT targets; a GRPO step samples G responses per prompt with the
-current weights, scores them with the judge and trains on group advantages; then the schedule
+current weights, scores them with the judge and trains on group advantages; a mix step
+(``schedule.kind`` mix, sasr_soft) does both in one optimizer step; then the schedule
 observes the learner's statistics. Each phase is one named call, timed as ``timing/<phase>``.
 
 Weights are synced lazily: the learner's version bumps on every optimizer step, and engines are
@@ -129,7 +130,7 @@ class Controller(Recovery):
         s = self.cfg.schedule
         return make_schedule(
             s.kind, seed=self.cfg.trainer.seed, warmup_steps=s.warmup_steps, p_sft=s.p_sft,
-            **asdict(s.sasr),
+            **asdict(s.sasr), mix=asdict(s.mix), total_steps=self.cfg.trainer.max_steps,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------- the loop
@@ -191,14 +192,18 @@ class Controller(Recovery):
         if decision.mode == "sft":
             batch = timer.run("batch", self.sft_batch, advance=True)
             stats = timer.run("train", self.train_on, batch, "sft")
-        else:
+        else:  # grpo, or a mix of GRPO and SFT: rollouts first
             batch, staleness = self.grpo_batch_of_step(step, timer)
 
             def next_is_grpo() -> bool:  # asked only by a sampler that prefetches
-                return self.schedule.decide(step + 1).mode == "grpo"
+                return self.schedule.decide(step + 1).mode != "sft"  # it samples
 
             self.sampler.prefetch(step, self.state, next_is_grpo, timer)  # async: the next one
-            stats = timer.run("train", self.train_on, batch, "grpo")
+            if decision.mode == "mix":
+                sft = timer.run("batch", self.sft_batch, advance=True)
+                stats = timer.run("train", self.train_mix, batch, sft, decision.p_sft)
+            else:
+                stats = timer.run("train", self.train_on, batch, "grpo")
             if decision.probe:
                 probe_norm = timer.run("probe", self.probe)
         self.observe(step, decision, stats, probe_norm)
@@ -286,6 +291,19 @@ class Controller(Recovery):
         self.state.steps[mode] += 1
         return stats
 
+    def train_mix(self, rl_shards, sft_shards, mu: float) -> StepStats:
+        """One mix step (``LearnerActor.mix_step``); sasr_soft's gate reads the SFT part's
+        gradient norm, so only there is it measured."""
+        stats = self.g.learner.scatter(
+            LearnerActor.mix_step, list(zip(rl_shards, sft_shards, strict=True)), mu=mu,
+            mode_step=self.state.steps.get("mix", 0),
+            sft_norm=self.schedule.kind == "sasr_soft",
+            token_weight=self.cfg.schedule.mix.token_weight,
+        )[0]  # fmt: skip
+        self.state.version += 1
+        self.state.steps["mix"] = self.state.steps.get("mix", 0) + 1
+        return stats
+
     def eval_in_loop(self) -> dict[str, float]:
         """``eval/*`` accuracies of the current weights (synced to the engines first); an
         engine or judge lost on the way is waited for and the evaluation run again (the step
@@ -309,6 +327,10 @@ class Controller(Recovery):
     def observe(self, step: int, d: Decision, stats: StepStats, probe_norm: float | None) -> None:
         if d.mode == "sft":
             self.schedule.observe(step, "sft", sft_grad_norm=stats.grad_norm)
+        elif d.mode == "mix":  # the SFT part's norm, measured under sasr_soft only
+            measured = self.schedule.kind == "sasr_soft"
+            norm = stats.mix.sft_grad_norm if measured else None
+            self.schedule.observe(step, "mix", sft_grad_norm=norm, kl=stats.kl)
         else:
             self.schedule.observe(step, "grpo", kl=stats.kl)
             if probe_norm is not None:

@@ -118,11 +118,27 @@ def differences(saved: dict, now: dict) -> list[str]:
     ]
 
 
+def _added_at_default(saved: dict, now: dict) -> dict:
+    """``now`` without the keys ``saved`` lacks whose value is the built-in default: a
+    setting added to the config after the artefact was made, left at its default, is the
+    behaviour of the code before it existed (new settings default to it), so it changed
+    nothing the artefact computed."""
+    defaults = flatten(json.loads(json.dumps(dataclasses.asdict(Config()))))
+    old = flatten(saved)
+    missing = object()
+    return {k: v for k, v in flatten(now).items() if k in old or defaults.get(k, missing) != v}
+
+
 def check_reuse(artefact: Path, saved: dict | None, now: dict, force: bool) -> bool:
-    """True: ``artefact`` was made by ``now`` and may be reused. False: it was not, and
+    """True: ``artefact`` was made by ``now`` and may be reused (a key added to the config
+    since, at its default, does not count: ``_added_at_default``). False: it was not, and
     ``force`` says to redo it. Otherwise a ConfigError naming the keys that differ."""
     if saved == now:
         return True
+    if saved is not None:
+        now = _added_at_default(saved, json.loads(json.dumps(now)))
+        if flatten(json.loads(json.dumps(saved))) == now:
+            return True
     if force:
         return False
     if saved is None:

@@ -94,7 +94,7 @@ class Progress:
 
         self.console = Console()
         self.total = total
-        self.seconds: dict[str, list[float]] = {"sft": [], "grpo": []}  # this process's steps
+        self.seconds: dict[str, list[float]] = {m: [] for m in ("sft", "grpo", "mix")}
         self.bar = None
         if self.console.is_terminal:
             self.bar = Bar(
@@ -111,7 +111,9 @@ class Progress:
     def update(self, row: dict) -> None:
         """After the step of ``row`` (``step_row``, with ``timing/eval`` when it evaluated)."""
         self.seconds[row["mode"]].append(row["timing/step"] + (row.get("timing/eval") or 0.0))
-        eta = eta_seconds(self.seconds, row["sasr/p_sft"], self.total - row["step"] - 1)
+        eta = eta_seconds(
+            self.seconds, row["sasr/p_sft"], self.total - row["step"] - 1, row["mode"]
+        )
         text = step_line(row, self.total, eta)
         if self.bar is not None:
             self.bar.update(self.task, completed=row["step"] + 1, description=text)
@@ -128,22 +130,27 @@ def step_line(row: dict, total: int, eta_s: float | None) -> str:
     the row's ``reward/mean`` is the latest GRPO step's), the p_sft its mode was drawn with,
     and the time left."""
     text = f"step {row['step'] + 1}/{total} {row['mode']:4s} loss {row['learner/loss']:.4f}"
-    if row["mode"] == "grpo":
+    if row["mode"] in ("grpo", "mix"):
         text += f" reward {row['reward/mean']:.3f}"
-    text += f" p_sft {row['sasr/p_sft']:.2f}"
+    text += f" {'mu' if row['mode'] == 'mix' else 'p_sft'} {row['sasr/p_sft']:.2f}"
     if eta_s is not None:
         text += f" eta {_duration(eta_s)}"
     return text
 
 
-def eta_seconds(seconds: dict[str, list[float]], p_sft: float, remaining: int) -> float | None:
+def eta_seconds(
+    seconds: dict[str, list[float]], p_sft: float, remaining: int, mode: str = "sft"
+) -> float | None:
     """Time left: ``remaining`` steps, each SFT with probability ``p_sft`` at the mean time
     of this run's SFT steps so far, else GRPO at theirs (a mode not seen yet: the other's
     mean). GRPO steps (rollout, judge) take several SFT steps' time, so one mean over both
-    would be off once the schedule's mix changes. None before the first step."""
+    would be off once the schedule's mix changes. After a mix step (``mode``), the rest are
+    taken as mix steps at their mean time. None before the first step."""
     means = {m: sum(v) / len(v) for m, v in seconds.items() if v}
     if not means:
         return None
+    if mode == "mix":
+        return remaining * means["mix"]
     sft = means.get("sft", means.get("grpo"))
     grpo = means.get("grpo", sft)
     return remaining * (p_sft * sft + (1.0 - p_sft) * grpo)
@@ -188,7 +195,13 @@ def step_row(
         **dict(map(last.key, EVERY_ROW)),
         **weights_and_faults,
     }
-    if d.mode == "grpo":
+    if d.mode == "mix":  # its SFT part; the GRPO figures follow
+        row.update({
+            "mix/mu": stats.mix.mu,
+            "mix/sft_loss": stats.mix.sft_loss,
+            "mix/sft_grad_norm": stats.mix.sft_grad_norm,
+        })  # fmt: skip
+    if d.mode in ("grpo", "mix"):
         row.update({
             "learner/pg_loss": stats.pg_loss,
             "learner/clip_frac": stats.clip_frac,

@@ -233,8 +233,9 @@ def print_summary(s: dict) -> None:
         f"{c.get('paraphrase_rejected', 0)}\n"
         f"rows skipped at load, too long: prompt {rows.get('prompt', 0)}, "
         f"gold {rows.get('gold', 0)}\n"
-        f"steps: {s['steps']['sft']} SFT, {s['steps']['grpo']} GRPO\n"
-        f"{grpo}"
+        f"steps: {s['steps']['sft']} SFT, {s['steps']['grpo']} GRPO"
+        + (f", {s['steps']['mix']} mix\n" if s["steps"].get("mix") else "\n")
+        + f"{grpo}"
         f"faults survived: {faults}\n"
         "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["wall_s"].items()) + "\n"
         f"checkpoint: {s['checkpoint']}",

@@ -31,14 +31,33 @@ import logging
 import math
 import os
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from ray_s3ft.config import GRPOConfig, LearnerConfig, ModelConfig
 from ray_s3ft.workers.learner_model import ModelMixin
 from ray_s3ft.workers.learner_state import StateMixin
 from ray_s3ft.workers.learner_step import LOSSES, MicroBatch, StepSums
-from ray_s3ft.workers.types import StepStats, TrainBatch
+from ray_s3ft.workers.types import MixStats, StepStats, TrainBatch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Part:
+    """One loss of an optimizer step: an SFT or GRPO update has one, a mix step two."""
+
+    batch: TrainBatch  # this rank's rows
+    mode: str  # "sft" | "grpo": its loss (learner_step.LOSSES)
+    sums: StepSums  # its statistics, added to micro-batch by micro-batch
+    tokens: float  # its normalisers over every rank: response tokens
+    seqs: int  # and sequences
+    weight: float = 1.0  # of its loss in the step (a mix: 1 - mu for GRPO, mu for SFT)
+    old: Any = None  # [B, T-1] pi_old when the update has several mini-batches
+    token_weight: str = "none"  # SFT: schedule.mix.token_weight
+    grads: list | None = None  # accumulates this part's own gradient when its norm is wanted
+
+
 # what a reset may change (read at each step); the rest built the model and the process group
 _PER_CELL = ("optimizer_state", "rl_dropout", "sft_warmup_steps", "grpo_warmup_steps")
 
@@ -179,7 +198,7 @@ class LearnerActor(ModelMixin, StateMixin):
         if mode not in ("sft", "grpo"):
             raise ValueError(f"mode must be 'sft' or 'grpo', got {mode!r}")
         engine = self.engine
-        temp = batch.temperature if mode == "grpo" else 1.0  # SFT: plain NLL
+        temp = batch.temperature if mode == "grpo" else 1.0  # SFT: plain NLL (for pi_old)
         self._use_optimizer_state(mode)
         k = self.grpo.updates_per_batch if mode == "grpo" else 1
         if batch.num_sequences % k:
@@ -204,7 +223,7 @@ class LearnerActor(ModelMixin, StateMixin):
             else:  # this mini-batch over all ranks: the normalisers of its update
                 tokens = self._all_reduce(part.loss_mask[:, 1:].sum().double()).item()
                 seqs = size * self.world_size
-            norms.append(self._update(part, mode, temp, part_old, tokens, seqs, sums))
+            norms.append(self._update([Part(part, mode, sums, tokens, seqs, old=part_old)]))
         s = sums.reduced(self._all_reduce)
         tok = max(s["tokens"], 1.0)
         with_kl = mode == "grpo" or self.cfg.sft_kl
@@ -262,11 +281,87 @@ class LearnerActor(ModelMixin, StateMixin):
                     out[rows[start : start + micro], : logp.shape[1]] = logp.float().cpu()
         return out
 
-    def _update(self, batch, mode, temp, old, global_tokens, global_seqs, sums: StepSums):
-        """One optimizer step on ``batch`` (all of this rank's rows of one update), in
-        micro-batches, each with its mode's loss (``learner_step.LOSSES``); ``global_tokens`` /
-        ``global_seqs``: the update's normalisers over all ranks. Adds to ``sums``; returns the
-        step's grad norm (None: unknown)."""
+    def mix_step(
+        self,
+        batches: tuple[TrainBatch, TrainBatch],
+        mu: float,
+        mode_step: int = 0,
+        sft_norm: bool = False,
+        token_weight: str = "none",
+    ) -> StepStats:
+        """One optimizer step on ``(1 - mu) * GRPO + mu * SFT`` (``schedule.kind`` mix and
+        sasr_soft): ``batches`` is this rank's share of the GRPO batch and of the SFT batch.
+        Each loss is normalised as its own step would be (GRPO by ``algorithm.grpo.loss_agg``
+        over the GRPO batch, SFT by the SFT batch's tokens), so mu alone sets their balance
+        whatever the two batches' lengths, and mu = 1 / 0 would be a plain SFT / GRPO step.
+
+        One Adam state (the config rejects ``per_mode``: the update carries both losses); the
+        learning rate is the geometric mean of the two modes' (after their warm-ups, counted
+        in mix steps), weighted by mu: lr ** mu * grpo_lr ** (1 - mu), since the two are
+        often a decade apart and a linear mix would be the SFT rate for any mu above 0.1.
+        Dropout follows the GRPO rule (``learner.rl_dropout``) for both parts. ``sft_norm``:
+        also measure the SFT part's gradient norm alone (sasr_soft's gate reads it), one more
+        backward over the SFT micro-batches. Returns the GRPO part's statistics, with the
+        total ``loss``, the combined ``grad_norm`` and ``mix`` = the SFT part's."""
+        from ray_s3ft.algo.lr import warmup_lr
+
+        if not 0.0 < mu < 1.0:
+            raise ValueError(f"a mix step needs 0 < mu < 1, got {mu} (1 / 0: a plain step)")
+        if self.cfg.optimizer_state != "shared" or self.grpo.updates_per_batch != 1:
+            raise ValueError(
+                "a mix step needs learner.optimizer_state=shared and "
+                "algorithm.grpo.updates_per_batch=1"
+            )
+        rl, sft = batches
+        lr = warmup_lr(self.lr_by_mode["sft"], mode_step, self.cfg.sft_warmup_steps) ** mu
+        lr *= warmup_lr(self.lr_by_mode["grpo"], mode_step, self.cfg.grpo_warmup_steps) ** (1 - mu)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        self._train_mode("grpo")
+        world = self.world_size
+        rl_part = Part(rl, "grpo", StepSums(), rl.global_tokens, rl.num_sequences * world, 1 - mu)
+        sft_part = Part(
+            sft, "sft", StepSums(), sft.global_tokens, sft.num_sequences * world, mu,
+            token_weight=token_weight, grads=self._zero_grads() if sft_norm else None,
+        )  # fmt: skip
+        grad_norm = self._update([rl_part, sft_part])
+        g, f = rl_part.sums.reduced(self._all_reduce), sft_part.sums.reduced(self._all_reduce)
+        norm = float("nan")
+        if sft_part.grads is not None:
+            import torch
+
+            flat = self._all_reduce(torch.cat([x.flatten() for x in sft_part.grads]))
+            norm = float(flat.double().norm())
+        tok = max(g["tokens"], 1.0)
+        return StepStats(
+            loss=(1 - mu) * g["objective"] + mu * f["objective"],
+            grad_norm=float("nan") if grad_norm is None else grad_norm,
+            kl=g["kl_tokens"] / tok,
+            entropy=g["entropy_tokens"] / tok,
+            tokens=int(g["tokens"] + f["tokens"]),
+            sequences=int(g["sequences"] + f["sequences"]),
+            pg_loss=g["pg"],
+            clip_frac=g["clip_tokens"] / tok,
+            logprob_diff=g["logprob_diff_tokens"] / tok,
+            logprob_max_diff=g.max_diff.item(),
+            is_weight=g["is_weight_tokens"] / tok if rl.is_cap is not None else 1.0,
+            is_clip_frac=g["is_capped_tokens"] / tok,
+            ratio_dev=g["ratio_dev_tokens"] / tok,
+            lr=lr,
+            mix=MixStats(mu=mu, sft_loss=f["objective"], sft_grad_norm=norm),
+        )
+
+    def _zero_grads(self) -> list:
+        import torch
+
+        return [torch.zeros_like(p, dtype=torch.float32) for p in self._trainable()]
+
+    def _update(self, parts: list[Part]) -> float | None:
+        """One optimizer step over the micro-batches of every part (one ``Part`` for an SFT or
+        GRPO update, two for a mix), each part's loss by its mode (``learner_step.LOSSES``),
+        scaled by its normalisers over all ranks and its weight; the gradient accumulates
+        over every micro-batch of every part, and the optimizer steps after the last. Adds to
+        each part's sums; returns the step's grad norm (None: unknown)."""
         import torch
 
         from ray_s3ft.algo.grpo import kl_k3
@@ -274,12 +369,15 @@ class LearnerActor(ModelMixin, StateMixin):
         from ray_s3ft.workers.batches import take_rows
 
         engine, micro = self.engine, self.cfg.micro_batch_size
-        with_kl = mode == "grpo" or self.cfg.sft_kl  # SFT steps: KL only as a metric
-        n_micro = math.ceil(batch.num_sequences / micro)
-        engine.set_train_batch_size(micro * n_micro * self.world_size)
+        plan = [
+            (p, i) for p in parts for i in range(math.ceil(p.batch.num_sequences / micro))
+        ]  # fmt: skip
+        engine.set_train_batch_size(micro * len(plan) * self.world_size)
         grad_norm = None
-        for i in range(n_micro):
-            mb = take_rows(batch, slice(i * micro, (i + 1) * micro))  # its own length
+        for j, (p, i) in enumerate(plan):
+            temp = p.batch.temperature if p.mode == "grpo" else 1.0  # SFT: plain NLL
+            with_kl = p.mode == "grpo" or self.cfg.sft_kl  # SFT steps: KL only as a metric
+            mb = take_rows(p.batch, slice(i * micro, (i + 1) * micro))  # its own length
             mask = mb.loss_mask[:, 1:].to(self.device)  # [b, T-1]
             logp, logits = self._logprobs(engine, mb, slice(None), temp)
             with torch.no_grad():
@@ -289,18 +387,26 @@ class LearnerActor(ModelMixin, StateMixin):
                 kl_tok = kl_k3(logp, ref_logp) * mask if with_kl else torch.zeros(1)
                 ent = entropy_from_logits(logits.detach(), mask) * mask.sum()
             old_logp = None
-            if old is not None:
-                old_logp = old[i * micro : (i + 1) * micro, : logp.shape[1]].to(self.device)
+            if p.old is not None:
+                old_logp = p.old[i * micro : (i + 1) * micro, : logp.shape[1]].to(self.device)
             m = MicroBatch(
-                batch, mb, logp, mask, ref_logp, old_logp, global_tokens, global_seqs, self.device
-            )
-            loss, pg, clip = LOSSES[mode](m, self.grpo, sums)
-            engine.set_gradient_accumulation_boundary(i == n_micro - 1)
-            engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            if i == n_micro - 1:
+                p.batch, mb, logp, mask, ref_logp, old_logp, p.tokens, p.seqs, self.device,
+                p.token_weight,
+            )  # fmt: skip
+            loss, pg, clip = LOSSES[p.mode](m, self.grpo, p.sums)
+            if p.grads is not None:  # this part's gradient alone (its norm)
+                params = self._trainable()
+                grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                for acc, grad in zip(p.grads, grads, strict=True):
+                    if grad is not None:
+                        acc += grad.float()
+            last = j == len(plan) - 1
+            engine.set_gradient_accumulation_boundary(last)
+            engine.backward(loss * (p.weight * self.world_size), scale_wrt_gas=False)
+            if last:
                 grad_norm = self._stage0_grad_norm()
             engine.step()
-            sums.add(
+            p.sums.add(
                 objective=loss.item(),
                 kl_tokens=kl_tok.sum().item(),
                 entropy_tokens=ent.item(),

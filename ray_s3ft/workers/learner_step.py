@@ -69,13 +69,22 @@ class MicroBatch:
     all_tokens: float  # the update's tokens over every rank
     all_sequences: int  # the update's sequences over every rank
     device: Any
+    token_weight: str = "none"  # SFT: "chord_phi" weighs each token by p * (1 - p)
 
 
 def sft_loss(m: MicroBatch, grpo, sums: StepSums) -> tuple[torch.Tensor, float, float]:
-    """The NLL of the response tokens, as its share of the update's tokens."""
+    """The NLL of the response tokens, as its share of the update's tokens. With CHORD's
+    token weight (``chord_phi``, arXiv 2508.11408) each token's NLL is weighed by p * (1 - p),
+    p = exp(logp) its probability, held constant (no gradient through the weight); the
+    normaliser stays the token count, so the weight shrinks the loss of tokens the policy
+    already finds certain or hopeless instead of being divided out again."""
     from ray_s3ft.algo.losses import masked_nll
 
-    return masked_nll(m.logp, m.mask, normalizer=m.all_tokens), 0.0, 0.0
+    logp = m.logp
+    if m.token_weight == "chord_phi":
+        p = logp.detach().exp()
+        logp = logp * (p * (1.0 - p))
+    return masked_nll(logp, m.mask, normalizer=m.all_tokens), 0.0, 0.0
 
 
 def grpo_micro_loss(m: MicroBatch, grpo, sums: StepSums) -> tuple[torch.Tensor, float, float]:

@@ -87,6 +87,15 @@ class TrainBatch:
 
 
 @dataclass(frozen=True)
+class MixStats:
+    """A mix step's SFT part (``LearnerActor.mix_step``)."""
+
+    mu: float  # the SFT loss's weight
+    sft_loss: float  # the SFT part's loss (token mean NLL), before its weight
+    sft_grad_norm: float  # its gradient's global L2 norm alone; NaN when not measured
+
+
+@dataclass(frozen=True)
 class StepStats:
     """One learner step, already reduced over ranks (every rank returns the same values)."""
 
@@ -105,3 +114,4 @@ class StepStats:
     updates: int = 1  # optimizer steps taken (GRPO: algorithm.grpo.updates_per_batch)
     ratio_dev: float = 0.0  # GRPO: mean |pi / pi_old - 1| over tokens (0 with one update)
     lr: float = 0.0  # learning rate of the step's updates (mean over them), after warm-up
+    mix: MixStats | None = None  # a mix step: its SFT part (the fields above: its GRPO part)

@@ -316,3 +316,34 @@ def test_rl_dropout_off_keeps_the_ratio_at_one_and_warmup_sets_the_lr(
             assert stats.clip_frac == 0.0
     finally:
         group.shutdown()
+
+
+def test_a_mix_step_measures_its_sft_norm_alone_and_leaves_the_step_as_it_was(ray_cluster, model):
+    # schedule.kind sasr_soft: the SFT part's gradient, taken with torch.autograd.grad inside
+    # the ZeRO-2 step, is the norm a probe measures on the same batch, and taking it changes
+    # nothing of the step (DeepSpeed's gradient hooks do not see it)
+    path, tok, examples, batch = model
+    rollout, group = _rollout_and_learners(path, "hf", lr=1e-4)
+    try:
+        gens = rollout.call_one(
+            RolloutWorker.generate, [e.prompt for e in examples[:4]],
+            Sampling(n=1, temperature=0.7, max_new_tokens=48),
+        ).generations  # fmt: skip
+        adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+        rl = grpo_batch(gens, adv, tok.pad_token_id, 48, temperature=0.7)
+        pairs = list(zip(shard(rl, 2), shard(batch, 2), strict=True))
+        probe = group.scatter(LearnerActor.grad_probe, shard(batch, 2))[0]
+        measured = group.scatter(LearnerActor.mix_step, pairs, mu=0.3, sft_norm=True)
+        assert measured[0] == measured[1]  # reduced over ranks
+        m = measured[0]
+        assert m.mix.sft_grad_norm == pytest.approx(probe, rel=1e-5)
+        group.call(LearnerActor.reset, 0)  # the base weights and a fresh optimizer again
+        plain = group.scatter(LearnerActor.mix_step, pairs, mu=0.3)[0]
+        assert math.isnan(plain.mix.sft_grad_norm)
+        assert plain.grad_norm == pytest.approx(m.grad_norm, rel=1e-6)
+        assert plain.loss == pytest.approx(m.loss, rel=1e-6)
+        # the KL term is 0 at the reference: the loss is the two parts, weighted
+        assert m.loss == pytest.approx(0.7 * m.pg_loss + 0.3 * m.mix.sft_loss, abs=1e-6)
+    finally:
+        group.shutdown()
+        rollout.shutdown()

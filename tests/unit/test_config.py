@@ -232,6 +232,23 @@ REJECTIONS = [
         ["learner.zero_stage=3", "schedule.sasr.probe_every=4"],
         ["learner.zero_stage", "<= 2 with schedule.sasr.probe_every > 0"],
     ),
+    (
+        ["schedule.kind=sasr_soft", "learner.zero_stage=3"],
+        ["learner.zero_stage", "<= 2 with sasr_soft"],
+    ),
+    (
+        ["schedule.kind=mix", "learner.optimizer_state=per_mode"],
+        ["learner.optimizer_state", "must be shared for schedule.kind=mix"],
+    ),
+    (
+        ["schedule.kind=sasr_soft", "algorithm.grpo.updates_per_batch=2"],
+        ["algorithm.grpo.updates_per_batch", "must be 1 for schedule.kind=sasr_soft"],
+    ),
+    (["schedule.kind=mix", "schedule.mix.mu_end=0.1"], ["schedule.mix.mu_end", "no effect"]),
+    (["schedule.mix.decay=exp"], ["schedule.mix.decay", "constant, linear, cosine"]),
+    (["schedule.mix.mu_start=2"], ["schedule.mix.mu_start", "[0, 1]"]),
+    (["schedule.kind=sasr_soft", "schedule.warmup_steps=0"], ["[1, trainer.max_steps)"]),
+    (["schedule.kind=mix", "schedule.warmup_steps=100"], ["schedule.warmup_steps", "< trainer"]),
     (["learner.backend=nccl"], ["learner.backend", "gpus_per_learner"]),
     (["resources.gpus_per_learner=0.5"], ["resources.gpus_per_learner", "NCCL"]),
     (["resources.gpus_per_rollout=1.5"], ["resources.gpus_per_rollout", "whole number"]),
@@ -268,6 +285,11 @@ def test_combinations_that_are_fine_for_the_schedule_pass():
     )
     # an odd SFT batch is fine when no SFT step can happen
     load_config(overrides=["schedule.kind=grpo", "trainer.sft_batch_size=15"])
+    # a mix without a warm-up (CHORD's setting), mu decaying
+    load_config(
+        overrides=["schedule.kind=mix", "schedule.warmup_steps=0", "schedule.mix.mu_end=0.1",
+                   "schedule.mix.decay=cosine"]
+    )  # fmt: skip
 
 
 def test_every_problem_is_reported_at_once():

@@ -31,6 +31,23 @@ def test_check_reuse_reuses_a_match_refuses_a_mismatch_and_force_redoes(tmp_path
     assert fp.check_reuse(art, {"a": 1}, {"a": 2}, force=True) is False
 
 
+def test_a_setting_added_since_counts_only_off_its_default(tmp_path):
+    # a cell made before schedule.mix existed: its fingerprint lacks those keys
+    model = {"name": "builtin", "digest": "d"}
+    now = fp.cell_fingerprint(load_config(None, []), model)
+    saved = json.loads(
+        json.dumps({k: v for k, v in now.items() if not k.startswith("schedule.mix.")})
+    )
+    assert saved != now and "schedule.mix.mu_start" in now
+    assert fp.check_reuse(tmp_path, saved, now, force=False) is True  # at the defaults
+    off = fp.cell_fingerprint(load_config(None, ["schedule.mix.mu_start=0.7"]), model)
+    with pytest.raises(ConfigError, match=r'schedule.mix.mu_start: "\(absent\)" -> 0.7'):
+        fp.check_reuse(tmp_path, saved, off, force=False)
+    # a key that is no setting at all is never taken as a default
+    with pytest.raises(ConfigError, match="extra"):
+        fp.check_reuse(tmp_path, saved, {**now, "extra": 1}, force=False)
+
+
 def test_eval_fingerprint_has_the_keys_of_the_evaluation_only():
     model = {"name": "builtin", "digest": "d"}
     base = fp.eval_fingerprint(load_config(None, []), model)

@@ -12,6 +12,10 @@ def _feed(sched, step, decision):
     """Report synthetic learner stats for ``step`` the way the controller would."""
     if decision.mode == "sft":
         sched.observe(step, "sft", sft_grad_norm=1.0 + 0.5 * math.sin(step))
+    elif decision.mode == "mix":  # a mix step reports its SFT part's norm and the KL
+        sched.observe(
+            step, "mix", sft_grad_norm=1.0 + 0.5 * math.sin(step), kl=0.02 + 0.01 * math.cos(step)
+        )
     else:
         sched.observe(step, "grpo", kl=0.02 + 0.01 * math.cos(step))
         if decision.probe:
@@ -215,3 +219,75 @@ def test_unknown_kind_and_bad_step():
         make_schedule("cosine", seed=0)
     with pytest.raises(ValueError, match="step"):
         make_schedule("sft", seed=0).decide(-1)
+
+
+# ------------------------------------------------------------------------ one-step mixes
+
+
+def _mix(**mix):
+    return make_schedule("mix", seed=0, warmup_steps=2, mix=mix, total_steps=7)
+
+
+def test_mix_constant_mu_after_the_warmup():
+    s = _mix(mu_start=0.3, mu_end=0.3, decay="constant")
+    assert [(s.decide(i).mode, s.decide(i).p_sft) for i in range(4)] == [
+        ("sft", 1.0), ("sft", 1.0), ("mix", 0.3), ("mix", 0.3),
+    ]  # fmt: skip
+    assert not any(s.decide(i).probe for i in range(7))
+
+
+def test_mix_linear_and_cosine_decay_by_hand():
+    # decay_steps 0: over the rest of the run, steps 2..6 (t = 0..4), mu_end on the last one
+    lin = _mix(mu_start=0.9, mu_end=0.1, decay="linear")
+    assert [lin.decide(i).p_sft for i in range(2, 7)] == pytest.approx([0.9, 0.7, 0.5, 0.3, 0.1])
+    cos = _mix(mu_start=0.9, mu_end=0.1, decay="cosine")
+    # 0.1 + 0.8 * (1 + cos(pi t / 4)) / 2: t = 1 -> 0.1 + 0.4 * (1 + 0.70711) = 0.78284
+    assert [cos.decide(i).p_sft for i in range(2, 7)] == pytest.approx(
+        [0.9, 0.782843, 0.5, 0.217157, 0.1], abs=1e-6
+    )
+    # an explicit decay_steps: mu_end from then on
+    short = make_schedule(
+        "mix", seed=0, warmup_steps=0, total_steps=10,
+        mix={"mu_start": 0.8, "mu_end": 0.2, "decay": "linear", "decay_steps": 2},
+    )  # fmt: skip
+    assert [short.decide(i).p_sft for i in range(5)] == pytest.approx([0.8, 0.5, 0.2, 0.2, 0.2])
+
+
+def test_a_mix_of_weight_one_or_zero_is_a_plain_step():
+    s = make_schedule(
+        "mix", seed=0, warmup_steps=0, total_steps=5,
+        mix={"mu_start": 1.0, "mu_end": 0.0, "decay": "linear", "decay_steps": 4},
+    )  # fmt: skip
+    assert [(d.mode, d.p_sft) for d in map(s.decide, range(5))] == [
+        ("sft", 1.0), ("mix", 0.75), ("mix", 0.5), ("mix", 0.25), ("grpo", 0.0),
+    ]  # fmt: skip
+
+
+def test_sasr_soft_mixes_with_the_gate_instead_of_drawing():
+    s = make_schedule("sasr_soft", seed=0, warmup_steps=2, gamma=1.0)
+    assert s.decide(0) == Decision("sft", 1.0) and s.decide(1) == Decision("sft", 1.0)
+    s.observe(0, "sft", sft_grad_norm=4.0)
+    s.observe(1, "sft", sft_grad_norm=2.0)  # G_warm = 2
+    assert s.decide(2) == Decision("mix", pytest.approx(0.5))  # 2 / (2 + 2)
+    # the mix step's SFT part measured 6: p = 6 / (6 + 2) = 0.75, and its KL is kept
+    s.observe(2, "mix", sft_grad_norm=6.0, kl=0.03)
+    assert s.decide(3).mode == "mix" and s.decide(3).p_sft == pytest.approx(0.75)
+    assert s.stats()["kl"] == 0.03 and s.grpo_steps == 0
+    # every post-warm-up step is a mix: no coin, so no seed dependence
+    other = make_schedule("sasr_soft", seed=9, warmup_steps=2, gamma=1.0)
+    other.load_state_dict(s.state_dict() | {"kind": "sasr_soft"})
+    assert other.decide(3) == s.decide(3)
+
+
+@pytest.mark.parametrize(
+    ("mix", "name"),
+    [
+        ({"mu_start": 1.5}, "mu_start"),
+        ({"mu_end": -0.1}, "mu_end"),
+        ({"decay": "exp"}, "decay"),
+        ({"decay_steps": -1}, "decay_steps"),
+    ],
+)
+def test_mix_rejects_bad_parameters(mix, name):
+    with pytest.raises(ValueError, match=name):
+        make_schedule("mix", seed=0, mix=mix, total_steps=5)
