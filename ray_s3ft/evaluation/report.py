@@ -3,8 +3,12 @@
 Reads each run's ``metrics.jsonl``, ``summary.json`` and ``config.yaml`` and writes, under
 ``--out`` (default: the run directory when given exactly one, else ``./report``):
 
-    report.md         per run: accuracy before -> after, held-out drop, target fractions, steps,
-                      wall time; with several runs a comparison table; then the figures
+    report.md         the trade-off figure first; per run: accuracy before -> after, held-out
+                      drop, target fractions, steps, wall time; with several runs a comparison
+                      table; then the figures
+    tradeoff.png      task gain against held-out drop (``evaluation.tradeoff``), the Pareto
+                      front marked: one point per method of a grid (from its results.json),
+                      per run otherwise; with one run alone, not drawn
     accuracy.png      task accuracy and held-out mean over steps (in-loop evals, before / after)
     loss_reward.png   learner loss (SFT and GRPO steps apart) and the mean GRPO reward
     schedule.png      SASR's p_sft per step, the mode drawn, the cumulative share of SFT steps
@@ -327,6 +331,45 @@ def plot_targets(runs, styles, ax) -> bool:
     return any(f is not None for r in runs for f in r.targets())
 
 
+def _run_point(run: Run):
+    """A run's task gain and held-out drop in points, from its summary (None if unfinished)."""
+    from ray_s3ft.evaluation.tradeoff import Point
+
+    acc = [run.acc(w, k) for k in ("task", "mean") for w in ("before", "after")]
+    if None in acc:
+        return None
+    task_before, task_after, held_before, held_after = acc
+    return Point(run.name, 100 * (held_before - held_after), 100 * (task_after - task_before))
+
+
+def tradeoff(groups: list[tuple[Path, list[Run]]], out: Path) -> list[str]:
+    """``out/tradeoff.png`` and its markdown: a grid's methods from its ``results.json``
+    (prefixed by the grid's name when there are several arguments), other runs one point
+    each; nothing for one run alone."""
+    from ray_s3ft.evaluation import tradeoff as t
+
+    grids = [d for d, _ in groups if not (d / "metrics.jsonl").is_file()]
+    if not grids and sum(len(runs) for _, runs in groups) < 2:
+        return []
+    points, kinds = [t.base_point()], set()
+    for d, runs in groups:
+        results = _parse(_text(d / "results.json"), json.loads) if d in grids else {}
+        got = t.grid_points(results, f"{d.name}/" if len(groups) > 1 else "")
+        kind = "method (mean over its seeds)"
+        if not got:  # a run, or a grid whose results.json has no summary yet
+            got, kind = [p for r in runs if (p := _run_point(r)) is not None], "run"
+        kinds |= {kind} if got else set()
+        points += got
+    path = out / "tradeoff.png"
+    if len(points) < 2:
+        path.unlink(missing_ok=True)
+        return ["*tradeoff.png skipped: no task and held-out accuracy before and after.*", ""]
+    front = t.draw(points, path, "Task gain against held-out drop")
+    what = " or ".join(sorted(kinds))  # "method (...)" before "run"
+    text = t.caption([p.name for p in front], t.errors_text(points), what)
+    return ["![tradeoff](tradeoff.png)", "", text, ""]
+
+
 FIGURES = (  # file stem, plot, figure title, why it is skipped
     ("accuracy", plot_accuracy, "Accuracy over training", "no in-loop evals and no summary.json"),
     ("loss_reward", plot_loss_reward, "Learner loss and GRPO reward", "no loss or reward values"),
@@ -343,13 +386,14 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [run for d in run_dirs for run in expand(Path(d))]
+    groups = [(Path(d), expand(Path(d))) for d in run_dirs]
+    runs = [run for _, grid in groups for run in grid]
     names = [r.name for r in runs]
     for r in runs:  # two grids with the same cell names: say which grid
         if names.count(r.name) > 1:
             r.name = f"{r.path.parent.parent.name}/{r.path.name}"
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# ray-s3ft report", "", f"{len(runs)} run(s).", ""]
+    lines = ["# ray-s3ft report", "", f"{len(runs)} run(s).", "", *tradeoff(groups, out)]
     for run in runs:
         lines += run_section(run)
     lines += (comparison(runs) if len(runs) > 1 else []) + ["## Figures", ""]

@@ -20,7 +20,9 @@ numbers of seeds). Results:
 
     OUT/results.json   every cell, mean / std per method over seeds, the questions' standard
                        errors and the paired differences of the claims (``results``)
-    OUT/results.md     the same as tables
+    OUT/results.md     the same as tables, after the trade-off figure
+    OUT/tradeoff.png   task gain against held-out drop, one point per method, the Pareto front
+                       marked (``evaluation.tradeoff``)
     OUT/cells/<method>-s<seed>/   each cell's run directory (metrics, summary, checkpoints)
 
 A seed sets the controller's data order, the schedule's draws, every rollout request's sampling
@@ -38,6 +40,7 @@ from pathlib import Path
 
 from ray_s3ft.config import ConfigError, load_config, save_config
 from ray_s3ft.console import say
+from ray_s3ft.evaluation.tradeoff import write_grid
 from ray_s3ft.experiments.methods import DEFAULT_METHODS, METHODS
 from ray_s3ft.experiments.results import collect, pct, results_markdown
 from ray_s3ft.run.target_store import STORE, TargetSet, read_store
@@ -237,7 +240,7 @@ def _track_grid(grid, out: Path, results: dict) -> None:
     if not grid.keeps_files():
         return
     draw_report(out, out / "report")
-    files = [out / "results.md", out / "results.json", out / "targets.meta.json"]
+    files = [out / f for f in ("results.md", "results.json", "targets.meta.json", "tradeoff.png")]
     grid.log_files([*files, *sorted((out / "report").glob("*"))], base=out)
 
 
@@ -247,6 +250,8 @@ def _finish(
     results = collect(out, methods, seeds, before, store.fractions(), pairs)
     results["wall_s"] = round(time.perf_counter() - started, 1)
     results["command"] = _command(config, overrides, methods, seeds, out, gather, pairs)
+    if figure := write_grid(results, out):  # tradeoff.png: results.md shows it first
+        results["tradeoff"] = figure
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(results))
     return results

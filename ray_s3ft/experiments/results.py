@@ -119,10 +119,22 @@ def _step_worth_runs(out: Path, cells: list[dict]) -> list:
     return runs
 
 
+def _vs_base(summary: list[dict], items: dict, base_items) -> None:
+    """Each method's paired difference to the base model on the same questions (task, each
+    held-out set, held-out mean; ``questions.paired``) as ``vs_base``, where both kept their
+    verdicts: the error bars of the trade-off figure (``evaluation.tradeoff``)."""
+    from ray_s3ft.experiments.questions import paired
+
+    for agg in summary:
+        if agg["method"] != "base" and base_items and items.get(agg["method"]):
+            agg["vs_base"] = paired(items[agg["method"]], base_items, list(agg["heldout"]))
+
+
 def collect(out: Path, methods, seeds, before: dict, base_targets: dict, pairs=()) -> dict:
     """Every finished cell's row, each method's means and spreads over seeds with the
     questions' standard errors (``questions.set_errors``), and the paired differences of the
-    claims and of ``pairs`` (``(a, b)`` method names; ``questions.claims``)."""
+    claims and of ``pairs`` (``(a, b)`` method names; ``questions.claims``), and each
+    method's paired difference to the base model (``vs_base``, where verdicts were kept)."""
     from ray_s3ft.experiments.questions import NO_ITEMS, claims, method_items, set_errors
 
     cells, summary, items = [], [], {}
@@ -158,6 +170,7 @@ def collect(out: Path, methods, seeds, before: dict, base_targets: dict, pairs=(
                 for k in ("self", "paraphrase", "gold")
             }
         summary.append(agg)
+    _vs_base(summary, items, method_items(out, "base", [seeds[0]]))
     runs = _step_worth_runs(out, cells)
     worth = {k: step_worth(runs, k) for k in ("eval/task_accuracy", "eval/heldout_mean")}
     return {
@@ -220,10 +233,18 @@ def _pts(ms: dict) -> str:
     return f"{100 * ms['mean']:+.1f} ± {100 * ms['std']:.1f}"
 
 
+def tradeoff_markdown(t: dict) -> list[str]:
+    """The trade-off figure and its caption (``evaluation.tradeoff.write_grid``'s record)."""
+    from ray_s3ft.evaluation.tradeoff import caption
+
+    return [f"![tradeoff]({t['figure']})", "", caption(t["front"], t["errors"]), ""]
+
+
 def results_markdown(r: dict) -> str:
     lines = [
         "# ray-s3ft compare",
         "",
+        *(tradeoff_markdown(r["tradeoff"]) if r.get("tradeoff") else []),
         f"Seeds {', '.join(map(str, r['seeds']))}; mean ± std over a method's finished seeds "
         "(sample std; 0 for one seed). "
         "Held-out drop = base held-out mean minus the method's, in points (positive = forgot).",

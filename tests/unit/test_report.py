@@ -139,6 +139,51 @@ def test_two_runs_figures_and_tables(tmp_path, two_runs):
     for stem in FIGURES:
         assert f"![{stem}]({stem}.png)" in md
     assert "skipped" not in md
+    # the trade-off first: run_a gain 9 points, drop 4; run_b 18 and 8: neither beats the other
+    assert_png(out / "tradeoff.png")
+    lines = md.splitlines()
+    assert lines[:5] == ["# ray-s3ft report", "", "2 run(s).", "", "![tradeoff](tradeoff.png)"]
+    assert "one point per run; the base model at the origin; error bars: none" in lines[6]
+    assert lines[6].endswith("less held-out drop): base, run_a, run_b.")
+
+
+def _grid_with_summary(grid: Path) -> Path:
+    """A grid whose results.json has its methods' means: sasr gains 20 points for a drop of 2
+    (± 1 and ± 0.5 over seeds), sft_gold 15 for 6 (beaten by sasr)."""
+    cells = []
+    for method, seed in (("sasr", 0), ("sasr", 1), ("sft_gold", 0)):
+        d = make_run(grid / "cells" / f"{method}-s{seed}", before=_eval(0.5, 0.5, 0.5),
+                     after=_eval(0.6, 0.45, 0.45), seed=seed)  # fmt: skip
+        cells.append({"method": method, "seed": seed, "run_dir": str(d)})
+
+    def agg(method, gain, drop, std, seeds):
+        return {"method": method, "n_seeds": seeds, "task_gain": {"mean": gain, "std": std},
+                "heldout_drop": {"mean": drop, "std": std / 2}}  # fmt: skip
+
+    summary = [agg("base", 0.0, 0.0, 0.0, 1), agg("sasr", 0.2, 0.02, 0.01, 2)]
+    summary.append(agg("sft_gold", 0.15, 0.06, 0.0, 1))
+    (grid / "results.json").write_text(json.dumps({"cells": cells, "summary": summary}))
+    return grid
+
+
+def test_grid_tradeoff_is_one_point_per_method(tmp_path):
+    from ray_s3ft.evaluation.tradeoff import ERRORS
+
+    grid = _grid_with_summary(tmp_path / "grid")
+    assert main([str(grid), "--out", str(tmp_path / "one")]) == 0
+    md = (tmp_path / "one" / "report.md").read_text().splitlines()
+    assert md[4] == "![tradeoff](tradeoff.png)"
+    assert "one point per method (mean over its seeds)" in md[6]
+    assert f"{ERRORS['seeds']} for sasr; {ERRORS['one seed']} for sft_gold" in md[6]
+    assert md[6].endswith("less held-out drop): base, sasr.")
+    assert_png(tmp_path / "one" / "tradeoff.png")
+    # two grids and a run: the grids' methods by grid, the run by its name (gain 10, drop 5)
+    other = _grid_with_summary(tmp_path / "other")
+    run = make_run(tmp_path / "run_c", before=_eval(0.5, 0.5, 0.5), after=_eval(0.6, 0.4, 0.5))
+    assert main([str(grid), str(other), str(run), "--out", str(tmp_path / "two")]) == 0
+    md = (tmp_path / "two" / "report.md").read_text().splitlines()
+    assert "one point per method (mean over its seeds) or run;" in md[6]
+    assert md[6].endswith("drop): base, grid/sasr, other/sasr.")
 
 
 def test_unfinished_run_without_evals_still_reports(tmp_path, two_runs):
@@ -173,6 +218,11 @@ def test_run_with_nothing_measured(tmp_path):
     for stem in FIGURES:
         assert f"*{stem}.png skipped: " in md
     assert "| steps SFT / GRPO | 0 / 0 |" in md
+    assert "tradeoff" not in md  # one run alone
+    # with a second run, still no accuracies: the picture is skipped, and says why
+    md = write_report([run, run], tmp_path / "out2").read_text()
+    assert "*tradeoff.png skipped: no task and held-out accuracy before and after.*" in md
+    assert not (tmp_path / "out2" / "tradeoff.png").exists()
     assert "| task accuracy | - -> - |" in md and "| held-out drop (points) | - |" in md
 
 
@@ -181,8 +231,11 @@ def test_single_run_writes_into_the_run_dir(tmp_path, two_runs, monkeypatch):
     assert main([str(two_runs[0])]) == 0
     assert (two_runs[0] / "report.md").is_file()
     assert_png(two_runs[0] / "schedule.png")
-    assert "## Comparison" not in (two_runs[0] / "report.md").read_text()
+    md = (two_runs[0] / "report.md").read_text()
+    assert "## Comparison" not in md
     assert not (tmp_path / "report").exists()
+    # one run alone: no trade-off picture
+    assert "tradeoff" not in md and not (two_runs[0] / "tradeoff.png").exists()
 
 
 def test_grid_dir_expands_to_cells(tmp_path, monkeypatch):
@@ -207,6 +260,9 @@ def test_grid_dir_expands_to_cells(tmp_path, monkeypatch):
     assert "| held-out drop (points) | 5.0 |" in md
     for stem in FIGURES:
         assert_png(tmp_path / "report" / f"{stem}.png")
+    # no means in results.json: one point per cell, all three at (5, 10): a tie, all on the front
+    assert_png(tmp_path / "report" / "tradeoff.png")
+    assert "drop): base, grpo_only_s0, sasr_s0, sasr_s1." in md
 
 
 def test_not_a_run_directory(tmp_path, capsys):
