@@ -12,6 +12,7 @@ from ray_s3ft.config.schema import (
     DIST_BACKENDS,
     DTYPES,
     ENGINES,
+    GUARD_ACTIONS,
     LLM_JUDGE_MODES,
     LOGGERS,
     LOSS_AGGS,
@@ -32,6 +33,7 @@ from ray_s3ft.config.schema import (
     DataConfig,
     EvalConfig,
     GRPOConfig,
+    GuardConfig,
     JudgeConfig,
     LearnerConfig,
     LoraConfig,
@@ -48,12 +50,12 @@ from ray_s3ft.config.schema import (
 )
 
 __all__ = [
-    "CHOICE_TARGETS", "DIST_BACKENDS", "DTYPES", "ENGINES", "LLM_JUDGE_MODES", "LOGGERS",
-    "LOSS_AGGS", "MATH_EXTRACT", "MIX_DECAYS", "MIX_TOKEN_WEIGHTS", "OPTIMIZER_STATES",
+    "CHOICE_TARGETS", "DIST_BACKENDS", "DTYPES", "ENGINES", "GUARD_ACTIONS", "LLM_JUDGE_MODES",
+    "LOGGERS", "LOSS_AGGS", "MATH_EXTRACT", "MIX_DECAYS", "MIX_TOKEN_WEIGHTS", "OPTIMIZER_STATES",
     "REFERENCES", "SCHEDULE_KINDS", "TARGET_KINDS", "TASKS", "TASK_VERIFIERS", "VERIFIERS",
     "WANDB_MODES", "AlgorithmConfig", "Config", "ConfigError", "DataConfig", "EvalConfig",
-    "GRPOConfig", "JudgeConfig", "LearnerConfig", "LoraConfig", "MixConfig", "MlflowConfig",
-    "ModelConfig", "ResourcesConfig", "RolloutConfig", "SASRConfig", "ScheduleConfig",
-    "TrainerConfig", "WandbConfig", "config_to_yaml", "load_config", "resolved_judge",
-    "save_config", "validate",
+    "GRPOConfig", "GuardConfig", "JudgeConfig", "LearnerConfig", "LoraConfig", "MixConfig",
+    "MlflowConfig", "ModelConfig", "ResourcesConfig", "RolloutConfig", "SASRConfig",
+    "ScheduleConfig", "TrainerConfig", "WandbConfig", "config_to_yaml", "load_config",
+    "resolved_judge", "save_config", "validate",
 ]  # fmt: skip

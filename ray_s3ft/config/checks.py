@@ -254,6 +254,23 @@ def validate(cfg: Config) -> None:
                 f"({key} batch {size} / resources.learner_ranks {ranks})",
             )
 
+    # The forgetting budget is checked at the in-loop evaluations, on what they measure.
+    gu, ev = cfg.guard, cfg.eval
+    if (gu.max_heldout_drop is not None or gu.max_drift is not None) and ev.every == 0:
+        key = "max_heldout_drop" if gu.max_heldout_drop is not None else "max_drift"
+        bad(f"guard.{key}", "needs in-loop evaluations (eval.every > 0): it is checked at them")
+    if gu.max_heldout_drop is not None and not ev.heldout:
+        bad("guard.max_heldout_drop", "needs held-out sets (eval.heldout) to measure the drop")
+    if gu.max_drift is not None and not ev.drift:
+        bad("guard.max_drift", "needs eval.drift=true to measure the drift")
+    if gu.action == "rehearse" and (alg.targets not in ("ssr", "s3ft") or s.kind == "grpo"):
+        bad(
+            "guard.action",
+            "rehearse trains the SFT side on the model's own accepted answers: it needs SFT "
+            f"steps over a store with them (algorithm.targets ssr or s3ft, not {alg.targets}; "
+            f"schedule.kind not grpo, here {s.kind})",
+        )
+
     # Learner precision and distribution.
     if m.dtype == "bfloat16" and not le.bf16:
         bad(

@@ -51,6 +51,8 @@ TARGET_KINDS = ("gold", "ssr", "s3ft", "sdft")
 LOSS_AGGS = ("grpo", "dapo", "dr_grpo")
 OVERLONG_MODES = ("keep", "mask", "penalty")  # GRPO samples cut at the budget (algo/overlong.py)
 SCHEDULE_KINDS = ("sft", "grpo", "sft_then_grpo", "fixed_ratio", "sasr", "mix", "sasr_soft")
+# what a run does when an in-loop evaluation is over the forgetting budget (run/guard.py)
+GUARD_ACTIONS = ("stop", "rehearse")
 # a mix step's SFT weight mu over the steps after the warm-up (algo/schedules.py, MixSchedule)
 MIX_DECAYS = ("constant", "linear", "cosine")
 # per-token weight of a mix step's SFT loss: none, or CHORD's p * (1 - p) (arXiv 2508.11408)
@@ -443,6 +445,18 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    # A forgetting budget (ours, run/guard.py), checked at each in-loop evaluation
+    # (eval.every): points of the held-out mean below the base model's on the same questions,
+    # and the drift KL from the base (eval/drift_k3, nats per token); null = not budgeted.
+    max_heldout_drop: float | None = checked(None, or_null(NON_NEGATIVE, "no held-out budget"))
+    max_drift: float | None = checked(None, or_null(NON_NEGATIVE, "no drift budget"))
+    # GUARD_ACTIONS, on a breach: stop (report the best weights within budget), or rehearse
+    # (the SFT side on the model's own accepted answers only, until within budget again)
+    action: str = checked("stop", one_of(GUARD_ACTIONS))
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -454,6 +468,7 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 def resolved_judge(cfg: Config) -> JudgeConfig:

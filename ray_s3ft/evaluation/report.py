@@ -103,7 +103,7 @@ class Run:
         return [
             (int(r.get("step", i)), r["mode"])
             for i, r in enumerate(self.rows)
-            if r.get("mode") in ("sft", "grpo") and _num(r.get("step", i))
+            if r.get("mode") in ("sft", "grpo", "mix") and _num(r.get("step", i))
         ]
 
 
@@ -285,7 +285,8 @@ def plot_schedule(runs, styles, ax) -> bool:
         for mode, y in (("sft", 1.07 + 0.06 * i), ("grpo", -0.07 - 0.06 * i)):
             picked = [s for s, m in steps if m == mode]
             ax[0].scatter(picked, [y] * len(picked), marker="|", color=st["color"], s=60)
-        sft = [m == "sft" for _, m in steps]
+        mu = dict(zip(xs, ys, strict=False))  # a mix step counts as its SFT weight mu
+        sft = [1.0 if m == "sft" else mu.get(s, 0.0) if m == "mix" else 0.0 for s, m in steps]
         share = [100 * sum(sft[: k + 1]) / (k + 1) for k in range(len(sft))]
         ax[1].plot([s for s, _ in steps], share, label=run.name, **st)
         drawn |= bool(xs or steps)
@@ -294,8 +295,10 @@ def plot_schedule(runs, styles, ax) -> bool:
     ax[0].axhspan(-top + 1, 0.0, color="tab:orange", alpha=0.07)
     ticks = [1 - mid, 0, 0.25, 0.5, 0.75, 1, mid]
     ax[0].set_yticks(ticks, ["GRPO", "0", "0.25", "0.5", "0.75", "1", "SFT"])
-    ax[0].set(xlabel="training step", ylabel="p_sft (probability of SFT)", ylim=(1 - top, top))
-    ax[1].set(xlabel="training step", ylabel="cumulative share of SFT steps (%)", ylim=(-3, 103))
+    ax[0].set(
+        xlabel="training step", ylabel="p_sft (probability of SFT; mix: mu)", ylim=(1 - top, top)
+    )
+    ax[1].set(xlabel="training step", ylabel="cumulative share of SFT (%; mix: mu)", ylim=(-3, 103))
     return drawn
 
 

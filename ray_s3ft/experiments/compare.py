@@ -42,7 +42,7 @@ from ray_s3ft.config import ConfigError, load_config, save_config
 from ray_s3ft.console import say
 from ray_s3ft.evaluation.tradeoff import write_grid
 from ray_s3ft.experiments.methods import DEFAULT_METHODS, METHODS
-from ray_s3ft.experiments.results import collect, pct, results_markdown
+from ray_s3ft.experiments.results import collect, pct, results_markdown, within_budget
 from ray_s3ft.run.target_store import STORE, TargetSet, read_store
 from ray_s3ft.tracking import Trackers, grid_group
 
@@ -248,6 +248,11 @@ def _finish(
     config, overrides, methods, seeds, out: Path, before, store, started, gather=False, pairs=()
 ) -> dict:
     results = collect(out, methods, seeds, before, store.fractions(), pairs)
+    guard = load_config(config, list(overrides)).guard
+    if guard.max_heldout_drop is not None or guard.max_drift is not None:
+        results["budget"] = within_budget(
+            results["summary"], guard.max_heldout_drop, guard.max_drift
+        )
     results["wall_s"] = round(time.perf_counter() - started, 1)
     results["command"] = _command(config, overrides, methods, seeds, out, gather, pairs)
     if figure := write_grid(results, out):  # tradeoff.png: results.md shows it first

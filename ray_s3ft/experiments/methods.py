@@ -6,7 +6,7 @@ from __future__ import annotations
 # Each method is a set of overrides of the keys a cell may change (CELL_KEYS): the actors are
 # shared by every cell, so a method may not change what they were built with. The learners take
 # the cell's learner.optimizer_state and algorithm.grpo.* when they reset (LearnerActor.reset).
-CELL_KEYS = ("schedule.", "algorithm.", "learner.optimizer_state=")
+CELL_KEYS = ("schedule.", "algorithm.", "learner.optimizer_state=", "guard.")
 _SASR = ["schedule.kind=sasr", "algorithm.targets=s3ft"]
 METHODS: dict[str, tuple[str, list[str]]] = {
     "base": ("the base model, no training", []),

@@ -43,6 +43,9 @@ def cell_row(method: str, seed: int, summary: dict | None, before: dict) -> dict
             targets=summary["targets"],
             sft_steps=summary["steps"]["sft"],
             grpo_steps=summary["steps"]["grpo"],
+            mix_steps=summary["steps"].get("mix", 0),  # schedule.kind mix / sasr_soft
+            # under a forgetting budget (guard.*): the weights evaluated, final / best / base
+            guard_weights=((summary.get("guard") or {}).get("chosen") or {}).get("weights"),
             wall_s=summary["wall_s"].get("total"),
             # reward per GRPO sample over the run (every sample judged, extra rounds included)
             grpo_reward=(summary.get("grpo") or {}).get("mean_reward"),
@@ -60,7 +63,7 @@ def _mean_std(values: list[float]) -> dict[str, float | None]:
 
 _AGG = (
     "task_accuracy", "task_gain", "heldout_mean", "heldout_drop", "sft_steps", "grpo_steps",
-    "wall_s", "grpo_reward", "drift_k3",
+    "mix_steps", "wall_s", "grpo_reward", "drift_k3",
 )  # fmt: skip
 
 
@@ -180,6 +183,40 @@ def collect(out: Path, methods, seeds, before: dict, base_targets: dict, pairs=(
     }  # fmt: skip
 
 
+def within_budget(summary: list[dict], max_drop: float | None, max_drift: float | None) -> dict:
+    """Best-within-budget selection over the grid's methods (``guard.*`` of its config): the
+    methods whose mean held-out drop (points) and mean drift are within the budget, and among
+    them the one with the highest mean task accuracy (a method without the measure a budget
+    needs is not within it)."""
+    within = []
+    for a in summary:
+        drop, drift = a["heldout_drop"]["mean"], a["drift_k3"]["mean"]
+        ok_drop = max_drop is None or (drop is not None and 100 * drop <= max_drop)
+        ok_drift = max_drift is None or (drift is not None and drift <= max_drift)
+        if ok_drop and ok_drift:
+            within.append(a)
+    best = max(within, key=lambda a: a["task_accuracy"]["mean"], default=None)
+    return {
+        "max_heldout_drop": max_drop, "max_drift": max_drift,
+        "within": [a["method"] for a in within],
+        "best": None if best is None else best["method"],
+        "best_task_accuracy": None if best is None else best["task_accuracy"]["mean"],
+    }  # fmt: skip
+
+
+def _budget_markdown(b: dict) -> list[str]:
+    limits = [f"held-out drop <= {b['max_heldout_drop']:g} points"] * (
+        b["max_heldout_drop"] is not None
+    ) + [f"drift <= {b['max_drift']:g} nats/token"] * (b["max_drift"] is not None)
+    best = (
+        "no method is within it"
+        if b["best"] is None
+        else f"the best within it is **{b['best']}** (task {pct(b['best_task_accuracy'])}); "
+        f"within: {', '.join(b['within'])}"
+    )
+    return [f"Forgetting budget ({', '.join(limits)}, means over seeds): {best}.", ""]
+
+
 def pct(x, std=None) -> str:
     if x is None:
         return "-"
@@ -245,6 +282,7 @@ def results_markdown(r: dict) -> str:
         "# ray-s3ft compare",
         "",
         *(tradeoff_markdown(r["tradeoff"]) if r.get("tradeoff") else []),
+        *(_budget_markdown(r["budget"]) if r.get("budget") else []),
         f"Seeds {', '.join(map(str, r['seeds']))}; mean ± std over a method's finished seeds "
         "(sample std; 0 for one seed). "
         "Held-out drop = base held-out mean minus the method's, in points (positive = forgot).",
@@ -263,6 +301,8 @@ def results_markdown(r: dict) -> str:
             if a["sft_steps"]["mean"] is None
             else f"{a['sft_steps']['mean']:.1f} / {a['grpo_steps']['mean']:.1f}"
         )
+        if ((a.get("mix_steps") or {}).get("mean") or 0) > 0:  # one-step mixes
+            steps += f" + {a['mix_steps']['mean']:.1f} mix"
         wall = "-" if a["wall_s"]["mean"] is None else f"{a['wall_s']['mean']:.0f}"
         reward = (a.get("grpo_reward") or {}).get("mean")
         reward = "-" if reward is None else f"{reward:.3f}"

@@ -45,10 +45,12 @@ def save_checkpoint(
     state: dict,
     files: dict[str, str] | None = None,
     keep: int | None = None,
+    protect: Path | None = None,
 ) -> Path:
     """Collective over the learner group; returns the checkpoint directory. ``files``: more
     of the controller's state (name -> text), written before ``trainer_state.json``.
-    ``keep``: then prune to the newest ``keep`` complete checkpoints (``prune``)."""
+    ``keep``: then prune to the newest ``keep`` complete checkpoints (``prune``), never
+    deleting ``protect`` (the forgetting budget's best weights)."""
     ckpt = checkpoint_dir(run_dir, step)
     new = ckpt.with_name(f"{ckpt.name}.saving")
     shutil.rmtree(new, ignore_errors=True)  # what an interrupted save of this step left
@@ -59,7 +61,7 @@ def save_checkpoint(
     (new / STATE).write_text(json.dumps(state, indent=2) + "\n")
     _rename_over(new, ckpt)
     if keep is not None:
-        prune(run_dir, keep)
+        prune(run_dir, keep, protect)
     return ckpt
 
 
@@ -82,15 +84,17 @@ def _step_dirs(run_dir: Path, pattern: re.Pattern = _STEP_DIR) -> list[tuple[int
     return sorted(found)
 
 
-def prune(run_dir: Path, keep: int) -> list[Path]:
+def prune(run_dir: Path, keep: int, protect: Path | None = None) -> list[Path]:
     """Delete the checkpoint directories older than the newest ``keep`` complete ones
-    (interrupted saves among them too); returns what was deleted. Newer incomplete ones (a
-    save in progress) are left alone."""
+    (interrupted saves among them too), but ``protect``; returns what was deleted. Newer
+    incomplete ones (a save in progress) are left alone."""
     dirs = _step_dirs(run_dir)
     complete = [n for n, d in dirs if (d / STATE).is_file()]
     if len(complete) <= keep:
         return []
-    gone = [d for n, d in dirs + _step_dirs(run_dir, _LEFTOVER) if n < complete[-keep]]
+    kept = None if protect is None else Path(protect).name
+    old = [(n, d) for n, d in dirs + _step_dirs(run_dir, _LEFTOVER) if n < complete[-keep]]
+    gone = [d for n, d in old if d.name != kept]
     for d in gone:
         shutil.rmtree(d, ignore_errors=True)
     return gone

@@ -46,8 +46,9 @@ from ray_s3ft.algo.overlong import loss_weights
 from ray_s3ft.algo.schedules import Decision, make_schedule
 from ray_s3ft.config import Config
 from ray_s3ft.errors import OutOfMemory, RunFailed
-from ray_s3ft.run.checkpoints import PENDING, latest_checkpoint, save_checkpoint
+from ray_s3ft.run.checkpoints import PENDING, checkpoint_dir, latest_checkpoint, save_checkpoint
 from ray_s3ft.run.cluster import Groups
+from ray_s3ft.run.guard import Guard, GuardState
 from ray_s3ft.run.metrics import MetricsLogger, Progress, eval_metrics, step_row
 from ray_s3ft.run.recovery import FAULTS, Recovery
 from ray_s3ft.run.rewards import Rewards
@@ -88,6 +89,7 @@ class TrainState:
     judged: dict[str, float] = field(
         default_factory=lambda: {"samples": 0, "reward_sum": 0.0, "undecided": 0}
     )
+    guard: GuardState = field(default_factory=GuardState)  # the forgetting budget's checks
 
     @classmethod
     def from_json(cls, d: dict) -> TrainState:
@@ -95,7 +97,8 @@ class TrainState:
         d = dict(d)
         old = d.pop("last", None) or {}
         grpo = d.pop("grpo", None) or old
-        return cls(**d, grpo=GRPOStats.from_json(grpo))
+        guard = GuardState.from_json(d.pop("guard", None))
+        return cls(**d, grpo=GRPOStats.from_json(grpo), guard=guard)
 
 
 class Controller(Recovery):
@@ -109,10 +112,12 @@ class Controller(Recovery):
         targets: TargetSet,
         evaluate: Callable[[], dict] | None = None,
         engine_version: int = 0,
+        guard: Guard | None = None,
     ) -> None:
         """``evaluate()``: greedy accuracies on the rollout engines (``session.evaluate_on_engines``),
         run every ``eval.every`` steps after a weight sync. ``engine_version``: what the engines
-        serve now (-1 when they hold another run's weights, as between the cells of a grid)."""
+        serve now (-1 when they hold another run's weights, as between the cells of a grid).
+        ``guard``: the forgetting budget checked at those evaluations (None: none)."""
         self.cfg, self.run_dir, self.g, self.tok = cfg, run_dir, groups, tokenizer
         self.examples, self.targets, self.evaluate = examples, targets, evaluate
         self.fractions = targets.fractions()
@@ -125,6 +130,9 @@ class Controller(Recovery):
         self.sampler = make_sampler(cfg, groups.rollout, self.weights, examples)
         self.rewards = Rewards(cfg, groups.judge, self.sampler)
         self.last_checkpoint: Path | None = None  # this run's latest complete one
+        self.guard = guard if guard is not None and guard.enabled else None
+        self.stopped = False  # the forgetting budget stopped training (guard.action stop)
+        self._self_targets: list[int] | None = None
 
     def _new_schedule(self):
         s = self.cfg.schedule
@@ -155,6 +163,10 @@ class Controller(Recovery):
         self.sampler.restore(json.loads(pending.read_text()) if pending.is_file() else None)
         self.schedule.load_state_dict(state.schedule)
         self.last_checkpoint = ckpt
+        last = state.guard.last  # a run the budget stopped stays stopped
+        self.stopped = bool(
+            self.guard and self.cfg.guard.action == "stop" and last and not last["within"]
+        )
         log.warning("resumed from %s at step %d", ckpt, state.step)
         return True
 
@@ -165,7 +177,7 @@ class Controller(Recovery):
         metrics = MetricsLogger(self.run_dir, first_step=self.state.step, trackers=trackers)
         progress = Progress(t.max_steps, start=self.state.step)
         try:
-            while self.state.step < t.max_steps:
+            while self.state.step < t.max_steps and not self.stopped:
                 before = copy.deepcopy(self.state)
                 try:
                     row = self.step(self.state.step)
@@ -212,15 +224,58 @@ class Controller(Recovery):
             # the KL reference becomes the post-warm-up policy (SASR's rule, docs/methods.md §5)
             timer.run("reference", self.g.learner.call, LearnerActor.reset_reference)
         self.state.step = step + 1
-        if self.state.step % self.cfg.trainer.checkpoint_every == 0:
-            timer.run("checkpoint", self.checkpoint)
-        row = self.row(step, decision, stats, timer, time.perf_counter() - started)
+        # timing/step leaves the in-loop evaluation out: it stays comparable across steps
+        seconds, evaluated = time.perf_counter() - started, {}
+        save = self.state.step % self.cfg.trainer.checkpoint_every == 0
         every = self.cfg.eval.every
         if self.evaluate is not None and every and self.state.step % every == 0:
-            # after the step's wall time was taken: timing/step stays comparable across steps
-            row.update(timer.run("eval", self.eval_in_loop))
-            row["timing/eval"] = timer.s["eval"]
+            evaluated = timer.run("eval", self.eval_in_loop)
+            if self.guard is not None:  # the forgetting budget, before the checkpoint holds it
+                budget, guard_save = self.check_budget(evaluated)
+                evaluated, save = {**evaluated, **budget}, save or guard_save
+        if save:
+            timer.run("checkpoint", self.checkpoint)
+            seconds += timer.s["checkpoint"]
+        row = self.row(step, decision, stats, timer, seconds)
+        row.update(evaluated)
         return row
+
+    def self_targets(self) -> list[int]:
+        """The examples whose S3FT target is the model's own accepted answer."""
+        if self._self_targets is None:
+            targets = self.targets.targets()
+            self._self_targets = [i for i, t in enumerate(targets) if t.source == "self"]
+        return self._self_targets
+
+    def check_budget(self, evaluated: dict) -> tuple[dict, bool]:
+        """The forgetting budget at this in-loop evaluation (``run/guard.py``): the row's
+        ``guard/*`` values, and whether to checkpoint now (a new best within budget, whose
+        checkpoint is kept, or a stop)."""
+        g = self.state.guard
+        check = self.guard.check(self.state.step, evaluated)
+        action = self.guard.update(g, check)
+        if action == "save":
+            Guard.set_best(g, check, str(checkpoint_dir(self.run_dir, self.state.step)))
+        if g.rehearsing and not self.self_targets():
+            log.warning("guard: no example has a self target to rehearse on: stopping instead")
+            action = "stop"
+        if not check.within:
+            log.warning(
+                "guard: over the forgetting budget at step %d (%s): %s", self.state.step,
+                "; ".join(check.reasons),
+                "training stops" if action == "stop" else "SFT on self targets only",
+            )  # fmt: skip
+        self.stopped = self.stopped or action == "stop"
+        row = {
+            "guard/within": float(check.within),
+            "guard/rehearsing": float(g.rehearsing),
+            "guard/breaches": g.breaches,
+        }
+        if check.heldout_drop is not None:
+            row["guard/heldout_drop"] = check.heldout_drop
+        if check.drift is not None:
+            row["guard/drift"] = check.drift
+        return row, action in ("save", "stop")
 
     def reference_step(self) -> int | None:
         """The step after which the KL reference becomes the current policy (None: never)."""
@@ -229,12 +284,21 @@ class Controller(Recovery):
     # --------------------------------------------------------------------------------- phases
 
     def sft_batch(self, advance: bool):
-        n = self.cfg.trainer.sft_batch_size
-        idx = data_order(
-            "sft", len(self.examples), self.state.cursors["sft"], n, self.cfg.trainer.seed
-        )
+        """The next SFT batch over the whole target store, or while the forgetting budget's
+        ``rehearse`` is on, over the examples whose target is the model's own answer (its own
+        data order and cursor)."""
+        n, seed = self.cfg.trainer.sft_batch_size, self.cfg.trainer.seed
+        if self.state.guard.rehearsing:
+            pool, cursor = self.self_targets(), "rehearse"
+            idx = [
+                pool[i]
+                for i in data_order(cursor, len(pool), self.state.cursors.get(cursor, 0), n, seed)
+            ]
+        else:
+            cursor = "sft"
+            idx = data_order(cursor, len(self.examples), self.state.cursors[cursor], n, seed)
         if advance:
-            self.state.cursors["sft"] += n
+            self.state.cursors[cursor] = self.state.cursors.get(cursor, 0) + n
         records = [self.targets.records[i] for i in idx]
         texts = [self.targets.targets()[i].text for i in idx]
         batch = sft_batch(
@@ -340,9 +404,11 @@ class Controller(Recovery):
         self.state.schedule = self.schedule.state_dict()
         pending = self.sampler.pending_record()
         files = {} if pending is None else {PENDING: json.dumps(pending)}
+        best = self.state.guard.best  # the best weights within the forgetting budget stay
         ckpt = save_checkpoint(
             self.run_dir, self.state.step, self.g.learner, asdict(self.state), files,
             keep=self.cfg.trainer.keep_checkpoints,
+            protect=Path(best["checkpoint"]) if best else None,
         )  # fmt: skip
         self.last_checkpoint = ckpt
         return ckpt

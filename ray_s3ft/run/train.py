@@ -94,13 +94,17 @@ def _train_and_evaluate(
     ctl = Controller(
         cfg, run_dir, groups, session.tokenizer, session.examples, targets,
         evaluate=lambda: session.evaluate(cfg, head),
-        engine_version=engine_version,
+        engine_version=engine_version, guard=_guard(cfg, session.run_dir, head),
     )  # fmt: skip
     ctl.restore()
     trackers.start(first_step=ctl.state.step)
     trackers.log_eval("eval_before", before, step=0)
     phases.run("train", ctl.train, trackers)
-    ckpt = phases.run("checkpoint", ctl.checkpoint)
+    guard = _choose_weights(ctl, cfg) if ctl.guard is not None else None
+    if guard is None or guard["chosen"]["weights"] == "final":
+        ckpt = phases.run("checkpoint", ctl.checkpoint)
+    else:  # the best weights within the forgetting budget have their checkpoint, or are the base
+        ckpt = guard["chosen"].get("checkpoint")
     phases.run("sync", ctl.sync_weights)
     after = phases.run(
         "eval_after", ctl.on_synced_engines, lambda: session.evaluate(cfg, items=True)
@@ -125,6 +129,8 @@ def _train_and_evaluate(
         # the KL reference of the GRPO steps: the base model, or the policy after this step
         "reference": {"rule": cfg.schedule.reference, "reset_after_step": ctl.reference_step()},
         "faults": dict(ctl.state.faults),
+        # guard.*: the budget, its checks, and which weights were evaluated after, and why
+        **({"guard": guard} if guard is not None else {}),
         "nodes": groups.nodes(),  # the Ray node of each actor, by group
         "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
     }
@@ -137,6 +143,46 @@ def _train_and_evaluate(
         draw_report(run_dir, run_dir)
         trackers.log_files(run_files(run_dir))
     return summary
+
+
+def _guard(cfg: Config, eval_dir: Path, head: dict):
+    """The forgetting budget of ``cfg`` (None: none), its held-out drop measured against the
+    base model's verdicts (``eval_dir/eval_before.items.jsonl``) on the in-loop questions."""
+    from ray_s3ft.run.guard import Guard, base_heldout_mean
+
+    g = cfg.guard
+    if g.max_heldout_drop is None and g.max_drift is None:
+        return None
+    base = None
+    if g.max_heldout_drop is not None:
+        path = eval_dir / "eval_before.items.jsonl"
+        items = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        base = base_heldout_mean(items, head)
+    return Guard(g, base)
+
+
+def _choose_weights(ctl, cfg: Config) -> dict:
+    """After training under a forgetting budget: the weights to evaluate and report
+    (``guard.chosen``): the final ones, else the best within budget (loaded from its
+    checkpoint), else the base model's (the learners reset); the engines follow."""
+    from ray_s3ft.run.guard import chosen
+    from ray_s3ft.workers.learner import LearnerActor
+
+    pick = chosen(ctl.state.guard, ctl.state.step)
+    if pick["weights"] != "final":
+        if pick["weights"] == "best":
+            ctl.g.learner.call(LearnerActor.load, str(Path(pick["checkpoint"]) / "deepspeed"))
+        else:
+            ctl.g.learner.call(LearnerActor.reset, cfg.trainer.seed)
+        ctl.state.version += 1  # other weights: the engines sync before eval_after
+    log.warning("guard: %s", pick["why"])
+    g = ctl.state.guard
+    return {
+        "budget": {"max_heldout_drop": cfg.guard.max_heldout_drop,
+                   "max_drift": cfg.guard.max_drift, "action": cfg.guard.action},
+        "chosen": pick, "best": g.best, "last": g.last, "breaches": g.breaches,
+        "stopped_at": ctl.state.step if ctl.stopped else None,
+    }  # fmt: skip
 
 
 def draw_report(run_dir: Path, out: Path) -> None:
@@ -238,6 +284,7 @@ def print_summary(s: dict) -> None:
         + f"{grpo}"
         f"faults survived: {faults}\n"
         "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["wall_s"].items()) + "\n"
-        f"checkpoint: {s['checkpoint']}",
+        f"checkpoint: {s['checkpoint'] or 'none (the base model is what is reported)'}"
+        + (f"\nguard: {s['guard']['chosen']['why']}" if s.get("guard") else ""),
         highlight=False,
     )

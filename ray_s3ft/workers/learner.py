@@ -55,7 +55,6 @@ class Part:
     weight: float = 1.0  # of its loss in the step (a mix: 1 - mu for GRPO, mu for SFT)
     old: Any = None  # [B, T-1] pi_old when the update has several mini-batches
     token_weight: str = "none"  # SFT: schedule.mix.token_weight
-    grads: list | None = None  # accumulates this part's own gradient when its norm is wanted
 
 
 # what a reset may change (read at each step); the rest built the model and the process group
@@ -300,8 +299,10 @@ class LearnerActor(ModelMixin, StateMixin):
         in mix steps), weighted by mu: lr ** mu * grpo_lr ** (1 - mu), since the two are
         often a decade apart and a linear mix would be the SFT rate for any mu above 0.1.
         Dropout follows the GRPO rule (``learner.rl_dropout``) for both parts. ``sft_norm``:
-        also measure the SFT part's gradient norm alone (sasr_soft's gate reads it), one more
-        backward over the SFT micro-batches. Returns the GRPO part's statistics, with the
+        also measure the SFT part's gradient norm alone (sasr_soft's gate reads it) with a
+        gradient-only probe (``grad_probe``) before the update: one more forward and backward
+        over the SFT batch. (Taking it inside the step with ``torch.autograd.grad`` on the
+        engine's forward fires DeepSpeed's ZeRO-2 gradient-reduction hooks.) Returns the GRPO part's statistics, with the
         total ``loss``, the combined ``grad_norm`` and ``mix`` = the SFT part's."""
         from ray_s3ft.algo.lr import warmup_lr
 
@@ -322,16 +323,13 @@ class LearnerActor(ModelMixin, StateMixin):
         rl_part = Part(rl, "grpo", StepSums(), rl.global_tokens, rl.num_sequences * world, 1 - mu)
         sft_part = Part(
             sft, "sft", StepSums(), sft.global_tokens, sft.num_sequences * world, mu,
-            token_weight=token_weight, grads=self._zero_grads() if sft_norm else None,
+            token_weight=token_weight,
         )  # fmt: skip
+        # the SFT part's gradient alone, at the weights the step starts from: a probe (its own
+        # forward on the module, which DeepSpeed's backward hooks do not watch)
+        norm = self.grad_probe(sft, token_weight) if sft_norm else float("nan")
         grad_norm = self._update([rl_part, sft_part])
         g, f = rl_part.sums.reduced(self._all_reduce), sft_part.sums.reduced(self._all_reduce)
-        norm = float("nan")
-        if sft_part.grads is not None:
-            import torch
-
-            flat = self._all_reduce(torch.cat([x.flatten() for x in sft_part.grads]))
-            norm = float(flat.double().norm())
         tok = max(g["tokens"], 1.0)
         return StepStats(
             loss=(1 - mu) * g["objective"] + mu * f["objective"],
@@ -350,11 +348,6 @@ class LearnerActor(ModelMixin, StateMixin):
             lr=lr,
             mix=MixStats(mu=mu, sft_loss=f["objective"], sft_grad_norm=norm),
         )
-
-    def _zero_grads(self) -> list:
-        import torch
-
-        return [torch.zeros_like(p, dtype=torch.float32) for p in self._trainable()]
 
     def _update(self, parts: list[Part]) -> float | None:
         """One optimizer step over the micro-batches of every part (one ``Part`` for an SFT or
@@ -394,12 +387,6 @@ class LearnerActor(ModelMixin, StateMixin):
                 p.token_weight,
             )  # fmt: skip
             loss, pg, clip = LOSSES[p.mode](m, self.grpo, p.sums)
-            if p.grads is not None:  # this part's gradient alone (its norm)
-                params = self._trainable()
-                grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-                for acc, grad in zip(p.grads, grads, strict=True):
-                    if grad is not None:
-                        acc += grad.float()
             last = j == len(plan) - 1
             engine.set_gradient_accumulation_boundary(last)
             engine.backward(loss * (p.weight * self.world_size), scale_wrt_gas=False)
@@ -446,12 +433,12 @@ class LearnerActor(ModelMixin, StateMixin):
         dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
         return t.cpu()
 
-    def grad_probe(self, batch: TrainBatch) -> float:
+    def grad_probe(self, batch: TrainBatch, token_weight: str = "none") -> float:
         """Global L2 norm of the SFT gradient on ``batch``, without an optimizer step (SASR's
-        probe). ``torch.autograd.grad`` leaves ``.grad`` and DeepSpeed's hooks untouched."""
+        probe; a sasr_soft step's SFT part with its ``token_weight``). ``torch.autograd.grad``
+        on the module's own forward leaves ``.grad`` and DeepSpeed's hooks untouched."""
         import torch
 
-        from ray_s3ft.algo.losses import masked_nll
         from ray_s3ft.workers.batches import take_rows
 
         if self.cfg.zero_stage == 3:
@@ -462,7 +449,12 @@ class LearnerActor(ModelMixin, StateMixin):
         for start in range(0, batch.num_sequences, micro):
             mb = take_rows(batch, slice(start, start + micro))
             logp, _ = self._logprobs(self.engine.module, mb, slice(None))  # T = 1: SFT's NLL
-            loss = masked_nll(logp, mb.loss_mask[:, 1:].to(self.device), batch.global_tokens)
+            mask = mb.loss_mask[:, 1:].to(self.device)
+            m = MicroBatch(
+                batch, mb, logp, mask, None, None, batch.global_tokens,
+                batch.num_sequences * self.world_size, self.device, token_weight,
+            )  # fmt: skip
+            loss = LOSSES["sft"](m, self.grpo, StepSums())[0]
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for acc, g in zip(total, grads, strict=True):
                 if g is not None:

@@ -319,9 +319,9 @@ def test_rl_dropout_off_keeps_the_ratio_at_one_and_warmup_sets_the_lr(
 
 
 def test_a_mix_step_measures_its_sft_norm_alone_and_leaves_the_step_as_it_was(ray_cluster, model):
-    # schedule.kind sasr_soft: the SFT part's gradient, taken with torch.autograd.grad inside
-    # the ZeRO-2 step, is the norm a probe measures on the same batch, and taking it changes
-    # nothing of the step (DeepSpeed's gradient hooks do not see it)
+    # schedule.kind sasr_soft: the SFT part's gradient norm is the one a probe measures on the
+    # same batch, and measuring it changes nothing of the ZeRO-2 step (DeepSpeed's gradient
+    # hooks do not see it: taken inside the step on the engine's forward, they fired)
     path, tok, examples, batch = model
     rollout, group = _rollout_and_learners(path, "hf", lr=1e-4)
     try:

@@ -184,3 +184,28 @@ def test_every_evaluation_keeps_each_questions_verdict(tmp_path):
     assert "items" not in kept and json.loads(path.read_text()) == kept
     lines = (tmp_path / "eval_after.items.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in lines] == items
+
+
+def test_best_within_the_forgetting_budget_by_hand():
+    from ray_s3ft.experiments.results import _budget_markdown, within_budget
+
+    def row(method, task, drop, drift):
+        return {"method": method, "task_accuracy": {"mean": task},
+                "heldout_drop": {"mean": drop}, "drift_k3": {"mean": drift}}  # fmt: skip
+
+    summary = [
+        row("base", 0.20, 0.0, None),  # no drift measured: not within a drift budget
+        row("sft_gold", 0.80, 0.031, 0.09),  # 3.1 points: over a 2-point budget
+        row("s3ft", 0.60, 0.015, 0.02),
+        row("ssr", 0.55, -0.004, 0.01),
+    ]
+    b = within_budget(summary, 2.0, 0.05)
+    assert b["within"] == ["s3ft", "ssr"] and b["best"] == "s3ft"
+    assert b["best_task_accuracy"] == 0.60
+    assert _budget_markdown(b)[0] == (
+        "Forgetting budget (held-out drop <= 2 points, drift <= 0.05 nats/token, means over "
+        "seeds): the best within it is **s3ft** (task 60.0 %); within: s3ft, ssr."
+    )
+    # a held-out budget alone lets the base (no drift measured) in; the tightest lets none
+    assert within_budget(summary, 2.0, None)["within"] == ["base", "s3ft", "ssr"]
+    assert within_budget(summary, 0.1, 0.001)["best"] is None

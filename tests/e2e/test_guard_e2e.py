@@ -1,0 +1,67 @@
+"""The forgetting budget end to end on the real stack (vLLM engine, judges, two DeepSpeed ranks,
+the built-in task): a drift budget no trained weights can meet (``guard.max_drift`` 1e-7 nats
+per token) with ``guard.action: stop``.
+
+- the first in-loop evaluation (after step 2) is over budget: training stops there, and the
+  row and the console say why;
+- no check was ever within budget, so the weights reported are the base model's: the learners
+  are reset, the engines synced, and the final evaluation equals the base model's on every
+  question; the summary names that choice and why;
+- a resumed run of a stopped one stays stopped.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from _e2e import cli_env
+
+pytestmark = pytest.mark.slow
+
+RUN = [
+    "schedule.kind=sft", "data.train_size=32", "eval.task_size=16", "eval.heldout_size=8",
+    "eval.every=2", "eval.every_size=8", "eval.drift=true", "eval.drift_size=4",
+    "trainer.max_steps=6", "trainer.checkpoint_every=2",
+    "guard.max_drift=1e-7", "guard.action=stop",
+]  # fmt: skip
+
+
+def _train(tmp, out):
+    r = subprocess.run(
+        [sys.executable, "-m", "ray_s3ft.cli", "train", *RUN, f"trainer.output_dir={out}"],
+        capture_output=True, text=True, env=cli_env(tmp), cwd=tmp, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows, json.loads((out / "summary.json").read_text()), r.stdout + r.stderr
+
+
+def _verdicts(path):
+    return [(x["set"], x["id"], x["correct"]) for x in map(json.loads, path.open())]
+
+
+def test_a_drift_budget_stops_the_run_and_reports_the_base_model(tmp_path):
+    out = tmp_path / "run"
+    rows, summary, console = _train(tmp_path, out)
+    assert [r["step"] for r in rows] == [0, 1]  # stopped after the step-2 evaluation
+    last = rows[-1]
+    assert last["guard/within"] == 0.0 and last["guard/drift"] > 1e-7
+    assert last["guard/drift"] == last["eval/drift_k3"] and last["guard/breaches"] == 1
+    g = summary["guard"]
+    assert g["stopped_at"] == 2 and g["breaches"] == 1 and g["best"] is None
+    assert g["chosen"]["weights"] == "base" and g["chosen"]["why"].startswith(
+        "over budget at step 2 (drift "
+    )
+    assert summary["checkpoint"] is None and summary["steps"] == {"sft": 2, "grpo": 0}
+    assert "guard: over the forgetting budget at step 2" in console
+    assert "guard: " + g["chosen"]["why"] in console
+    # the base model's weights, evaluated again: the same verdict on every question
+    assert _verdicts(out / "eval_after.items.jsonl") == _verdicts(out / "eval_before.items.jsonl")
+    before = json.loads((out / "eval_before.json").read_text())
+    assert summary["accuracy_after"]["task"] == before["task"]
+    assert summary["accuracy_after"]["drift"]["k3"] == pytest.approx(0.0, abs=1e-6)
+
+    # resumed, it stays stopped (the step-2 checkpoint holds the breach)
+    rows2, summary2, _ = _train(tmp_path, out)
+    assert [r["step"] for r in rows2] == [0, 1] and summary2["guard"]["stopped_at"] == 2
