@@ -42,10 +42,11 @@ def rollout_seed(run_seed: int, step: int, example: int, round: int = 0) -> int:
 
 
 def data_order(kind: str, size: int, cursor: int, n: int, seed: int) -> list[int]:
-    """Example indices ``cursor`` .. ``cursor + n - 1`` of stream ``kind`` (``sft`` or
-    ``grpo``) over ``size`` examples: a fresh seeded permutation per epoch, so a resumed run
-    (which restores the cursor) sees the same data."""
-    salt = 0 if kind == "sft" else 1
+    """Example indices ``cursor`` .. ``cursor + n - 1`` of stream ``kind`` (``sft``, ``grpo``
+    or ``rehearse``, the forgetting budget's self targets) over ``size`` examples: a fresh
+    seeded permutation per epoch, so a resumed run (which restores the cursor) sees the same
+    data."""
+    salt = {"sft": 0, "grpo": 1}.get(kind, 2)
     perms: dict[int, np.ndarray] = {}
     out = []
     for pos in range(cursor, cursor + n):

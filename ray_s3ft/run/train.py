@@ -113,7 +113,7 @@ def _train_and_evaluate(
     phases.s["total"] = time.perf_counter() - started
     summary = {
         "run_dir": str(run_dir),
-        "checkpoint": str(ckpt),
+        "checkpoint": None if ckpt is None else str(ckpt),
         "accuracy_before": before,
         "accuracy_after": after,
         "targets": targets.fractions(),

@@ -109,3 +109,38 @@ def test_config_rejects_a_budget_it_cannot_check(overrides, text):
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides)
     assert text in str(info.value)
+
+
+def test_rehearsal_draws_the_sft_side_from_self_targets_only(monkeypatch):
+    from ray_s3ft.run import controller as ctl_module
+    from ray_s3ft.run.controller import Controller, TrainState
+    from ray_s3ft.run.target_store import TargetRecord, TargetSet
+
+    # examples 0, 2, 3 have an accepted self answer; 1 and 4 fall back to paraphrase / gold
+    records = [
+        TargetRecord(f"e{i}", f"q{i}", f"gold{i}", f"self{i}", ok, None if ok else f"para{i}",
+                     None if ok else i == 1)
+        for i, ok in enumerate([True, False, True, True, False])
+    ]  # fmt: skip
+    c = Controller.__new__(Controller)
+    c.cfg = load_config(None, ["trainer.sft_batch_size=4", "learner.micro_batch_size=2"])
+    c.targets, c.examples, c.tok = TargetSet(records, "s3ft", 5, 0), records, None
+    c.g = SimpleNamespace(learner=[0, 1])
+    c.state, c._self_targets = TrainState(), None
+    seen = []
+    monkeypatch.setattr(ctl_module, "sft_batch", lambda tok, p, t, n: seen.append((p, t)))
+    monkeypatch.setattr(ctl_module, "shard", lambda batch, n: batch)
+    c.sft_batch(advance=True)
+    # over the whole store: its targets, the paraphrase and the gold among them
+    assert len(seen[-1][1]) == 4
+    assert set(seen[-1][1]) <= {"self0", "para1", "self2", "self3", "gold4"}
+    assert c.state.cursors == {"sft": 4, "grpo": 0}
+    c.state.guard.rehearsing = True
+    c.sft_batch(advance=True)
+    prompts, texts = seen[-1]
+    assert c.self_targets() == [0, 2, 3]
+    # 4 rows from 3 self targets: one epoch of them, then the next epoch's first
+    assert set(texts) <= {"self0", "self2", "self3"} and len(texts) == 4
+    assert set(texts[:3]) == {"self0", "self2", "self3"}
+    assert [p for p in prompts] == [t.replace("self", "q") for t in texts]
+    assert c.state.cursors == {"sft": 4, "grpo": 0, "rehearse": 4}  # its own stream
