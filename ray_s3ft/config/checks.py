@@ -254,6 +254,23 @@ def validate(cfg: Config) -> None:
                 f"({key} batch {size} / resources.learner_ranks {ranks})",
             )
 
+    # Targets that follow the policy replace a target by the model's own accepted answer.
+    follows = alg.targets_refresh_every > 0 or alg.rehearse_rollouts
+    if follows and alg.targets not in ("ssr", "s3ft"):
+        key = "targets_refresh_every" if alg.targets_refresh_every else "rehearse_rollouts"
+        bad(
+            f"algorithm.{key}",
+            f"needs algorithm.targets ssr or s3ft (targets with a self rung), not {alg.targets}",
+        )
+    if alg.targets_refresh_every and ro.async_:
+        bad(
+            "algorithm.targets_refresh_every",
+            "is not supported with rollout.async=true: a refresh syncs the engines while "
+            "they sample the prefetched batch",
+        )
+    if alg.rehearse_rollouts and s.kind in ("sft",):
+        bad("algorithm.rehearse_rollouts", "needs GRPO samples: schedule.kind sft has none")
+
     # The forgetting budget is checked at the in-loop evaluations, on what they measure.
     gu, ev = cfg.guard, cfg.eval
     if (gu.max_heldout_drop is not None or gu.max_drift is not None) and ev.every == 0:

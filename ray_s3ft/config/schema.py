@@ -292,6 +292,14 @@ class AlgorithmConfig:
     # TARGET_KINDS: SFT targets are gold, SSR (self|gold), S3FT or SDFT (paraphrase|gold)
     targets: str = checked("s3ft", one_of(TARGET_KINDS))
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    # Targets that follow the policy (ours, ssr / s3ft): every this many steps the current
+    # policy answers again the examples whose target is a paraphrase or the gold, and a
+    # share of the self ones; an answer the judge accepts (ended, within the response budget)
+    # becomes the example's self target. 0 = off
+    targets_refresh_every: int = checked(0, AT_LEAST_0)
+    targets_refresh_self: float = checked(0.25, FRACTION)  # the share of self ones re-asked
+    # GRPO samples the judge accepts (ended, within budget) become their prompt's self target
+    rehearse_rollouts: bool = False
 
 
 @dataclass(frozen=True)

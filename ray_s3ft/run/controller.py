@@ -48,6 +48,7 @@ from ray_s3ft.config import Config
 from ray_s3ft.errors import OutOfMemory, RunFailed
 from ray_s3ft.run.checkpoints import PENDING, checkpoint_dir, latest_checkpoint, save_checkpoint
 from ray_s3ft.run.cluster import Groups
+from ray_s3ft.run.follow import FollowTargets
 from ray_s3ft.run.guard import Guard, GuardState
 from ray_s3ft.run.metrics import MetricsLogger, Progress, eval_metrics, step_row
 from ray_s3ft.run.recovery import FAULTS, Recovery
@@ -66,7 +67,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PHASES = (
-    "batch", "sync", "rollout", "judge", "prefetch", "train", "probe", "reference",
+    "batch", "sync", "rollout", "judge", "prefetch", "train", "probe", "reference", "refresh",
     "checkpoint", "eval",
 )  # fmt: skip
 
@@ -90,6 +91,12 @@ class TrainState:
         default_factory=lambda: {"samples": 0, "reward_sum": 0.0, "undecided": 0}
     )
     guard: GuardState = field(default_factory=GuardState)  # the forgetting budget's checks
+    # targets that follow the policy: example index -> the model's own accepted answer that
+    # replaced the store's target (text, the step, and "refresh" or "rollout")
+    followed: dict[str, dict] = field(default_factory=dict)
+    follow_counts: dict[str, int] = field(
+        default_factory=lambda: {"refreshes": 0, "asked": 0, "accepted": 0, "rollouts": 0}
+    )
 
     @classmethod
     def from_json(cls, d: dict) -> TrainState:
@@ -101,7 +108,7 @@ class TrainState:
         return cls(**d, grpo=GRPOStats.from_json(grpo), guard=guard)
 
 
-class Controller(Recovery):
+class Controller(Recovery, FollowTargets):
     def __init__(
         self,
         cfg: Config,
@@ -132,7 +139,8 @@ class Controller(Recovery):
         self.last_checkpoint: Path | None = None  # this run's latest complete one
         self.guard = guard if guard is not None and guard.enabled else None
         self.stopped = False  # the forgetting budget stopped training (guard.action stop)
-        self._self_targets: list[int] | None = None
+        self._index: dict[str, int] | None = None  # example id -> its index
+        self.rehearsed = 0  # prompts of this step's GRPO batch that got a self target
 
     def _new_schedule(self):
         s = self.cfg.schedule
@@ -224,6 +232,12 @@ class Controller(Recovery):
             # the KL reference becomes the post-warm-up policy (SASR's rule, docs/methods.md §5)
             timer.run("reference", self.g.learner.call, LearnerActor.reset_reference)
         self.state.step = step + 1
+        refreshed = {}
+        if self.cfg.algorithm.rehearse_rollouts and decision.mode != "sft":
+            refreshed["targets/rehearsed"] = self.rehearsed  # prompts that got a self target
+        every_k = self.cfg.algorithm.targets_refresh_every
+        if every_k and self.state.step % every_k == 0:  # before the checkpoint holds them
+            refreshed = timer.run("refresh", self.refresh_targets)
         # timing/step leaves the in-loop evaluation out: it stays comparable across steps
         seconds, evaluated = time.perf_counter() - started, {}
         save = self.state.step % self.cfg.trainer.checkpoint_every == 0
@@ -237,15 +251,9 @@ class Controller(Recovery):
             timer.run("checkpoint", self.checkpoint)
             seconds += timer.s["checkpoint"]
         row = self.row(step, decision, stats, timer, seconds)
+        row.update(refreshed)
         row.update(evaluated)
         return row
-
-    def self_targets(self) -> list[int]:
-        """The examples whose S3FT target is the model's own accepted answer."""
-        if self._self_targets is None:
-            targets = self.targets.targets()
-            self._self_targets = [i for i, t in enumerate(targets) if t.source == "self"]
-        return self._self_targets
 
     def check_budget(self, evaluated: dict) -> tuple[dict, bool]:
         """The forgetting budget at this in-loop evaluation (``run/guard.py``): the row's
@@ -299,8 +307,8 @@ class Controller(Recovery):
             idx = data_order(cursor, len(self.examples), self.state.cursors[cursor], n, seed)
         if advance:
             self.state.cursors[cursor] = self.state.cursors.get(cursor, 0) + n
-        records = [self.targets.records[i] for i in idx]
-        texts = [self.targets.targets()[i].text for i in idx]
+        records, now = [self.targets.records[i] for i in idx], self.target_texts()
+        texts = [now[i][0] for i in idx]
         batch = sft_batch(
             self.tok, [r.prompt for r in records], texts, self.cfg.model.max_model_len
         )
@@ -310,6 +318,7 @@ class Controller(Recovery):
         """Sample this step's groups, judge them (with ``dynamic_sampling``, replace the flat
         ones), and make the learners' batch; returns it with the samples' staleness."""
         examples, gens, staleness = self.sampler.next(step, self.state, timer)
+        self.rewards.correct.clear()  # this step's verdicts, by sample
         self.state.grpo.staleness = staleness
         rewards = timer.run("judge", self.rewards.score, examples, gens, self.state)
         if self.cfg.algorithm.grpo.dynamic_sampling:
@@ -317,6 +326,8 @@ class Controller(Recovery):
                 timer, step, self.state, examples, gens, rewards
             )
         self.count_restarts()  # engines and judges idle now
+        if self.cfg.algorithm.rehearse_rollouts:
+            self.rehearsed = self.rehearse_rollouts(examples, gens)
         return timer.run("batch", self.grpo_batch, gens, rewards, staleness), staleness
 
     def sync_weights(self) -> None:
@@ -415,7 +426,7 @@ class Controller(Recovery):
 
     def row(self, step: int, d: Decision, stats: StepStats, timer: Timer, seconds: float) -> dict:
         return step_row(
-            step, d, self.schedule.stats(), self.fractions, stats, self.state.grpo,
+            step, d, self.schedule.stats(), self.target_fractions(), stats, self.state.grpo,
             {"weights/version": self.state.version, "weights/engine_version": self.weights.version,
              **{f"faults/{k}": v for k, v in self.state.faults.items()}},
             self.cfg.algorithm.grpo.dynamic_sampling, timer, seconds,

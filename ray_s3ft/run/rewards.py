@@ -26,6 +26,9 @@ from ray_s3ft.workers.types import JudgeItem, Verdict
 class Rewards:
     def __init__(self, cfg: Config, judge: ActorGroup, sampler: SyncSampler) -> None:
         self.cfg, self.judge, self.sampler = cfg, judge, sampler
+        # each sample's verdict (by id of its Generation) since the controller cleared it
+        # (algorithm.rehearse_rollouts reads which samples the judge accepted)
+        self.correct: dict[int, bool | None] = {}
 
     def score(self, examples: list[Example], gens, state) -> torch.Tensor:
         """The rewards of ``gens`` (G per example, example-major): [P * G]. The step's
@@ -37,6 +40,7 @@ class Rewards:
             for ex in [examples[i // grpo.group_size]]
         ]
         verdicts = self.verdicts(items, state)
+        self.correct.update((id(g), v.correct) for g, v in zip(gens, verdicts, strict=True))
         rewards = torch.tensor([reward(v, grpo) for v in verdicts])  # [N]
         if grpo.overlong == "penalty":
             budget = self.cfg.rollout.max_new_tokens

@@ -116,7 +116,8 @@ def _train_and_evaluate(
         "checkpoint": None if ckpt is None else str(ckpt),
         "accuracy_before": before,
         "accuracy_after": after,
-        "targets": targets.fractions(),
+        # the split the run ended with (targets that follow the policy move it)
+        "targets": ctl.target_fractions(),
         "targets_undecided": targets.undecided(),
         # accepted self answers / paraphrases over data.max_response_tokens (gold used instead)
         "targets_too_long": targets.too_long(),
@@ -129,12 +130,26 @@ def _train_and_evaluate(
         # the KL reference of the GRPO steps: the base model, or the policy after this step
         "reference": {"rule": cfg.schedule.reference, "reset_after_step": ctl.reference_step()},
         "faults": dict(ctl.state.faults),
+        # algorithm.targets_refresh_every / rehearse_rollouts: what replaced store targets
+        **(
+            {
+                "targets_followed": {
+                    **ctl.state.follow_counts,
+                    "replaced": len(ctl.state.followed),
+                    "store": targets.fractions(),
+                }
+            }
+            if _follows(cfg)
+            else {}
+        ),
         # guard.*: the budget, its checks, and which weights were evaluated after, and why
         **({"guard": guard} if guard is not None else {}),
         "nodes": groups.nodes(),  # the Ray node of each actor, by group
         "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if _follows(cfg):  # each example's target at the end: its source and the step it came from
+        _write_followed(run_dir / "targets.followed.jsonl", ctl, targets)
     last = cfg.trainer.max_steps
     trackers.log_eval("eval_after", after, step=last)
     trackers.log_table("eval_table", eval_table(before, after), step=last)
@@ -143,6 +158,21 @@ def _train_and_evaluate(
         draw_report(run_dir, run_dir)
         trackers.log_files(run_files(run_dir))
     return summary
+
+
+def _follows(cfg: Config) -> bool:
+    return cfg.algorithm.targets_refresh_every > 0 or cfg.algorithm.rehearse_rollouts
+
+
+def _write_followed(path: Path, ctl, targets) -> None:
+    """One line per training example: its id, its target's source now, the step its text came
+    from (0: the store's) and where from (store, refresh or rollout)."""
+    with open(path, "w") as f:
+        for i, (rec, (_, source)) in enumerate(zip(targets.records, ctl.target_texts())):
+            new = ctl.state.followed.get(str(i))
+            row = {"id": rec.id, "source": source, "step": new["step"] if new else 0,
+                   "from": new["from"] if new else "store"}  # fmt: skip
+            f.write(json.dumps(row) + "\n")
 
 
 def _guard(cfg: Config, eval_dir: Path, head: dict):

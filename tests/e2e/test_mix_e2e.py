@@ -1,11 +1,17 @@
-"""SASR without the coin (``schedule.kind: sasr_soft``) end to end on the real stack (vLLM engine,
-judges, two DeepSpeed ranks, the built-in task): after two warm-up SFT steps every step is one
-optimizer step on (1 - mu) * GRPO + mu * SFT, with mu the SASR gate's p_sft.
+"""SASR without the coin (``schedule.kind: sasr_soft``) with targets that follow the policy, end
+to end on the real stack (vLLM engine, judges, two DeepSpeed ranks, the built-in task): after
+two warm-up SFT steps every step is one optimizer step on (1 - mu) * GRPO + mu * SFT, with mu
+the SASR gate's p_sft; every 2 steps the policy answers the non-self examples again
+(``algorithm.targets_refresh_every``), and accepted GRPO samples become self targets
+(``algorithm.rehearse_rollouts``).
 
 - the rows say so: modes, mu = p_sft, the SFT part's loss and gradient norm, the GRPO figures;
 - the gate reads the SFT part's norm: each step's mu is G / (G + G_warm) computed by hand from
   the previous row's measured norm and the last warm-up step's;
-- exact resume: a run resumed from its step-3 checkpoint repeats steps 3-4 of the straight run.
+- the targets move toward the model's own answers: the self share never falls, the summary
+  and ``targets.followed.jsonl`` agree on what replaced the store's targets;
+- exact resume: a run resumed from its step-3 checkpoint repeats steps 3-4 of the straight run
+  (the replaced targets are in the checkpoint: the SFT parts train on the same texts).
 """
 
 import json
@@ -23,6 +29,7 @@ RUN = [
     "schedule.kind=sasr_soft", "schedule.warmup_steps=2",
     "data.train_size=32", "eval.task_size=16", "eval.heldout_size=8", "eval.every=0",
     "trainer.max_steps=5", "trainer.checkpoint_every=3",
+    "algorithm.targets_refresh_every=2", "algorithm.rehearse_rollouts=true",
 ]  # fmt: skip
 
 
@@ -55,6 +62,23 @@ def test_sasr_soft_mixes_every_step_with_the_gate_and_resumes_exactly(tmp_path):
             abs=1e-4,
         )
     assert summary["grpo"]["samples"] == 3 * 16  # 4 prompts x G 4, per mix step
+
+    # targets that follow the policy: refreshes after steps 2 and 4 (rows 1 and 3)
+    assert [("targets/refresh_asked" in r) for r in rows] == [False, True, False, True, False]
+    assert all(r["targets/rehearsed"] >= 0 for r in rows[2:])
+    selfs = [r["targets/self_frac"] for r in rows]
+    assert selfs == sorted(selfs)  # a target only ever becomes a self one
+    followed = [json.loads(x) for x in (tmp_path / "run" / "targets.followed.jsonl").open()]
+    assert len(followed) == 32
+    f = summary["targets_followed"]
+    assert f["refreshes"] == 2 and f["asked"] == sum(
+        r.get("targets/refresh_asked", 0) for r in rows
+    )
+    assert f["replaced"] == sum(x["from"] != "store" for x in followed) > 0
+    assert f["rollouts"] == sum(r.get("targets/rehearsed", 0) for r in rows)
+    share = sum(x["source"] == "self" for x in followed) / 32
+    assert summary["targets"]["self"] == pytest.approx(share) == pytest.approx(selfs[-1])
+    assert summary["targets"]["self"] >= f["store"]["self"]
 
     cut = tmp_path / "cut"
     shutil.copytree(tmp_path / "run", cut)
