@@ -14,6 +14,8 @@ Reads each run's ``metrics.jsonl``, ``summary.json`` and ``config.yaml`` and wri
     schedule.png      SASR's p_sft per step, the mode drawn, the cumulative share of SFT steps
     gate_signals.png  the SFT grad norm G_t against G_warm, and the KL to the reference
     targets.png       self / paraphrase / gold target fractions per run
+    targets_over_time.png  the self and gold shares step by step, for runs whose targets
+                      followed the policy (skipped otherwise)
 
 A figure without data is skipped and report.md says so. A ``ray-s3ft compare`` grid directory
 (``results.json`` + ``cells/``) stands for its cells. A run that has not finished (no
@@ -334,6 +336,23 @@ def plot_targets(runs, styles, ax) -> bool:
     return any(f is not None for r in runs for f in r.targets())
 
 
+def plot_targets_over_time(runs, styles, ax) -> bool:
+    """The self and gold shares of the SFT targets step by step, for runs whose split moved
+    (``algorithm.targets_refresh_every``, ``rehearse_rollouts``)."""
+    drawn = False
+    for run, st in zip(runs, styles):
+        xs, selfs = run.series("targets/self_frac")
+        gx, golds = run.series("targets/gold_frac")
+        if len(set(selfs)) < 2 and len(set(golds)) < 2:
+            continue  # the store's split throughout
+        ax[0].plot(xs, [100 * v for v in selfs], label=run.name, **st)
+        ax[1].plot(gx, [100 * v for v in golds], label=run.name, **st)
+        drawn = True
+    ax[0].set(xlabel="training step", ylabel="self targets (%)", ylim=(-3, 103))
+    ax[1].set(xlabel="training step", ylabel="gold targets (%)", ylim=(-3, 103))
+    return drawn
+
+
 def _run_point(run: Run):
     """A run's task gain and held-out drop in points, from its summary (None if unfinished)."""
     from ray_s3ft.evaluation.tradeoff import Point
@@ -379,7 +398,9 @@ FIGURES = (  # file stem, plot, figure title, why it is skipped
     ("schedule", plot_schedule, "SASR schedule: p_sft and the mode drawn", "no p_sft or modes"),
     ("gate_signals", plot_gate, "SASR gate signals", "no sasr/grad_norm or learner/kl values"),
     ("targets", plot_targets, "S3FT target sources per run", "no target fractions"),
-)
+    ("targets_over_time", plot_targets_over_time, "SFT targets that follow the policy",
+     "no run's target split moved (algorithm.targets_refresh_every, rehearse_rollouts off)"),
+)  # fmt: skip
 
 
 def write_report(run_dirs: list[Path], out: Path) -> Path:

@@ -92,6 +92,11 @@ METHODS: dict[str, tuple[str, list[str]]] = {
         "SASR without the coin: every step a mix with mu = the gate's p_sft (ours)",
         ["schedule.kind=sasr_soft", "algorithm.targets=s3ft"],
     ),
+    "sasr_follow": (
+        "SASR, targets that follow the policy: refreshed every 8 steps, accepted GRPO samples "
+        "rehearsed (ours)",
+        [*_SASR, "algorithm.targets_refresh_every=8", "algorithm.rehearse_rollouts=true"],
+    ),
     "grpo_ppo2": ("GRPO only, 2 PPO updates per rollout batch",
                   ["schedule.kind=grpo", "algorithm.grpo.updates_per_batch=2"]),
     "grpo_dynamic": ("GRPO only, DAPO dynamic sampling",

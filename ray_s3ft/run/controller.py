@@ -237,7 +237,7 @@ class Controller(Recovery, FollowTargets):
             refreshed["targets/rehearsed"] = self.rehearsed  # prompts that got a self target
         every_k = self.cfg.algorithm.targets_refresh_every
         if every_k and self.state.step % every_k == 0:  # before the checkpoint holds them
-            refreshed = timer.run("refresh", self.refresh_targets)
+            refreshed.update(timer.run("refresh", self.refresh_targets))
         # timing/step leaves the in-loop evaluation out: it stays comparable across steps
         seconds, evaluated = time.perf_counter() - started, {}
         save = self.state.step % self.cfg.trainer.checkpoint_every == 0

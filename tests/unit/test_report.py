@@ -10,7 +10,7 @@ import yaml
 
 from ray_s3ft.evaluation.report import main, write_report
 
-FIGURES = ("accuracy", "loss_reward", "schedule", "gate_signals", "targets")
+FIGURES = ("accuracy", "loss_reward", "schedule", "gate_signals", "targets", "targets_over_time")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -52,9 +52,10 @@ def make_run(
             "learner/kl": None if step == 0 else 0.004 * step * (1 + seed),
             "learner/entropy": 0.8,
             "reward/mean": 0.0 if step < 3 else 0.3 + 0.03 * step + 0.02 * seed,
-            "targets/self_frac": 0.5,
+            # seed 1: targets that follow the policy, gold ones turning self step by step
+            "targets/self_frac": 0.5 + 0.01 * step * seed,
             "targets/para_frac": 0.3,
-            "targets/gold_frac": 0.2,
+            "targets/gold_frac": 0.2 - 0.01 * step * seed,
             "timing/step": 3.5,
         }
         if evals and step in (5, steps - 1):
@@ -202,7 +203,9 @@ def test_unfinished_run_without_evals_still_reports(tmp_path, two_runs):
     md = (alone / "report.md").read_text()
     assert "*accuracy.png skipped: " in md
     assert not (alone / "accuracy.png").exists()
-    for stem in FIGURES[1:]:
+    # its target split never moved: no picture of it over time, and the report says why
+    assert "*targets_over_time.png skipped: no run's target split moved" in md
+    for stem in FIGURES[1:-1]:
         assert_png(alone / f"{stem}.png")
 
 
