@@ -2,6 +2,7 @@
 mean on the in-loop questions, the checks, the state they leave and the weights chosen."""
 
 import json
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
@@ -144,3 +145,28 @@ def test_rehearsal_draws_the_sft_side_from_self_targets_only(monkeypatch):
     assert set(texts[:3]) == {"self0", "self2", "self3"}
     assert [p for p in prompts] == [t.replace("self", "q") for t in texts]
     assert c.state.cursors == {"sft": 4, "grpo": 0, "rehearse": 4}  # its own stream
+
+
+@pytest.mark.parametrize(("within", "action", "stopped"), [
+    (False, "stop", True), (True, "stop", False), (False, "rehearse", False),
+])  # fmt: skip
+def test_a_resumed_run_the_budget_stopped_stays_stopped(tmp_path, within, action, stopped):
+    from ray_s3ft.algo.schedules import make_schedule
+    from ray_s3ft.run.controller import Controller, TrainState
+
+    ckpt = tmp_path / "checkpoints" / "step_2"
+    ckpt.mkdir(parents=True)
+    state = TrainState(step=2, schedule=make_schedule("sft", seed=0).state_dict())
+    state.guard.last = {"step": 2, "within": within, "reasons": [] if within else ["drift"]}
+    (ckpt / "trainer_state.json").write_text(json.dumps(asdict(state)))
+    c = Controller.__new__(Controller)
+    c.cfg = load_config(
+        None, ["schedule.kind=sft", "eval.drift=true", "guard.max_drift=0.1",
+               f"guard.action={action}"],
+    )  # fmt: skip
+    c.state, c.schedule = TrainState(), make_schedule("sft", seed=0)
+    c.guard = Guard(c.cfg.guard, None)
+    c.g = SimpleNamespace(learner=SimpleNamespace(call=lambda *a: None))
+    c.sampler = SimpleNamespace(restore=lambda pending: None)
+    assert c.restore(ckpt) is True
+    assert c.state.step == 2 and c.stopped is stopped
