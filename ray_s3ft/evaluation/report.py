@@ -120,12 +120,16 @@ def load_run(path: Path, method: str | None = None) -> Run:
 
 
 def expand(path: Path) -> list[Run]:
-    """The runs of one argument: a run directory, or a compare grid's cells (sorted)."""
+    """The runs of one argument: a run directory, or a compare grid's cells (sorted); none for
+    a grid shipped without its cells (its ``results.json`` still gives the trade-off)."""
     if (path / "metrics.jsonl").is_file():
         return [load_run(path)]
     if not (path / "results.json").is_file():
         raise ReportError(f"{path}: not a run directory (no metrics.jsonl or results.json)")
-    cells = _parse(_text(path / "results.json"), json.loads).get("cells")
+    results = _parse(_text(path / "results.json"), json.loads)
+    if not (path / "cells").is_dir() and results.get("summary"):
+        return []
+    cells = results.get("cells")
     cells = [c for c in cells if isinstance(c, dict)] if isinstance(cells, list) else []
     methods = {Path(str(c.get("run_dir"))).name: c.get("method") for c in cells}
     dirs = [d for d in sorted((path / "cells").glob("*")) if (d / "metrics.jsonl").is_file()]

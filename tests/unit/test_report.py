@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,16 @@ def test_not_a_run_directory(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([])
     assert e.value.code == 2
+
+
+def test_a_grid_shipped_without_its_cells_still_gets_its_tradeoff(tmp_path):
+    grid = _grid_with_summary(tmp_path / "g")
+    shutil.rmtree(grid / "cells")
+    out = tmp_path / "out"
+    assert main([str(grid), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert_png(out / "tradeoff.png")
+    assert "0 run(s)." in md and "![tradeoff](tradeoff.png)" in md
+    # without results.json's summary there is nothing to draw from: still an error
+    (grid / "results.json").write_text(json.dumps({"cells": []}))
+    assert main([str(grid), "--out", str(tmp_path / "out2")]) == 2
