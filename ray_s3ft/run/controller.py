@@ -109,6 +109,9 @@ class TrainState:
 
 
 class Controller(Recovery, FollowTargets):
+    stopped = False  # the forgetting budget stopped training (guard.action stop)
+    guard: Guard | None = None  # the forgetting budget, when one is set
+
     def __init__(
         self,
         cfg: Config,
@@ -138,7 +141,7 @@ class Controller(Recovery, FollowTargets):
         self.rewards = Rewards(cfg, groups.judge, self.sampler)
         self.last_checkpoint: Path | None = None  # this run's latest complete one
         self.guard = guard if guard is not None and guard.enabled else None
-        self.stopped = False  # the forgetting budget stopped training (guard.action stop)
+        self.stopped = False
         self._index: dict[str, int] | None = None  # example id -> its index
         self.rehearsed = 0  # prompts of this step's GRPO batch that got a self target
 
