@@ -72,3 +72,17 @@ def bench_smoke(name: str, tmp: Path, *args: str, env: dict | None = None) -> di
     if isinstance(result, AssertionError):
         raise result
     return result
+
+
+def train_run(tmp: Path, out: Path, overrides: list[str]) -> tuple[list[dict], dict, str]:
+    """``ray-s3ft train OVERRIDES trainer.output_dir=OUT`` as a user runs it (in ``tmp``, with
+    ``cli_env``): the metrics rows, the summary and the console (stdout and stderr)."""
+    import subprocess
+
+    r = subprocess.run(
+        [sys.executable, "-m", "ray_s3ft.cli", "train", *overrides, f"trainer.output_dir={out}"],
+        capture_output=True, text=True, env=cli_env(tmp), cwd=tmp, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows, json.loads((out / "summary.json").read_text()), r.stdout + r.stderr

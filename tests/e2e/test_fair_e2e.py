@@ -11,13 +11,10 @@ its warm-up, one Adam state per mode, two PPO updates per rollout batch and dyna
   gone, as after a crash) repeats steps 3-5 of the straight run.
 """
 
-import json
 import shutil
-import subprocess
-import sys
 
 import pytest
-from _e2e import cli_env
+from _e2e import train_run
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +27,8 @@ RUN = [
 ]  # fmt: skip
 
 
-def _train(tmp, out):
-    r = subprocess.run(
-        [sys.executable, "-m", "ray_s3ft.cli", "train", *RUN, f"trainer.output_dir={out}"],
-        capture_output=True, text=True, env=cli_env(tmp), cwd=tmp, timeout=900,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return rows, json.loads((out / "summary.json").read_text())
-
-
 def test_fair_knobs_train_and_resume_exactly(tmp_path):
-    rows, summary = _train(tmp_path, tmp_path / "run")
+    rows, summary, _ = train_run(tmp_path, tmp_path / "run", RUN)
     modes = [r["mode"] for r in rows]
     assert modes[:2] == ["sft", "sft"] and "grpo" in modes[2:] and "sft" in modes[2:], modes
     assert summary["reference"] == {"rule": "after_warmup", "reset_after_step": 1}
@@ -61,7 +48,7 @@ def test_fair_knobs_train_and_resume_exactly(tmp_path):
     shutil.copytree(tmp_path / "run", cut)
     shutil.rmtree(cut / "checkpoints" / "step_6")
     assert (cut / "checkpoints" / "step_3" / "deepspeed" / "optimizer_modes_rank0.pt").is_file()
-    resumed, _ = _train(tmp_path, cut)
+    resumed, _, _ = train_run(tmp_path, cut, RUN)
     assert [r["step"] for r in resumed] == list(range(6))
     for a, b in zip(rows[3:], resumed[3:], strict=True):
         assert a["mode"] == b["mode"], a["step"]

@@ -11,11 +11,9 @@ per token) with ``guard.action: stop``.
 """
 
 import json
-import subprocess
-import sys
 
 import pytest
-from _e2e import cli_env
+from _e2e import train_run
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +23,6 @@ RUN = [
     "trainer.max_steps=6", "trainer.checkpoint_every=2",
     "guard.max_drift=1e-7", "guard.action=stop",
 ]  # fmt: skip
-
-
-def _train(tmp, out):
-    r = subprocess.run(
-        [sys.executable, "-m", "ray_s3ft.cli", "train", *RUN, f"trainer.output_dir={out}"],
-        capture_output=True, text=True, env=cli_env(tmp), cwd=tmp, timeout=900,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return rows, json.loads((out / "summary.json").read_text()), r.stdout + r.stderr
 
 
 def last_reasons(row):
@@ -47,7 +35,7 @@ def _verdicts(path):
 
 def test_a_drift_budget_stops_the_run_and_reports_the_base_model(tmp_path):
     out = tmp_path / "run"
-    rows, summary, console = _train(tmp_path, out)
+    rows, summary, console = train_run(tmp_path, out, RUN)
     assert [r["step"] for r in rows] == [0, 1]  # stopped after the step-2 evaluation
     last = rows[-1]
     assert last["guard/within"] == 0.0 and last["guard/drift"] > 1e-7

@@ -17,11 +17,9 @@ the SASR gate's p_sft; every 2 steps the policy answers the non-self examples ag
 import json
 import math
 import shutil
-import subprocess
-import sys
 
 import pytest
-from _e2e import cli_env
+from _e2e import train_run
 
 pytestmark = pytest.mark.slow
 
@@ -33,18 +31,8 @@ RUN = [
 ]  # fmt: skip
 
 
-def _train(tmp, out):
-    r = subprocess.run(
-        [sys.executable, "-m", "ray_s3ft.cli", "train", *RUN, f"trainer.output_dir={out}"],
-        capture_output=True, text=True, env=cli_env(tmp), cwd=tmp, timeout=900,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return rows, json.loads((out / "summary.json").read_text()), r.stdout
-
-
 def test_sasr_soft_mixes_every_step_with_the_gate_and_resumes_exactly(tmp_path):
-    rows, summary, console = _train(tmp_path, tmp_path / "run")
+    rows, summary, console = train_run(tmp_path, tmp_path / "run", RUN)
     assert [r["mode"] for r in rows] == ["sft", "sft", "mix", "mix", "mix"]
     assert summary["steps"] == {"sft": 2, "grpo": 0, "mix": 3}
     assert "steps: 2 SFT, 0 GRPO, 3 mix" in console
@@ -85,7 +73,7 @@ def test_sasr_soft_mixes_every_step_with_the_gate_and_resumes_exactly(tmp_path):
     for ckpt in (cut / "checkpoints").iterdir():  # the step-3 one only, as after a crash
         if ckpt.name != "step_3":
             shutil.rmtree(ckpt)
-    resumed, _, _ = _train(tmp_path, cut)
+    resumed, _, _ = train_run(tmp_path, cut, RUN)
     assert [r["step"] for r in resumed] == list(range(5))
     for a, b in zip(rows[3:], resumed[3:], strict=True):
         assert b["mode"] == a["mode"] and b["sasr/p_sft"] == pytest.approx(a["sasr/p_sft"])

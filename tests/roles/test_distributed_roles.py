@@ -91,6 +91,16 @@ def _rollout_and_learners(path, backend, lr):
         raise
 
 
+def _four_samples(rollout, tok, examples):
+    """A GRPO batch of four prompts, one sample each at T = 0.7, advantages +1, -1, +1, -1."""
+    gens = rollout.call_one(
+        RolloutWorker.generate, [e.prompt for e in examples[:4]],
+        Sampling(n=1, temperature=0.7, max_new_tokens=48),
+    ).generations  # fmt: skip
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    return grpo_batch(gens, adv, tok.pad_token_id, 48, temperature=0.7)
+
+
 def _single_process_sft(path, batch, bf16=False):
     """Loss and gradient norm of the whole batch in one process: the reference numbers.
     ``bf16``: the parameters in bf16 as DeepSpeed's bf16 mode holds them (buffers such as the
@@ -183,12 +193,7 @@ def test_grpo_step_moves_logprobs_along_the_advantages(ray_cluster, model):
     path, tok, examples, _ = model
     rollout, group = _rollout_and_learners(path, "hf", lr=1e-4)
     try:
-        gens = rollout.call_one(
-            RolloutWorker.generate, [e.prompt for e in examples[:4]],
-            Sampling(n=1, temperature=0.7, max_new_tokens=48),
-        ).generations  # fmt: skip
-        adv = torch.tensor([1.0, -1.0, 1.0, -1.0])  # four different prompts, one sample each
-        batch = grpo_batch(gens, adv, tok.pad_token_id, 48, temperature=0.7)
+        batch = _four_samples(rollout, tok, examples)
         shards = shard(batch, 2)  # rows ordered by length, each shard cut to its own width
         before = group.scatter(LearnerActor.logprobs, shards)  # per rank [2, T_r - 1]
         for s, b in zip(shards, before, strict=True):
@@ -325,12 +330,7 @@ def test_a_mix_step_measures_its_sft_norm_alone_and_leaves_the_step_as_it_was(ra
     path, tok, examples, batch = model
     rollout, group = _rollout_and_learners(path, "hf", lr=1e-4)
     try:
-        gens = rollout.call_one(
-            RolloutWorker.generate, [e.prompt for e in examples[:4]],
-            Sampling(n=1, temperature=0.7, max_new_tokens=48),
-        ).generations  # fmt: skip
-        adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
-        rl = grpo_batch(gens, adv, tok.pad_token_id, 48, temperature=0.7)
+        rl = _four_samples(rollout, tok, examples)
         pairs = list(zip(shard(rl, 2), shard(batch, 2), strict=True))
         probe = group.scatter(LearnerActor.grad_probe, shard(batch, 2))[0]
         measured = group.scatter(LearnerActor.mix_step, pairs, mu=0.3, sft_norm=True)
