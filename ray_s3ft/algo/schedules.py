@@ -24,6 +24,7 @@ Non-finite observations (an fp16 overflow step) are skipped and counted, not fol
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ray_s3ft.config import MIX_DECAYS as DECAYS  # the one list each, config checks included
-from ray_s3ft.config import SCHEDULE_KINDS
+from ray_s3ft.config import SCHEDULE_KINDS, MixConfig
 
 MODES = ("sft", "grpo", "mix")
 KL_ROUNDING = 1e-6  # a mean k3 this far below 0 is float rounding, not a negative KL
@@ -342,7 +343,7 @@ def make_schedule(
     if kind == "fixed_ratio":
         return FixedRatioSchedule(p_sft=p_sft, **base)
     if kind == "mix":
-        m = {"mu_start": 0.5, "mu_end": 0.5, "decay": "constant", "decay_steps": 0, **(mix or {})}
+        m = {**dataclasses.asdict(MixConfig()), **(mix or {})}
         # decay_steps 0: mu_end on the run's last step, total_steps - 1 (at least one step on)
         steps = m["decay_steps"] or max(total_steps - 1 - warmup_steps, 1)
         return MixSchedule(

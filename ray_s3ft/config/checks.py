@@ -255,8 +255,7 @@ def validate(cfg: Config) -> None:
             )
 
     # Targets that follow the policy replace a target by the model's own accepted answer.
-    follows = alg.targets_refresh_every > 0 or alg.rehearse_rollouts
-    if follows and alg.targets not in ("ssr", "s3ft"):
+    if alg.follows_policy and alg.targets not in ("ssr", "s3ft"):
         key = "targets_refresh_every" if alg.targets_refresh_every else "rehearse_rollouts"
         bad(
             f"algorithm.{key}",
@@ -268,7 +267,7 @@ def validate(cfg: Config) -> None:
             "is not supported with rollout.async=true: a refresh syncs the engines while "
             "they sample the prefetched batch",
         )
-    if alg.rehearse_rollouts and s.kind in ("sft",):
+    if alg.rehearse_rollouts and s.kind == "sft":
         bad("algorithm.rehearse_rollouts", "needs GRPO samples: schedule.kind sft has none")
 
     # The forgetting budget is checked at the in-loop evaluations, on what they measure.

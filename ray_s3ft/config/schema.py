@@ -301,6 +301,11 @@ class AlgorithmConfig:
     # GRPO samples the judge accepts (ended, within budget) become their prompt's self target
     rehearse_rollouts: bool = False
 
+    @property
+    def follows_policy(self) -> bool:
+        """Targets that follow the policy: a refresh or rehearsed rollouts."""
+        return self.targets_refresh_every > 0 or self.rehearse_rollouts
+
 
 @dataclass(frozen=True)
 class SASRConfig:

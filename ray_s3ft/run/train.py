@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from ray_s3ft.config import Config
@@ -139,7 +140,7 @@ def _train_and_evaluate(
                     "store": targets.fractions(),
                 }
             }
-            if _follows(cfg)
+            if cfg.algorithm.follows_policy
             else {}
         ),
         # guard.*: the budget, its checks, and which weights were evaluated after, and why
@@ -148,7 +149,9 @@ def _train_and_evaluate(
         "wall_s": {k: round(v, 1) for k, v in phases.s.items()},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if _follows(cfg):  # each example's target at the end: its source and the step it came from
+    if (
+        cfg.algorithm.follows_policy
+    ):  # each example's target at the end: its source and the step it came from
         _write_followed(run_dir / "targets.followed.jsonl", ctl, targets)
     last = cfg.trainer.max_steps
     trackers.log_eval("eval_after", after, step=last)
@@ -158,10 +161,6 @@ def _train_and_evaluate(
         draw_report(run_dir, run_dir)
         trackers.log_files(run_files(run_dir))
     return summary
-
-
-def _follows(cfg: Config) -> bool:
-    return cfg.algorithm.targets_refresh_every > 0 or cfg.algorithm.rehearse_rollouts
 
 
 def _write_followed(path: Path, ctl, targets) -> None:
@@ -208,8 +207,7 @@ def _choose_weights(ctl, cfg: Config) -> dict:
     log.warning("guard: %s", pick["why"])
     g = ctl.state.guard
     return {
-        "budget": {"max_heldout_drop": cfg.guard.max_heldout_drop,
-                   "max_drift": cfg.guard.max_drift, "action": cfg.guard.action},
+        "budget": asdict(cfg.guard),
         "chosen": pick, "best": g.best, "last": g.last, "breaches": g.breaches,
         "stopped_at": ctl.state.step if ctl.stopped else None,
     }  # fmt: skip

@@ -27,6 +27,7 @@ state and saves and loads checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ from typing import Any
 from ray_s3ft.config import GRPOConfig, LearnerConfig, ModelConfig
 from ray_s3ft.workers.learner_model import ModelMixin
 from ray_s3ft.workers.learner_state import StateMixin
-from ray_s3ft.workers.learner_step import LOSSES, MicroBatch, StepSums
+from ray_s3ft.workers.learner_step import LOSSES, MicroBatch, StepSums, step_stats
 from ray_s3ft.workers.types import MixStats, StepStats, TrainBatch
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,6 @@ class LearnerActor(ModelMixin, StateMixin):
         The new engine loads the base weights, and the reference copies them from it. ``cfg`` /
         ``grpo``: the next cell's settings (``optimizer_state``, the GRPO loss); what the model
         and the process group were built with must stay. Collective."""
-        import dataclasses
         import gc
 
         if cfg is not None:
@@ -223,27 +223,12 @@ class LearnerActor(ModelMixin, StateMixin):
                 tokens = self._all_reduce(part.loss_mask[:, 1:].sum().double()).item()
                 seqs = size * self.world_size
             norms.append(self._update([Part(part, mode, sums, tokens, seqs, old=part_old)]))
-        s = sums.reduced(self._all_reduce)
-        tok = max(s["tokens"], 1.0)
-        with_kl = mode == "grpo" or self.cfg.sft_kl
         finite = [n for n in norms if n is not None]
-        return StepStats(
-            loss=s["objective"] / k,
-            grad_norm=sum(finite) / len(finite) if finite else float("nan"),
-            kl=s["kl_tokens"] / tok if with_kl else float("nan"),
-            entropy=s["entropy_tokens"] / tok,
-            tokens=int(s["tokens"]),
-            sequences=int(s["sequences"]),
-            pg_loss=s["pg"] / k,
-            clip_frac=s["clip_tokens"] / tok,
-            logprob_diff=s["logprob_diff_tokens"] / tok,
-            logprob_max_diff=s.max_diff.item(),
-            is_weight=s["is_weight_tokens"] / tok if batch.is_cap is not None else 1.0,
-            is_clip_frac=s["is_capped_tokens"] / tok,
-            updates=k,
-            ratio_dev=s["ratio_dev_tokens"] / tok,
-            lr=sum(lrs) / k,
-        )
+        return step_stats(
+            sums.reduced(self._all_reduce), updates=k,
+            with_kl=mode == "grpo" or self.cfg.sft_kl, is_cap=batch.is_cap,
+            grad_norm=sum(finite) / len(finite) if finite else float("nan"), lr=sum(lrs) / k,
+        )  # fmt: skip
 
     def _train_mode(self, mode: str) -> None:
         """Train mode; for GRPO without ``learner.rl_dropout`` its dropout layers (LoRA's) stay
@@ -329,23 +314,16 @@ class LearnerActor(ModelMixin, StateMixin):
         # forward on the module, which DeepSpeed's backward hooks do not watch)
         norm = self.grad_probe(sft, token_weight) if sft_norm else float("nan")
         grad_norm = self._update([rl_part, sft_part])
-        g, f = rl_part.sums.reduced(self._all_reduce), sft_part.sums.reduced(self._all_reduce)
-        tok = max(g["tokens"], 1.0)
-        return StepStats(
-            loss=(1 - mu) * g["objective"] + mu * f["objective"],
-            grad_norm=float("nan") if grad_norm is None else grad_norm,
-            kl=g["kl_tokens"] / tok,
-            entropy=g["entropy_tokens"] / tok,
-            tokens=int(g["tokens"] + f["tokens"]),
-            sequences=int(g["sequences"] + f["sequences"]),
-            pg_loss=g["pg"],
-            clip_frac=g["clip_tokens"] / tok,
-            logprob_diff=g["logprob_diff_tokens"] / tok,
-            logprob_max_diff=g.max_diff.item(),
-            is_weight=g["is_weight_tokens"] / tok if rl.is_cap is not None else 1.0,
-            is_clip_frac=g["is_capped_tokens"] / tok,
-            ratio_dev=g["ratio_dev_tokens"] / tok,
-            lr=lr,
+        f = sft_part.sums.reduced(self._all_reduce)
+        stats = step_stats(
+            rl_part.sums.reduced(self._all_reduce), updates=1, with_kl=True, is_cap=rl.is_cap,
+            grad_norm=float("nan") if grad_norm is None else grad_norm, lr=lr,
+        )  # fmt: skip
+        return dataclasses.replace(
+            stats,
+            loss=(1 - mu) * stats.loss + mu * f["objective"],
+            tokens=stats.tokens + int(f["tokens"]),
+            sequences=stats.sequences + int(f["sequences"]),
             mix=MixStats(mu=mu, sft_loss=f["objective"], sft_grad_norm=norm),
         )
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ray_s3ft.workers.types import TrainBatch
+from ray_s3ft.workers.types import StepStats, TrainBatch
 
 # a step's sums over this rank's micro-batches; "*_tokens" ones are token-weighted sums, divided
 # by the token count at the end
@@ -54,6 +54,31 @@ class StepSums:
         out.values = all_reduce(self.values)
         out.max_diff = all_reduce(self.max_diff, op="max")
         return out
+
+
+def step_stats(
+    s: StepSums, *, updates: int, with_kl: bool, is_cap, grad_norm: float, lr: float
+) -> StepStats:
+    """A step's ``StepStats`` from its sums over every rank: losses as means over its
+    ``updates`` optimizer steps, token statistics as means over its response tokens."""
+    tok = max(s["tokens"], 1.0)
+    return StepStats(
+        loss=s["objective"] / updates,
+        grad_norm=grad_norm,
+        kl=s["kl_tokens"] / tok if with_kl else float("nan"),
+        entropy=s["entropy_tokens"] / tok,
+        tokens=int(s["tokens"]),
+        sequences=int(s["sequences"]),
+        pg_loss=s["pg"] / updates,
+        clip_frac=s["clip_tokens"] / tok,
+        logprob_diff=s["logprob_diff_tokens"] / tok,
+        logprob_max_diff=s.max_diff.item(),
+        is_weight=s["is_weight_tokens"] / tok if is_cap is not None else 1.0,
+        is_clip_frac=s["is_capped_tokens"] / tok,
+        updates=updates,
+        ratio_dev=s["ratio_dev_tokens"] / tok,
+        lr=lr,
+    )
 
 
 @dataclass
